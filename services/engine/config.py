@@ -1,0 +1,124 @@
+"""Frozen, validated configuration for the engine. Built once at the entry point; each component
+receives only its own section."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.engine.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """`rope_scaling` of type llama3 (Llama 3.1+). Other types are rejected by the loader."""
+
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture of a Llama-family model, read from an HF config.json."""
+
+    architecture: str                 # e.g. "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False      # q/k/v projections carry a bias (Qwen2)
+    dtype: str = "bfloat16"           # torch dtype name of the weights as served
+    quantization: str | None = None   # None | "w8a16" | "w8a8"
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                     "num_kv_heads", "head_dim", "max_position_embeddings"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(f"num_heads ({self.num_heads}) must be a multiple of "
+                              f"num_kv_heads ({self.num_kv_heads})")
+        if self.dtype not in ("float32", "float16", "bfloat16"):
+            raise ConfigError(f"dtype must be float32, float16 or bfloat16, got {self.dtype!r}")
+        if self.quantization not in (None, "w8a16", "w8a8"):
+            raise ConfigError(f"quantization must be w8a16 or w8a8, got {self.quantization!r}")
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of K and V for one token across all layers, in the serving dtype."""
+        itemsize = {"float32": 4, "float16": 2, "bfloat16": 2}[self.dtype]
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * itemsize
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The paged KV pool. Its size is num_blocks when given, else what the memory budget holds:
+    on a GPU a fraction of the free memory (NVML / torch), on CPU a byte budget."""
+
+    block_size: int = 16
+    num_blocks: int | None = None
+    cpu_budget_bytes: int = 256 * 2**20
+    gpu_memory_fraction: float = 0.85
+    enable_prefix_caching: bool = True
+
+    def __post_init__(self) -> None:
+        if self.block_size <= 0 or self.block_size & (self.block_size - 1):
+            raise ConfigError(f"block_size must be a power of two, got {self.block_size}")
+        if self.num_blocks is not None and self.num_blocks < 1:
+            raise ConfigError(f"num_blocks must be >= 1, got {self.num_blocks}")
+        if self.cpu_budget_bytes <= 0:
+            raise ConfigError(f"cpu_budget_bytes must be > 0, got {self.cpu_budget_bytes}")
+        if not 0.0 < self.gpu_memory_fraction <= 1.0:
+            raise ConfigError(f"gpu_memory_fraction must be in (0, 1], got {self.gpu_memory_fraction}")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Continuous batching with chunked prefill under a per-step token budget."""
+
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
+    policy: str = "fcfs"              # "fcfs" | "shortest_prompt_first"
+    max_model_len: int | None = None  # None: the model's max_position_embeddings
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:
+            raise ConfigError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < 1:
+            raise ConfigError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+        if self.policy not in ("fcfs", "shortest_prompt_first"):
+            raise ConfigError(f"policy must be fcfs or shortest_prompt_first, got {self.policy!r}")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ConfigError(f"max_model_len must be >= 1, got {self.max_model_len}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything an LLMEngine needs: which model, where it runs, and its cache and scheduler."""
+
+    model: str = "tiny-random"        # a preset name or an HF checkpoint directory
+    dtype: str | None = None          # None: the checkpoint's dtype (fp32 on CPU for fp16/bf16)
+    device: str | None = None         # None: "cuda" when available, else "cpu"
+    seed: int = 0
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ConfigError("model must name a preset or a checkpoint directory")
+        if self.dtype not in (None, "float32", "float16", "bfloat16"):
+            raise ConfigError(f"dtype must be float32, float16 or bfloat16, got {self.dtype!r}")

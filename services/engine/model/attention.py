@@ -1,0 +1,42 @@
+"""The one narrow attention function every model layer calls, and the batch metadata it reads.
+
+A step's batch is flattened: the new tokens of every scheduled sequence laid end to end (a prefill
+chunk contributes many, a decoding sequence one). K/V of the new tokens are written into their
+pages first; attention then reads the whole context from the pages, so a cached prefix, an earlier
+chunk and the new tokens are all read the same way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import kernels
+
+
+@dataclass(frozen=True)
+class AttentionMetadata:
+    query_start_loc: torch.Tensor   # int32 [num_seqs + 1]: where each sequence's new tokens start
+    seq_lens: torch.Tensor          # int32 [num_seqs]: context length after this step (cached + new)
+    block_tables: torch.Tensor      # int32 [num_seqs, max_blocks_per_seq], padded with 0
+    slot_mapping: torch.Tensor      # int64 [num_tokens]: block_id * block_size + offset per new token
+    max_query_len: int              # 1 means a decode-only batch
+    max_seq_len: int
+
+    @property
+    def num_seqs(self) -> int:
+        return self.seq_lens.shape[0]
+
+
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_layer: torch.Tensor,
+                    meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """q: [num_tokens, num_heads, head_dim]; k, v: [num_tokens, num_kv_heads, head_dim];
+    kv_layer: this layer's slice of the pool, [num_blocks, 2, block_size, num_kv_heads, head_dim].
+    Returns [num_tokens, num_heads, head_dim]."""
+    key_cache, value_cache = kv_layer[:, 0], kv_layer[:, 1]
+    kernels.write_kv_pages(k, v, key_cache, value_cache, meta.slot_mapping)
+    if meta.max_query_len == 1:
+        return kernels.paged_decode_attention(q, key_cache, value_cache, meta.block_tables,
+                                              meta.seq_lens, scale)
+    return kernels.prefill_attention(q, key_cache, value_cache, meta.block_tables,
+                                     meta.query_start_loc, meta.seq_lens, scale)
