@@ -34,3 +34,13 @@ class CapacityError(TandemError):
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class KVTransferError(TandemError):
+    """KV pages could not be shipped or landed: corrupt, truncated, mismatched layout, or the
+    receiver went away (-> the transfer is rejected, its blocks freed; UNAVAILABLE / DATA_LOSS)."""
+
+
+class ReservationError(TandemError):
+    """A decode request names no live reservation: it expired, was cancelled or never existed
+    (-> FAILED_PRECONDITION)."""
