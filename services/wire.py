@@ -8,7 +8,9 @@ goes through these functions so that a field added on one side is mapped in one 
 - `logprob_to_proto(TokenLogprob) -> pb.TokenLogprobs` and `logprob_from_proto(...)`;
 - `finish_reason_to_proto("stop" | "length" | "abort" | None) -> FinishReason` and back;
 - `chunk_from_output(RequestOutput) -> TokenChunk` (decode worker -> gateway) and
-  `output_fields_from_chunk(TokenChunk)` (gateway side).
+  `output_fields_from_chunk(TokenChunk)` (gateway side);
+- `block_hash_to_wire(bytes) -> int`: a prefix-cache block hash (services/engine/block_pool.py) as
+  the uint64 in LoadReport.cached_block_hashes; the gateway hashes prompts the same way for affinity.
 """
 
 from __future__ import annotations
@@ -133,3 +135,8 @@ def first_token_fields(response: worker_pb2.PrefillResponse, want_logprobs: bool
         want_logprobs and response.HasField("first_logprobs")) else None
     return ChunkFields(token_ids=(response.first_token_id,), logprobs=logprobs, finish_reason=None,
                        cached_prompt_tokens=response.cached_prompt_tokens)
+
+
+def block_hash_to_wire(block_hash: bytes) -> int:
+    """The first 8 bytes of a chained block hash, little-endian: a uint64 for LoadReport."""
+    return int.from_bytes(block_hash[:8], "little")

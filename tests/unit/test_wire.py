@@ -66,3 +66,11 @@ def test_first_token_fields_from_prefill_response():
     assert wire.first_token_fields(resp, want_logprobs=True).logprobs == (TokenLogprob(11, -0.25, ()),)
     assert wire.first_token_fields(resp, want_logprobs=False).logprobs is None
     assert wire.first_token_fields(resp, want_logprobs=False).token_ids == (11,)
+
+
+def test_block_hash_fits_uint64():
+    from services.engine.block_pool import block_hashes
+    hashes = [wire.block_hash_to_wire(h) for h in block_hashes(list(range(40)), 16)]
+    assert len(hashes) == 2 and all(0 <= h < 2**64 for h in hashes)
+    msg = worker_pb2.LoadReport(cached_block_hashes=hashes)
+    assert list(msg.cached_block_hashes) == hashes
