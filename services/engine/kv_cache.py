@@ -1,0 +1,137 @@
+"""The paged KV pool of one worker and the per-request block tables over it.
+
+The pool tensor is allocated once, in the page-major layout of docs/kv-layout.md:
+`[num_blocks, num_layers, 2, block_size, num_kv_heads, head_dim]`. Owners are requests (running,
+prefilled and held for transfer, or reservations awaiting pages); the scheduler addresses them by
+id and gets opaque `PrefixHit` handles, never the allocator's internals."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from services.engine.block_pool import BlockPool, IntegrityError, block_hashes, chain_hash
+from services.engine.config import CacheConfig, ModelConfig
+from services.engine.errors import ConfigError
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class PrefixHit:
+    """Cached full blocks a new request can start from. Valid only until the next allocation:
+    take it with `lookup_prefix` and use it in the same scheduling decision."""
+
+    block_ids: tuple[int, ...] = ()
+    hashes: tuple[bytes, ...] = ()
+    num_tokens: int = 0
+
+
+def pool_num_blocks(config: CacheConfig, bytes_per_block: int, device: torch.device) -> int:
+    """num_blocks if configured, else what the memory budget holds."""
+    if config.num_blocks is not None:
+        return config.num_blocks
+    if device.type == "cuda":
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+        budget = int(free_bytes * config.gpu_memory_fraction)
+    else:
+        budget = config.cpu_budget_bytes
+    if budget < bytes_per_block:
+        raise ConfigError(f"the KV memory budget ({budget} bytes) holds no block of "
+                          f"{bytes_per_block} bytes")
+    return budget // bytes_per_block
+
+
+class KVCacheManager:
+    def __init__(self, config: CacheConfig, model_config: ModelConfig,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        device = torch.device(device)
+        self.block_size = config.block_size
+        self.enable_prefix_caching = config.enable_prefix_caching
+        page_shape = (model_config.num_layers, 2, config.block_size, model_config.num_kv_heads,
+                      model_config.head_dim)
+        bytes_per_block = torch.Size(page_shape).numel() * dtype.itemsize
+        self.num_blocks = pool_num_blocks(config, bytes_per_block, device)
+        self.kv_cache = torch.zeros((self.num_blocks, *page_shape), dtype=dtype, device=device)
+        self._pool = BlockPool(self.num_blocks)
+        self._tables: dict[str, list[int]] = {}
+        self._hashes: dict[str, list[bytes]] = {}    # hashes of each owner's registered full blocks
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self._pool.num_free
+
+    def owns(self, owner: str) -> bool:
+        return owner in self._tables
+
+    def block_ids(self, owner: str) -> list[int]:
+        return self._tables.get(owner, [])
+
+    def blocks_for(self, num_tokens: int) -> int:
+        return cdiv(num_tokens, self.block_size)
+
+    def lookup_prefix(self, token_ids: Sequence[int]) -> PrefixHit:
+        """The longest cached run of full blocks at the start of token_ids. The last token is never
+        served from the cache: it must be computed to give the logits of the next one."""
+        if not self.enable_prefix_caching:
+            return PrefixHit()
+        block_ids, hashes = [], []
+        for block_hash in block_hashes(token_ids[:len(token_ids) - 1], self.block_size):
+            block_id = self._pool.lookup(block_hash)
+            if block_id is None:
+                break
+            block_ids.append(block_id)
+            hashes.append(block_hash)
+        return PrefixHit(tuple(block_ids), tuple(hashes), len(block_ids) * self.block_size)
+
+    def can_allocate(self, owner: str, num_tokens: int, prefix: PrefixHit = PrefixHit()) -> bool:
+        """Whether owner's table can grow to hold num_tokens (starting from prefix if new)."""
+        have = len(self._tables.get(owner, prefix.block_ids))
+        revived = sum(1 for b in prefix.block_ids if self._pool.ref_cnt(b) == 0)
+        return max(0, self.blocks_for(num_tokens) - have) + revived <= self._pool.num_free
+
+    def allocate(self, owner: str, num_tokens: int, prefix: PrefixHit = PrefixHit()) -> None:
+        """Grow owner's table to hold num_tokens. A new owner starts from the prefix's blocks."""
+        if owner not in self._tables:
+            for block_id in prefix.block_ids:
+                self._pool.share(block_id)
+            self._tables[owner] = list(prefix.block_ids)
+            self._hashes[owner] = list(prefix.hashes)
+        elif prefix.block_ids:
+            raise IntegrityError(f"{owner} already has blocks; a prefix applies only to a new owner")
+        table = self._tables[owner]
+        table.extend(self._pool.take(max(0, self.blocks_for(num_tokens) - len(table))))
+
+    def free(self, owner: str) -> bool:
+        """Return every block of owner to the pool (cached ones stay findable until evicted)."""
+        table = self._tables.pop(owner, None)
+        self._hashes.pop(owner, None)
+        if table is None:
+            return False
+        self._pool.release(reversed(table))
+        return True
+
+    def cache_full_blocks(self, owner: str, token_ids: Sequence[int], num_computed_tokens: int) -> None:
+        """Register owner's blocks that are full and whose K/V is computed, so later requests
+        with the same prefix can share them."""
+        if not self.enable_prefix_caching:
+            return
+        table, hashes = self._tables[owner], self._hashes[owner]
+        bs = self.block_size
+        for i in range(len(hashes), num_computed_tokens // bs):
+            block_hash = chain_hash(hashes[-1] if hashes else None, token_ids[i * bs:(i + 1) * bs])
+            self._pool.register(table[i], block_hash)
+            hashes.append(block_hash)
+
+    def check_integrity(self, live_owners: Iterable[str] | None = None) -> None:
+        """Raises IntegrityError unless every block is free or held by live owners with matching
+        ref counts; with live_owners, also that no table outlived its owner."""
+        if live_owners is not None and set(live_owners) != set(self._tables):
+            leaked = sorted(set(self._tables) - set(live_owners))
+            missing = sorted(set(live_owners) - set(self._tables))
+            raise IntegrityError(f"tables of unknown owners {leaked}; owners without tables {missing}")
+        self._pool.check_integrity(self._tables.values())

@@ -1,0 +1,103 @@
+"""Turns a batch of logits into next tokens: greedy, temperature, top-k, top-p, seeds, logprobs.
+
+Sampling is the Gumbel-max trick, argmax(logits / T + G), with G drawn per row. A seeded row
+draws G from a generator seeded by (seed, index of the output token) alone, so its token is a pure
+function of (seed, index, logits): the same wherever and with whatever else it is batched, and a
+request resumed in another process continues identically. Unseeded rows share the engine's
+generator. Filtering and scaling are vectorised over the batch; only the seeded draws loop."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from services.engine.sampling_params import SamplingParams
+
+_MASK64 = (1 << 64) - 1
+
+
+def row_seed(seed: int, output_index: int) -> int:
+    """A well-mixed 63-bit seed for one output token of a seeded request (splitmix64)."""
+    z = (seed * 0x9E3779B97F4A7C15 + (output_index + 1) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) >> 1
+
+
+@dataclass(frozen=True)
+class SamplingRow:
+    """What the sampler needs to know about one row of logits."""
+
+    params: SamplingParams
+    output_index: int           # how many tokens the request has produced before this one
+
+
+@dataclass(frozen=True)
+class SamplerOutput:
+    token_ids: torch.Tensor                  # int64 [N]
+    logprobs: torch.Tensor | None = None     # float32 [N]: log p(chosen token), raw distribution
+    top_ids: torch.Tensor | None = None      # int64 [N, max_n]
+    top_logprobs: torch.Tensor | None = None  # float32 [N, max_n]
+
+
+class Sampler:
+    def __init__(self, seed: int = 0, device: torch.device | str = "cpu") -> None:
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def __call__(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> SamplerOutput:
+        """logits: fp32 [N, vocab], one row per entry of rows."""
+        if all(r.params.greedy for r in rows):
+            token_ids = logits.argmax(dim=-1)
+        else:
+            greedy = torch.tensor([r.params.greedy for r in rows], device=logits.device)
+            scores = filter_logits(logits, rows)
+            token_ids = (scores + self._gumbel(logits, rows)).argmax(dim=-1)
+            token_ids = torch.where(greedy, logits.argmax(dim=-1), token_ids)
+        return self._with_logprobs(logits, rows, token_ids)
+
+    def _gumbel(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
+        uniform = torch.rand(logits.shape, generator=self.generator, device=logits.device)
+        for i, row in enumerate(rows):
+            if row.params.seed is not None and not row.params.greedy:
+                gen = torch.Generator(device=logits.device)
+                gen.manual_seed(row_seed(row.params.seed, row.output_index))
+                uniform[i] = torch.rand(logits.shape[1], generator=gen, device=logits.device)
+        # Clamped away from 0 so that G is finite: a masked (-inf) token can never win.
+        return -torch.log(-torch.log(uniform.clamp_(min=torch.finfo(uniform.dtype).tiny)))
+
+    def _with_logprobs(self, logits: torch.Tensor, rows: Sequence[SamplingRow],
+                       token_ids: torch.Tensor) -> SamplerOutput:
+        max_n = max((r.params.logprobs for r in rows if r.params.logprobs is not None), default=None)
+        if max_n is None:
+            return SamplerOutput(token_ids)
+        logprobs = torch.log_softmax(logits, dim=-1)
+        chosen = logprobs.gather(1, token_ids[:, None])[:, 0]
+        top_logprobs, top_ids = logprobs.topk(max_n, dim=-1) if max_n else (None, None)
+        return SamplerOutput(token_ids, chosen, top_ids, top_logprobs)
+
+
+def filter_logits(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
+    """logits / temperature with the tokens outside top-k and top-p set to -inf."""
+    device = logits.device
+    temperature = torch.tensor([r.params.temperature or 1.0 for r in rows], device=device)
+    scores = logits / temperature[:, None]
+    if any(r.params.top_k_enabled for r in rows):
+        vocab = logits.shape[1]
+        top_k = torch.tensor([min(r.params.top_k, vocab) if r.params.top_k_enabled else vocab
+                              for r in rows], device=device)
+        sorted_desc = scores.sort(dim=-1, descending=True).values
+        kth = sorted_desc.gather(1, (top_k - 1)[:, None])
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if any(r.params.top_p < 1.0 for r in rows):
+        top_p = torch.tensor([r.params.top_p for r in rows], device=device)
+        sorted_scores, order = scores.sort(dim=-1, descending=True)
+        probs = sorted_scores.softmax(dim=-1)
+        # Keep the smallest prefix whose mass reaches top_p: a token stays if the mass before it
+        # is still short of top_p (the most likely token always stays).
+        mass_before = probs.cumsum(dim=-1) - probs
+        drop_sorted = mass_before >= top_p[:, None]
+        drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
+        scores = scores.masked_fill(drop, float("-inf"))
+    return scores
