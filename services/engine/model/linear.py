@@ -1,0 +1,51 @@
+"""The projection every model layer goes through: y = x W^T (+ b).
+
+One module owns the weight (and optional bias) of a projection, so a quantized variant (INT8
+weights with per-channel scales) replaces this class without touching the model. Fused
+projections (q|k|v, gate|up) are one weight made of named shards, filled from the checkpoint's
+separate tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from services.engine.errors import UnsupportedModelError
+
+
+class Linear(nn.Module):
+    """out_features is one size, or the sizes of the shards laid end to end along the output."""
+
+    def __init__(self, in_features: int, out_features: int | Sequence[int], bias: bool = False,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        sizes = [out_features] if isinstance(out_features, int) else list(out_features)
+        self.in_features = in_features
+        self.out_features = sum(sizes)
+        self.shard_offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+        self.weight = nn.Parameter(torch.empty(self.out_features, in_features, dtype=dtype),
+                                   requires_grad=False)
+        self.bias = (nn.Parameter(torch.empty(self.out_features, dtype=dtype), requires_grad=False)
+                     if bias else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def load(self, param_name: str, tensor: torch.Tensor, shard: int = 0) -> None:
+        """Copy a checkpoint tensor into `weight` or `bias`, or into one shard of them."""
+        param = getattr(self, param_name, None)
+        if not isinstance(param, nn.Parameter):
+            raise UnsupportedModelError(f"projection has no parameter {param_name!r}")
+        start, end = self.shard_offsets[shard], self.shard_offsets[shard + 1]
+        target = param.data[start:end]
+        if tuple(tensor.shape) != tuple(target.shape):
+            raise UnsupportedModelError(f"{param_name} shard {shard}: checkpoint shape "
+                                        f"{tuple(tensor.shape)}, model expects {tuple(target.shape)}")
+        target.copy_(tensor)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, shards={len(self.shard_offsets) - 1}")
