@@ -1,0 +1,101 @@
+"""The gRPC transport's wire format: each `KVChunk.frame` is one msgpack map.
+
+    header  {"kind": "header", "request_id", "dtype", "page_shape", "num_pages", "num_tokens",
+             "block_ids" (on the receiving side; may be empty), "checksum": "crc32"}
+    data    {"kind": "data", "offset": byte offset in the concatenated pages, "data": bytes}
+    end     {"kind": "end", "total_bytes", "crcs": [crc32 of each page]}
+
+Data frames are at most `chunk_bytes` and may span page boundaries (small pages share a frame,
+large ones span several). Encoding skips protobuf's copy of the payload: a KVChunk with only
+field 1 set is exactly `0x0a, varint(len), frame`, so the bytes are the message's wire form and
+any protobuf client or server reads them."""
+
+from __future__ import annotations
+
+import struct
+from typing import Sequence
+
+import msgpack
+
+from services.engine.errors import KVTransferError
+from services.kvtransfer.pages import PageLayout, PageRun
+from services.rpc.tandem.v1 import worker_pb2
+
+CHECKSUM = "crc32"
+_FIELD1_LEN = b"\x0a"      # field 1, wire type 2 (length-delimited)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _as_kvchunk(frame_parts: Sequence[bytes | memoryview], frame_len: int) -> bytes:
+    return b"".join([_FIELD1_LEN, _varint(frame_len), *frame_parts])
+
+
+def encode_header(run: PageRun) -> bytes:
+    layout = run.layout
+    frame = msgpack.packb({
+        "kind": "header", "request_id": run.request_id, "dtype": layout.dtype,
+        "page_shape": list(layout.page_shape), "num_pages": len(run.block_ids),
+        "num_tokens": run.num_tokens, "block_ids": list(run.dst_block_ids[:len(run.block_ids)]),
+        "checksum": CHECKSUM})
+    return _as_kvchunk([frame], len(frame))
+
+
+def encode_data(offset: int, pieces: Sequence[memoryview]) -> bytes:
+    """One data frame over pieces of consecutive pages; the payload is copied once, here."""
+    size = sum(len(p) for p in pieces)
+    head = b"".join([b"\x83", msgpack.packb("kind"), msgpack.packb("data"),
+                     msgpack.packb("offset"), msgpack.packb(offset),
+                     msgpack.packb("data"), b"\xc6", struct.pack(">I", size)])
+    return _as_kvchunk([head, *pieces], len(head) + size)
+
+
+def encode_end(crcs: Sequence[int], total_bytes: int) -> bytes:
+    frame = msgpack.packb({"kind": "end", "total_bytes": total_bytes, "crcs": list(crcs)})
+    return _as_kvchunk([frame], len(frame))
+
+
+def kvchunk_frame(wire: bytes) -> memoryview:
+    """The frame inside a KVChunk's wire bytes (used as the server's request deserializer)."""
+    view = memoryview(wire)
+    if view[:1] == _FIELD1_LEN:
+        length, shift, pos = 0, 0, 1
+        while pos < len(view) and pos < 11:
+            byte = view[pos]
+            length |= (byte & 0x7F) << shift
+            shift, pos = shift + 7, pos + 1
+            if not byte & 0x80:
+                if pos + length == len(view):
+                    return view[pos:]
+                break
+    # Some other valid encoding (e.g. unknown fields): let protobuf parse it.
+    return memoryview(worker_pb2.KVChunk.FromString(wire).frame)
+
+
+def decode_frame(frame: memoryview) -> dict:
+    try:
+        msg = msgpack.unpackb(frame, raw=False)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise KVTransferError(f"malformed frame: {exc}") from None
+    if not isinstance(msg, dict) or msg.get("kind") not in ("header", "data", "end"):
+        raise KVTransferError("malformed frame: not a header, data or end map")
+    return msg
+
+
+def header_fields(msg: dict) -> tuple[str, PageLayout, int, int, list[int]]:
+    """(request id, layout, num_pages, num_tokens, block ids) of a header frame, type-checked."""
+    try:
+        if msg["checksum"] != CHECKSUM:
+            raise KVTransferError(f"checksum {msg['checksum']!r} is not {CHECKSUM}")
+        layout = PageLayout(str(msg["dtype"]), tuple(int(d) for d in msg["page_shape"]))
+        return (str(msg["request_id"]), layout, int(msg["num_pages"]), int(msg["num_tokens"]),
+                [int(b) for b in msg["block_ids"]])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise KVTransferError(f"malformed header frame: {exc!r}") from None

@@ -1,0 +1,211 @@
+"""The receiving side shared by every transport: a decode worker's reserved blocks, by request id,
+waiting for their pages.
+
+Pages are written straight into the reserved blocks as they arrive and verified at the end
+(lengths, and a checksum per page where bytes crossed a wire). A rejected transfer leaves nothing
+behind: the inbox closes with the error and its owner frees the reservation. Writes and `close()`
+take the same lock, so once `close()` returns no transport touches those blocks again and they can
+be handed to another request."""
+
+from __future__ import annotations
+
+import enum
+import threading
+import zlib
+from concurrent.futures import Future
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from services.engine.errors import KVTransferError
+from services.kvtransfer.pages import PageLayout
+
+
+class InboxState(enum.IntEnum):
+    EXPECTING = 0
+    RECEIVING = 1
+    LANDED = 2
+    CLOSED = 3
+
+
+class PageInbox:
+    """Reserved blocks of one request. `landed` resolves to the number of tokens whose K/V arrived,
+    or fails with KVTransferError when the transfer was rejected or the inbox closed."""
+
+    def __init__(self, request_id: str, kv_cache: torch.Tensor, block_ids: Sequence[int],
+                 block_size: int) -> None:
+        self.request_id = request_id
+        self.block_ids = tuple(block_ids)
+        self.layout = PageLayout.of_pool(kv_cache)
+        self.landed: Future[int] = Future()
+        self._kv_cache = kv_cache
+        self._block_size = block_size
+        self._lock = threading.Lock()
+        self.state = InboxState.EXPECTING
+        self._num_pages = 0
+        self._num_tokens = 0
+
+    # --- a transfer, from its header to its end -------------------------------------------------
+    def open(self, layout: PageLayout, num_pages: int, num_tokens: int,
+             dst_block_ids: Sequence[int] = ()) -> None:
+        """Accepts a transfer's header; raises KVTransferError (and closes) if it cannot land here."""
+        with self._lock:
+            if self.state != InboxState.EXPECTING:
+                raise KVTransferError(f"request {self.request_id}: inbox is {self.state.name.lower()}, "
+                                      "not expecting pages")
+            error = self._header_error(layout, num_pages, num_tokens, tuple(dst_block_ids))
+            if error:
+                self._close_locked(KVTransferError(f"request {self.request_id}: {error}"))
+                raise self.landed.exception()
+            self.state = InboxState.RECEIVING
+            self._num_pages, self._num_tokens = num_pages, num_tokens
+
+    def _header_error(self, layout: PageLayout, num_pages: int, num_tokens: int,
+                      dst_block_ids: tuple[int, ...]) -> str | None:
+        if layout != self.layout:
+            return f"page layout {layout} does not match this pool's {self.layout}"
+        if not 1 <= num_pages <= len(self.block_ids):
+            return f"num_pages must be in [1, {len(self.block_ids)}] (reserved), got {num_pages}"
+        if not (num_pages - 1) * self._block_size < num_tokens <= num_pages * self._block_size:
+            return f"num_tokens {num_tokens} does not fill {num_pages} pages of {self._block_size}"
+        if dst_block_ids and dst_block_ids != self.block_ids[:num_pages]:
+            return "block ids do not match the reservation"
+        return None
+
+    def write(self, page_index: int, offset: int, data: memoryview) -> None:
+        """Writes bytes of one page (offset within the page) into its reserved block."""
+        with self._lock:
+            if self.state != InboxState.RECEIVING:
+                raise KVTransferError(f"request {self.request_id}: inbox is {self.state.name.lower()}")
+            if not 0 <= page_index < self._num_pages or offset + len(data) > self.layout.page_bytes:
+                raise KVTransferError(f"request {self.request_id}: bytes beyond page {page_index}")
+            page = self._kv_cache[self.block_ids[page_index]].view(torch.uint8).reshape(-1)
+            src = np.frombuffer(data, dtype=np.uint8)
+            if page.device.type == "cpu":
+                page.numpy()[offset:offset + len(data)] = src
+            else:
+                page[offset:offset + len(data)].copy_(torch.from_numpy(src.copy()))
+
+    def copy_pages(self, src_pool: torch.Tensor, src_block_ids: Sequence[int]) -> None:
+        """Same-process landing: one gather/scatter copy from the sender's pool, no serialization."""
+        with self._lock:
+            if self.state != InboxState.RECEIVING or len(src_block_ids) != self._num_pages:
+                raise KVTransferError(f"request {self.request_id}: cannot land {len(src_block_ids)} "
+                                      f"pages in a {self.state.name.lower()} inbox")
+            dst = torch.tensor(self.block_ids[:self._num_pages], device=self._kv_cache.device)
+            src = torch.tensor(list(src_block_ids), device=src_pool.device)
+            pages = src_pool.index_select(0, src).to(self._kv_cache.device)
+            self._kv_cache.index_copy_(0, dst, pages)
+
+    def finish(self) -> int:
+        """Marks the pages landed (after the transport verified them); returns the bytes landed."""
+        with self._lock:
+            if self.state != InboxState.RECEIVING:
+                raise KVTransferError(f"request {self.request_id}: inbox is {self.state.name.lower()}")
+            self.state = InboxState.LANDED
+            self.landed.set_result(self._num_tokens)
+            return self._num_pages * self.layout.page_bytes
+
+    def close(self, error: KVTransferError | None = None) -> None:
+        """No more writes; a transfer not yet landed fails with error. Idempotent."""
+        with self._lock:
+            self._close_locked(error or KVTransferError(f"request {self.request_id}: reservation closed"))
+
+    def _close_locked(self, error: KVTransferError) -> None:
+        if self.state == InboxState.CLOSED:
+            return
+        if self.state != InboxState.LANDED:
+            self.landed.set_exception(error)
+        self.state = InboxState.CLOSED
+
+
+class PageChecker:
+    """Running per-page checksums over a byte stream of concatenated pages, in order."""
+
+    def __init__(self, page_bytes: int, num_pages: int) -> None:
+        self.page_bytes = page_bytes
+        self.num_pages = num_pages
+        self.crcs = [0] * num_pages
+        self.received = 0
+
+    @property
+    def total_bytes(self) -> int:
+        return self.page_bytes * self.num_pages
+
+    def split(self, offset: int, data: memoryview):
+        """Yields (page index, offset in page, bytes) for a frame at this stream offset, updating
+        the checksums. Frames must arrive in order, without gaps or overlap."""
+        if offset != self.received:
+            raise KVTransferError(f"frame at byte {offset}, expected {self.received}")
+        if offset + len(data) > self.total_bytes:
+            raise KVTransferError(f"frame ends at byte {offset + len(data)}, beyond the "
+                                  f"{self.total_bytes} announced")
+        pos = 0
+        while pos < len(data):
+            page, in_page = divmod(offset + pos, self.page_bytes)
+            n = min(len(data) - pos, self.page_bytes - in_page)
+            piece = data[pos:pos + n]
+            self.crcs[page] = zlib.crc32(piece, self.crcs[page])
+            yield page, in_page, piece
+            pos += n
+        self.received += len(data)
+
+    def verify(self, crcs: Sequence[int], total_bytes: int) -> None:
+        if total_bytes != self.total_bytes or self.received != self.total_bytes:
+            raise KVTransferError(f"truncated: {self.received} of {self.total_bytes} bytes arrived "
+                                  f"(sender says {total_bytes})")
+        if len(crcs) != self.num_pages:
+            raise KVTransferError(f"{len(crcs)} checksums for {self.num_pages} pages")
+        bad = [i for i, (got, want) in enumerate(zip(self.crcs, crcs)) if got != want]
+        if bad:
+            raise KVTransferError(f"checksum mismatch on pages {bad}")
+
+
+class KVReceiver:
+    """All inboxes of one decode worker, keyed by request id. Every transport lands through it.
+
+    `on_closed(request_id)` runs (in whichever thread closed it) when an inbox closes without its
+    pages having landed for good, so the owner frees the reservation."""
+
+    def __init__(self, kv_cache: torch.Tensor, block_size: int,
+                 on_failed: Callable[[str], None] | None = None) -> None:
+        self.kv_cache = kv_cache
+        self.block_size = block_size
+        self.bytes_received = 0
+        self._on_failed = on_failed
+        self._inboxes: dict[str, PageInbox] = {}
+        self._lock = threading.Lock()
+
+    def expect(self, request_id: str, block_ids: Sequence[int]) -> PageInbox:
+        inbox = PageInbox(request_id, self.kv_cache, block_ids, self.block_size)
+        with self._lock:
+            if request_id in self._inboxes:
+                raise KVTransferError(f"request {request_id}: already expecting pages")
+            self._inboxes[request_id] = inbox
+        if self._on_failed is not None:
+            inbox.landed.add_done_callback(
+                lambda f: f.exception() is not None and self._on_failed(request_id))
+        return inbox
+
+    def inbox(self, request_id: str) -> PageInbox:
+        with self._lock:
+            inbox = self._inboxes.get(request_id)
+        if inbox is None:
+            raise KVTransferError(f"request {request_id}: no reservation expects pages")
+        return inbox
+
+    def discard(self, request_id: str) -> PageInbox | None:
+        """Forgets the inbox and closes it (a transfer in progress is rejected)."""
+        with self._lock:
+            inbox = self._inboxes.pop(request_id, None)
+        if inbox is not None:
+            inbox.close()
+        return inbox
+
+    def count_landed(self, num_bytes: int) -> None:
+        with self._lock:
+            self.bytes_received += num_bytes
+
+    def __len__(self) -> int:
+        return len(self._inboxes)

@@ -1,0 +1,64 @@
+"""The one interface every KV page transport implements.
+
+A prefill worker ships a prefilled request's pages with `KVSender.send_pages(run)` and releases
+its blocks once that returns (the receiver has landed and verified them); a decode worker lands
+them through its `KVReceiver` (inbox.py) into the blocks it reserved. Workers see only
+`KVSender`, `KVReceiver` and the factory (`KVTransports`), so another transport drops in without
+touching them: a CUDA-IPC sender (same node, GPU to GPU) maps the receiver's pool through an IPC
+handle and gathers the pages with one kernel, lands through the same inbox, and is chosen by the
+factory from the address scheme (`cuda-ipc://...`) or the `transport` name."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+from services.engine.errors import ConfigError
+from services.kvtransfer.pages import PageRun
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """How pages travel. `chunk_bytes` bounds one gRPC message (max message size is set from it
+    explicitly on both ends); at most `max_inflight_chunks` encoded chunks wait for the wire."""
+
+    chunk_bytes: int = 4 * 2**20
+    max_inflight_chunks: int = 4
+    timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not 64 * 2**10 <= self.chunk_bytes <= 64 * 2**20:
+            raise ConfigError(f"chunk_bytes must be in [64 KiB, 64 MiB], got {self.chunk_bytes}")
+        if self.max_inflight_chunks < 1:
+            raise ConfigError(f"max_inflight_chunks must be >= 1, got {self.max_inflight_chunks}")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"timeout_s must be > 0, got {self.timeout_s}")
+
+    @property
+    def max_message_bytes(self) -> int:
+        # A chunk plus its frame header (request id, block ids, checksums of up to a few
+        # thousand pages): generous, but bounded.
+        return self.chunk_bytes + 2**20
+
+
+@dataclass(frozen=True)
+class TransferReceipt:
+    """What one acknowledged transfer moved."""
+
+    num_pages: int
+    num_bytes: int
+    seconds: float
+
+
+class KVSender(abc.ABC):
+    """Ships pages to one receiver. Safe to use for several transfers at once."""
+
+    name: str
+
+    @abc.abstractmethod
+    async def send_pages(self, run: PageRun) -> TransferReceipt:
+        """Returns once the receiver has landed and verified every page; raises KVTransferError
+        otherwise (the receiver then holds nothing of this transfer)."""
+
+    async def close(self) -> None:
+        """Releases connections; a closed sender sends nothing more."""
