@@ -1,9 +1,22 @@
-"""Paged decode attention: one query token per sequence, K/V read through block tables."""
+"""Paged decode attention: one query token per sequence, K/V read through block tables.
+
+Decode is bandwidth-bound, so the kernel reads every K/V byte once: a program owns one KV head of
+one sequence and computes all the query heads that share it (GQA), and long contexts are split
+into partitions handled by separate programs (flash-decoding), merged afterwards by an exact
+log-sum-exp reduction. The number of partitions follows from the block table's width, never from
+the data, so the launch needs no device-to-host sync and can be captured in a CUDA graph."""
 
 from __future__ import annotations
 
-import torch
+import math
+from dataclasses import dataclass
 
+import torch
+import triton
+import triton.language as tl
+
+from kernels.arguments import (FLOAT_DTYPES, KernelArgumentError, check_dim, check_same_device,
+                               check_tensor, next_power_of_2, use_triton_for)
 from kernels.prefill_attention import prefill_attention_ref
 
 
@@ -17,7 +30,192 @@ def paged_decode_attention_ref(q: torch.Tensor, key_cache: torch.Tensor,
                                  seq_lens, scale)
 
 
+@dataclass(frozen=True)
+class DecodeLaunch:
+    """Tile sizes of one launch. `partition` tokens per program (a multiple of block_n);
+    contexts longer than one partition are split and reduced."""
+
+    block_n: int = 64
+    partition: int = 512
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def __post_init__(self) -> None:
+        if self.block_n < 16 or self.block_n & (self.block_n - 1):
+            raise KernelArgumentError("launch.block_n", f"must be a power of two >= 16, got {self.block_n}")
+        if self.partition < self.block_n or self.partition % self.block_n:
+            raise KernelArgumentError("launch.partition",
+                                      f"must be a multiple of block_n ({self.block_n}), got {self.partition}")
+
+
+# Best launch per head dim, measured on H100/H200 by benchmarks/kernels.py (bf16, GQA 32/8).
+DECODE_LAUNCHES: dict[int, DecodeLaunch] = {
+    64: DecodeLaunch(block_n=64, partition=512, num_warps=4, num_stages=2),
+    128: DecodeLaunch(block_n=64, partition=512, num_warps=4, num_stages=2),
+}
+_PARTITIONS_PER_REDUCE_STEP = 16
+
+
+@triton.jit
+def _decode_partition_kernel(
+        q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, out_ptr,
+        part_out_ptr, part_lse_ptr, scale_log2, num_heads, num_partitions,
+        stride_qs, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
+        stride_bt, stride_os, stride_oh,
+        BLOCK_SIZE: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+        HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, PARTITION: tl.constexpr,
+        BLOCK_N: tl.constexpr, SPLIT: tl.constexpr):
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    part = tl.program_id(2)
+    seq_len = tl.load(seq_lens_ptr + seq)
+    start = part * PARTITION
+    if start >= seq_len:
+        return
+    end = tl.minimum(seq_len, start + PARTITION)
+
+    rows = tl.arange(0, GROUP_PAD)
+    heads = kv_head * GROUP + rows
+    row_mask = rows < GROUP
+    d = tl.arange(0, HEAD_PAD)
+    d_mask = d < HEAD_DIM
+    q = tl.load(q_ptr + seq * stride_qs + heads[:, None] * stride_qh + d[None, :],
+                mask=row_mask[:, None] & d_mask[None, :], other=0.0)
+    table = block_tables_ptr + seq.to(tl.int64) * stride_bt
+    k_base = k_cache_ptr + kv_head * stride_kh
+    v_base = v_cache_ptr + kv_head * stride_vh
+
+    m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+    l = tl.zeros([GROUP_PAD], tl.float32)
+    acc = tl.zeros([GROUP_PAD, HEAD_PAD], tl.float32)
+    for tok0 in range(start, end, BLOCK_N):
+        toks = tok0 + tl.arange(0, BLOCK_N)
+        valid = toks < end
+        pages = tl.load(table + toks // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
+        offs = toks % BLOCK_SIZE
+        kv_mask = valid[:, None] & d_mask[None, :]
+        k = tl.load(k_base + pages[:, None] * stride_kb + offs[:, None] * stride_kt + d[None, :],
+                    mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k)) * scale_log2
+        s = tl.where(valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, 1))
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l = l * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + pages[:, None] * stride_vb + offs[:, None] * stride_vt + d[None, :],
+                    mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m = m_new
+
+    out = acc / l[:, None]
+    if SPLIT:
+        # Partials in fp32, normalised, with their log2-sum-exp for the exact merge.
+        part_row = (seq * num_heads + heads) * num_partitions + part
+        tl.store(part_out_ptr + part_row[:, None] * HEAD_DIM + d[None, :], out,
+                 mask=row_mask[:, None] & d_mask[None, :])
+        tl.store(part_lse_ptr + part_row, m + tl.log2(l), mask=row_mask)
+    else:
+        tl.store(out_ptr + seq * stride_os + heads[:, None] * stride_oh + d[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & d_mask[None, :])
+
+
+@triton.jit
+def _decode_reduce_kernel(part_out_ptr, part_lse_ptr, seq_lens_ptr, out_ptr, num_heads,
+                          num_partitions, stride_os, stride_oh,
+                          HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr,
+                          PARTITION: tl.constexpr, CHUNK: tl.constexpr):
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    seq_len = tl.load(seq_lens_ptr + seq)
+    used = tl.cdiv(seq_len, PARTITION)
+    d = tl.arange(0, HEAD_PAD)
+    d_mask = d < HEAD_DIM
+    row0 = (seq * num_heads + head) * num_partitions
+    # One running (max, sum, acc) per lane; lanes are merged at the end.
+    m = tl.full([CHUNK], float("-inf"), tl.float32)
+    s = tl.zeros([CHUNK], tl.float32)
+    acc = tl.zeros([CHUNK, HEAD_PAD], tl.float32)
+    for p0 in range(0, used, CHUNK):
+        parts = p0 + tl.arange(0, CHUNK)
+        p_mask = parts < used
+        lse = tl.load(part_lse_ptr + row0 + parts, mask=p_mask, other=float("-inf"))
+        o = tl.load(part_out_ptr + (row0 + parts)[:, None] * HEAD_DIM + d[None, :],
+                    mask=p_mask[:, None] & d_mask[None, :], other=0.0)
+        # A lane with no partition yet keeps m = -inf; shifting by 0 then gives weights of 0.
+        m_new = tl.maximum(m, lse)
+        shift = tl.where(m_new > float("-inf"), m_new, 0.0)
+        alpha = tl.exp2(m - shift)
+        w = tl.exp2(lse - shift)
+        acc = acc * alpha[:, None] + o * w[:, None]
+        s = s * alpha + w
+        m = m_new
+    f = tl.exp2(m - tl.max(m, 0))      # lanes that saw no partition have m = -inf: weight 0
+    out = tl.sum(acc * f[:, None], 0) / tl.sum(s * f, 0)
+    tl.store(out_ptr + seq * stride_os + head * stride_oh + d, out.to(out_ptr.dtype.element_ty),
+             mask=d_mask)
+
+
+def _check(q, key_cache, value_cache, block_tables, seq_lens) -> None:
+    check_tensor("q", q, 3, FLOAT_DTYPES)
+    check_tensor("key_cache", key_cache, 4, (q.dtype,))
+    check_tensor("value_cache", value_cache, 4, (q.dtype,))
+    if value_cache.shape != key_cache.shape:
+        raise KernelArgumentError("value_cache", f"shape {tuple(value_cache.shape)} differs from "
+                                                 f"key_cache {tuple(key_cache.shape)}")
+    check_dim("key_cache", key_cache, 3, q.shape[2])
+    if q.shape[1] % key_cache.shape[2]:
+        raise KernelArgumentError("q", f"num_heads ({q.shape[1]}) must be a multiple of "
+                                       f"num_kv_heads ({key_cache.shape[2]})")
+    check_tensor("block_tables", block_tables, 2, (torch.int32,))
+    check_dim("block_tables", block_tables, 0, q.shape[0])
+    check_tensor("seq_lens", seq_lens, 1, (torch.int32,))
+    check_dim("seq_lens", seq_lens, 0, q.shape[0])
+    check_same_device(q=q, key_cache=key_cache, value_cache=value_cache,
+                      block_tables=block_tables, seq_lens=seq_lens)
+
+
 def paged_decode_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                            block_tables: torch.Tensor, seq_lens: torch.Tensor,
-                           scale: float) -> torch.Tensor:
-    return paged_decode_attention_ref(q, key_cache, value_cache, block_tables, seq_lens, scale)
+                           scale: float, *, use_triton: bool | None = None,
+                           launch: DecodeLaunch | None = None) -> torch.Tensor:
+    """q: [num_seqs, num_heads, head_dim]; key_cache/value_cache: [num_blocks, block_size,
+    num_kv_heads, head_dim] (any block and token stride, head_dim contiguous); block_tables:
+    int32 [num_seqs, max_blocks]; seq_lens: int32 [num_seqs], each >= 1.
+    Returns [num_seqs, num_heads, head_dim] in q's dtype."""
+    _check(q, key_cache, value_cache, block_tables, seq_lens)
+    if not use_triton_for(use_triton, q):
+        return paged_decode_attention_ref(q, key_cache, value_cache, block_tables, seq_lens, scale)
+    num_seqs, num_heads, head_dim = q.shape
+    block_size, num_kv_heads = key_cache.shape[1], key_cache.shape[2]
+    group = num_heads // num_kv_heads
+    launch = launch or DECODE_LAUNCHES.get(head_dim, DecodeLaunch())
+    out = torch.empty((num_seqs, num_heads, head_dim), dtype=q.dtype, device=q.device)
+    if num_seqs == 0:
+        return out
+    max_context = block_tables.shape[1] * block_size
+    num_partitions = max(1, triton.cdiv(max_context, launch.partition))
+    split = num_partitions > 1
+    if split:
+        part_out = torch.empty((num_seqs, num_heads, num_partitions, head_dim),
+                               dtype=torch.float32, device=q.device)
+        part_lse = torch.empty((num_seqs, num_heads, num_partitions), dtype=torch.float32,
+                               device=q.device)
+    else:
+        part_out = part_lse = out      # unused: the kernel writes `out` directly
+    head_pad = max(16, next_power_of_2(head_dim))
+    _decode_partition_kernel[(num_seqs, num_kv_heads, num_partitions)](
+        q, key_cache, value_cache, block_tables, seq_lens, out, part_out, part_lse,
+        scale * math.log2(math.e), num_heads, num_partitions,
+        q.stride(0), q.stride(1), key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
+        value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
+        block_tables.stride(0), out.stride(0), out.stride(1),
+        BLOCK_SIZE=block_size, GROUP=group, GROUP_PAD=max(16, next_power_of_2(group)),
+        HEAD_DIM=head_dim, HEAD_PAD=head_pad, PARTITION=launch.partition,
+        BLOCK_N=launch.block_n, SPLIT=split,
+        num_warps=launch.num_warps, num_stages=launch.num_stages)
+    if split:
+        _decode_reduce_kernel[(num_seqs, num_heads)](
+            part_out, part_lse, seq_lens, out, num_heads, num_partitions,
+            out.stride(0), out.stride(1), HEAD_DIM=head_dim, HEAD_PAD=head_pad,
+            PARTITION=launch.partition, CHUNK=_PARTITIONS_PER_REDUCE_STEP, num_warps=4)
+    return out

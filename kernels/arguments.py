@@ -1,0 +1,68 @@
+"""Argument checks shared by the kernel wrappers, and the choice between the Triton kernel and the
+torch reference. A wrong shape, dtype or stride is a caller's bug: it gets a typed error naming
+the argument and what was expected, before anything is launched."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+class KernelArgumentError(ValueError):
+    """An argument of a kernel wrapper has the wrong shape, dtype, device or stride."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"{name}: {message}")
+        self.argument = name
+
+
+def check_tensor(name: str, t: torch.Tensor, ndim: int,
+                 dtypes: Iterable[torch.dtype] | None = None,
+                 inner_contiguous: int = 1) -> None:
+    """`inner_contiguous` trailing dimensions must be laid out densely (row-major), which is what
+    the kernels' pointer arithmetic assumes; outer dimensions may have any stride."""
+    if not isinstance(t, torch.Tensor):
+        raise KernelArgumentError(name, f"expected a tensor, got {type(t).__name__}")
+    if t.dim() != ndim:
+        raise KernelArgumentError(name, f"expected {ndim} dimensions, got shape {tuple(t.shape)}")
+    if dtypes is not None:
+        dtypes = tuple(dtypes)
+        if t.dtype not in dtypes:
+            raise KernelArgumentError(name, f"dtype must be one of {dtypes}, got {t.dtype}")
+    expected = 1
+    for dim in range(ndim - 1, ndim - 1 - inner_contiguous, -1):
+        if t.shape[dim] > 1 and t.stride(dim) != expected:
+            raise KernelArgumentError(
+                name, f"the last {inner_contiguous} dimension(s) must be contiguous, "
+                      f"got strides {t.stride()} for shape {tuple(t.shape)}")
+        expected *= t.shape[dim]
+
+
+def check_dim(name: str, t: torch.Tensor, dim: int, size: int) -> None:
+    if t.shape[dim] != size:
+        raise KernelArgumentError(name, f"dimension {dim} must be {size}, got shape "
+                                        f"{tuple(t.shape)}")
+
+
+def check_same_device(**tensors: torch.Tensor | None) -> None:
+    present = {n: t for n, t in tensors.items() if t is not None}
+    devices = {t.device for t in present.values()}
+    if len(devices) > 1:
+        listing = ", ".join(f"{n} on {t.device}" for n, t in present.items())
+        raise KernelArgumentError(next(iter(present)), f"tensors must share a device: {listing}")
+
+
+def use_triton_for(use_triton: bool | None, t: torch.Tensor) -> bool:
+    """None: the Triton kernel on CUDA tensors, the reference elsewhere. True forces the kernel
+    (CPU tensors then need Triton's interpreter, as the tests run it); False the reference."""
+    if use_triton is None:
+        return t.is_cuda
+    return bool(use_triton)
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
