@@ -22,7 +22,8 @@ from services.engine.model.weights import ModelSource, safetensors_files, safete
 from services.engine.presets import DEFAULT_PRESET, PRESETS, preset_source
 from services.engine.tokenizer import Tokenizer
 
-__all__ = ["DEFAULT_PRESET", "PRESETS", "LoadedModel", "load_model", "serving_dtype"]
+__all__ = ["DEFAULT_PRESET", "PRESETS", "LoadedModel", "LoadedTokenizer", "load_model", "load_tokenizer",
+           "serving_dtype"]
 
 SERVING_DTYPES = ("float32", "float16", "bfloat16")
 
@@ -46,6 +47,20 @@ def load_model(name_or_path: str, dtype: str | None = None,
     model.load_weights(source.weights(config, device))
     model.eval()
     return LoadedModel(model, config, source.tokenizer, source.eos_token_ids)
+
+
+@dataclass(frozen=True)
+class LoadedTokenizer:
+    """A model's tokenizer and architecture without its weights: what a gateway needs."""
+
+    tokenizer: Tokenizer
+    config: ModelConfig
+
+
+def load_tokenizer(name_or_path: str) -> LoadedTokenizer:
+    source = preset_source(name_or_path) if name_or_path in PRESETS else _checkpoint_source(name_or_path)
+    config = model_config_from_hf(source.hf_config, checkpoint_dtype(source.hf_config))
+    return LoadedTokenizer(source.tokenizer, config)
 
 
 def serving_dtype(requested: str | None, declared: str, device: torch.device) -> str:
