@@ -1,12 +1,17 @@
 """Tandem's kernel library: one op per module, each with a torch `*_ref` that is its
-specification. Public wrappers run the Triton kernel on CUDA tensors and the reference elsewhere."""
+specification. Public wrappers run the Triton kernel on CUDA tensors and the reference elsewhere
+(`use_triton=True` forces the kernel, e.g. on CPU under Triton's interpreter)."""
 
+from kernels.arguments import KernelArgumentError
 from kernels.kv_page_write import write_kv_pages
 from kernels.paged_decode_attention import paged_decode_attention
 from kernels.prefill_attention import prefill_attention
+from kernels.quantize_rows import quantize_rows
 from kernels.rms_norm import rms_norm
 from kernels.rotary import rotary
 from kernels.silu_and_mul import silu_and_mul
+from kernels.w8a8_gemm import w8a8_gemm
+from kernels.w8a16_gemm import w8a16_gemm
 
-__all__ = ["paged_decode_attention", "prefill_attention", "rms_norm", "rotary", "silu_and_mul",
-           "write_kv_pages"]
+__all__ = ["KernelArgumentError", "paged_decode_attention", "prefill_attention", "quantize_rows",
+           "rms_norm", "rotary", "silu_and_mul", "w8a16_gemm", "w8a8_gemm", "write_kv_pages"]

@@ -1,5 +1,6 @@
 """KV page write: scatter the new tokens' K/V into their slots in the paged pool, optionally
-quantizing to INT8 with one scale per (token, KV head), kept in separate scale tensors.
+quantizing to INT8 with one scale per (token, KV head), kept in separate scale tensors
+(the rule of kernels/quantize_rows.py).
 
 One program writes one token: all its KV heads, K and V, as contiguous rows of head_dim."""
 
@@ -11,18 +12,7 @@ import triton.language as tl
 
 from kernels.arguments import (FLOAT_DTYPES, KernelArgumentError, check_dim, check_same_device,
                                check_tensor, next_power_of_2, use_triton_for)
-
-_SMALLEST_SCALE = torch.finfo(torch.float32).tiny   # an all-zero row quantizes to zeros, not NaN
-
-
-def quantize_per_row_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric INT8 over the last dim: scale = max|x| / 127, q = round-half-away(x / scale)."""
-    xf = x.float()
-    scale = xf.abs().amax(dim=-1) / 127.0
-    q = xf / scale.clamp_min(_SMALLEST_SCALE)[..., None]
-    q = torch.where(q >= 0, torch.floor(q + 0.5), torch.ceil(q - 0.5))
-    return q.clamp(-127, 127).to(torch.int8), scale
-
+from kernels.quantize_rows import quantize_rows_ref
 
 def write_kv_pages_ref(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor,
                        value_cache: torch.Tensor, slot_mapping: torch.Tensor,
@@ -38,8 +28,8 @@ def write_kv_pages_ref(key: torch.Tensor, value: torch.Tensor, key_cache: torch.
     blocks = torch.div(slot_mapping, block_size, rounding_mode="floor")
     offsets = slot_mapping % block_size
     if key_cache.dtype == torch.int8:
-        key_q, key_scale = quantize_per_row_ref(key)
-        value_q, value_scale = quantize_per_row_ref(value)
+        key_q, key_scale = quantize_rows_ref(key)
+        value_q, value_scale = quantize_rows_ref(value)
         key_cache[blocks, offsets] = key_q
         value_cache[blocks, offsets] = value_q
         key_scale_cache[blocks, offsets] = key_scale

@@ -1,0 +1,70 @@
+"""Launch configurations of the INT8 GEMMs, as data.
+
+What changes the best tile is the number of rows M (decode's 1-16 rows are a weight stream, bound
+by bandwidth; prefill's hundreds of rows are bound by the tensor cores), then the weight's shape
+(how many output tiles there are to spread over the SMs, how long each K loop is). So a config is
+looked up by (kernel, M bucket, N, K), with a per-bucket default for shapes not in the table.
+The entries were chosen by the sweep in benchmarks/kernels.py on H100/H200."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kernels.arguments import KernelArgumentError
+
+
+@dataclass(frozen=True)
+class GemmLaunch:
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 3
+    split_k: int = 1          # >1: K is cut into slices whose partial sums meet by atomic adds
+    group_m: int = 8          # row tiles that share a band of weight columns (L2 reuse)
+
+    def __post_init__(self) -> None:
+        for name in ("block_m", "block_n", "block_k"):
+            size = getattr(self, name)
+            if size < 16 or size & (size - 1):
+                raise KernelArgumentError(f"launch.{name}", f"must be a power of two >= 16, got {size}")
+        if self.split_k < 1:
+            raise KernelArgumentError("launch.split_k", f"must be >= 1, got {self.split_k}")
+
+
+M_BUCKETS = (16, 64, 256)        # a bucket holds M up to its bound; the last one everything above
+
+
+def m_bucket(m: int) -> int:
+    for bound in M_BUCKETS:
+        if m <= bound:
+            return bound
+    return M_BUCKETS[-1] + 1
+
+
+_W8A16_DEFAULTS = {
+    16: GemmLaunch(16, 64, 256, num_warps=4, num_stages=4),
+    64: GemmLaunch(64, 64, 128, num_warps=4, num_stages=4),
+    256: GemmLaunch(128, 128, 64, num_warps=8, num_stages=3),
+    257: GemmLaunch(128, 128, 64, num_warps=8, num_stages=3),
+}
+_W8A8_DEFAULTS = {
+    16: GemmLaunch(16, 64, 256, num_warps=4, num_stages=4),
+    64: GemmLaunch(64, 64, 128, num_warps=4, num_stages=4),
+    256: GemmLaunch(128, 128, 128, num_warps=8, num_stages=3),
+    257: GemmLaunch(128, 256, 128, num_warps=8, num_stages=3),
+}
+
+# (kernel, M bucket, N, K) -> launch; Llama-3.1-8B projections first.
+GEMM_LAUNCHES: dict[tuple[str, int, int, int], GemmLaunch] = {
+    ("w8a16", 16, 14336, 4096): GemmLaunch(16, 64, 256, num_warps=4, num_stages=4),
+    ("w8a16", 16, 4096, 14336): GemmLaunch(16, 32, 512, num_warps=4, num_stages=4),
+}
+
+
+def gemm_launch(kernel: str, m: int, n: int, k: int) -> GemmLaunch:
+    bucket = m_bucket(m)
+    found = GEMM_LAUNCHES.get((kernel, bucket, n, k))
+    if found is not None:
+        return found
+    return (_W8A16_DEFAULTS if kernel == "w8a16" else _W8A8_DEFAULTS)[bucket]
