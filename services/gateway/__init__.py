@@ -1,0 +1,20 @@
+"""The gateway: public gRPC (tandem.v1.Generation, health, reflection) and OpenAI-compatible HTTP
+APIs on one routing core, with admission control in front of the workers.
+
+Interfaces:
+- `GatewayConfig` (config.py): frozen; host, grpc_port, http_port (0: a free port), model,
+  served_model_name, mode ("disaggregated" | "colocated"), prefill_workers, decode_workers
+  (host:port of the workers' gRPC services), api_keys (empty: no auth), kv_transport,
+  max_model_len, request_timeout_s, reservation_ttl_s, load_poll_interval_s, admission
+  (AdmissionConfig: queue bound and timeout, running limit, prefill queue tokens, tenant rate).
+- `Gateway(config)` (gateway.py): `await gateway.start()`, then `gateway.grpc_port`,
+  `gateway.http_port` (bound ports), `gateway.grpc_address`, `gateway.http_url`; `await gateway.stop()`.
+  Also an async context manager.
+- `python -m services.gateway --decode ADDR [--decode ADDR] [--prefill ADDR ...] [--mode colocated]
+  [--model NAME] [--grpc-port P] [--http-port P] [--api-key K]` (__main__.py): for containers.
+
+Layout: config.py, admission.py (+ token_bucket.py), routing.py, workers.py (channels, load
+reports, booking ledger), session.py (one request on the workers), service.py (the shared core),
+grpc_api.py, http_api.py (+ openai_protocol.py, openai_responses.py), output_text.py (stop strings),
+status.py (errors -> gRPC / HTTP, in one table), client.py (the `tandem generate --target` client).
+"""

@@ -1,0 +1,83 @@
+"""`python -m services.gateway`: a gateway in front of running workers (containers, Ray jobs).
+
+    python -m services.gateway --decode 10.0.0.2:50061 --prefill 10.0.0.3:50071 \\
+        --model tiny-random --grpc-port 50051 --http-port 8000 [--mode colocated] [--api-key K ...]
+
+Runs until SIGINT / SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from services.engine.errors import TandemError
+from services.gateway.config import KV_TRANSPORTS, MODES, AdmissionConfig, GatewayConfig
+from services.gateway.gateway import Gateway
+
+_DEFAULTS = GatewayConfig(decode_workers=("unused:0",), prefill_workers=("unused:0",))
+_ADMISSION = AdmissionConfig()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m services.gateway", description=__doc__.splitlines()[0])
+    p.add_argument("--decode", action="append", required=True, metavar="HOST:PORT",
+                   help="a DecodeWorker (or colocated worker) address; repeat for several")
+    p.add_argument("--prefill", action="append", default=[], metavar="HOST:PORT",
+                   help="a PrefillWorker address; repeat for several (disaggregated mode)")
+    p.add_argument("--mode", choices=MODES, default=None,
+                   help="default: disaggregated when --prefill is given, else colocated")
+    p.add_argument("--model", default=_DEFAULTS.model)
+    p.add_argument("--served-model-name", default=None)
+    p.add_argument("--host", default=_DEFAULTS.host)
+    p.add_argument("--grpc-port", type=int, default=_DEFAULTS.grpc_port)
+    p.add_argument("--http-port", type=int, default=_DEFAULTS.http_port)
+    p.add_argument("--api-key", action="append", default=[], help="accepted API key; repeat for several")
+    p.add_argument("--kv-transport", choices=KV_TRANSPORTS, default=_DEFAULTS.kv_transport)
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--request-timeout", type=float, default=_DEFAULTS.request_timeout_s)
+    p.add_argument("--max-queued-requests", type=int, default=_ADMISSION.max_queued_requests)
+    p.add_argument("--queue-timeout", type=float, default=_ADMISSION.queue_timeout_s)
+    p.add_argument("--tenant-tokens-per-s", type=float, default=_ADMISSION.tenant_tokens_per_s)
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> GatewayConfig:
+    mode = args.mode or ("disaggregated" if args.prefill else "colocated")
+    return GatewayConfig(
+        model=args.model, served_model_name=args.served_model_name, mode=mode,
+        prefill_workers=tuple(args.prefill), decode_workers=tuple(args.decode), host=args.host,
+        grpc_port=args.grpc_port, http_port=args.http_port, api_keys=tuple(args.api_key),
+        kv_transport=args.kv_transport, max_model_len=args.max_model_len,
+        request_timeout_s=args.request_timeout,
+        admission=AdmissionConfig(max_queued_requests=args.max_queued_requests,
+                                  queue_timeout_s=args.queue_timeout,
+                                  tenant_tokens_per_s=args.tenant_tokens_per_s))
+
+
+async def serve(config: GatewayConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with Gateway(config) as gateway:
+        print(f"gateway: gRPC {gateway.grpc_address}  HTTP {gateway.http_url}", flush=True)
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        asyncio.run(serve(config_from_args(args)))
+    except TandemError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

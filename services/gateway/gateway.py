@@ -1,0 +1,133 @@
+"""The gateway's lifecycle: load the tokenizer, connect to the workers and wait for their first
+load reports, then serve the public gRPC and the HTTP APIs on one event loop.
+
+    gateway = Gateway(GatewayConfig(decode_workers=("127.0.0.1:50061",), prefill_workers=(...)))
+    await gateway.start()          # gateway.grpc_port / gateway.http_port: the bound ports
+    ...
+    await gateway.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from services.engine.loader import load_tokenizer
+from services.gateway.admission import AdmissionController
+from services.gateway.config import GatewayConfig
+from services.gateway.grpc_api import start_grpc_server
+from services.gateway.http_api import HttpApi, start_http_server
+from services.gateway.service import GenerationService
+from services.gateway.session import WorkerSession
+from services.gateway.workers import WorkerPool
+from services.rpc.tandem.v1 import worker_pb2
+from services.telemetry.gpu import GpuGauges
+from services.telemetry.metrics import GatewayMetrics, render
+
+log = logging.getLogger(__name__)
+
+WORKER_READY_TIMEOUT_S = 60.0
+_LOAD_RPC_TIMEOUT_S = 2.0       # a worker slower than this to report its load counts as down
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, worker_ready_timeout_s: float = WORKER_READY_TIMEOUT_S) -> None:
+        self.config = config
+        self.metrics = GatewayMetrics()
+        self._gpu = GpuGauges(self.metrics.registry)
+        self._ready_timeout_s = worker_ready_timeout_s
+        self.pool: WorkerPool | None = None
+        self.admission: AdmissionController | None = None
+        self.service: GenerationService | None = None
+        self._session: WorkerSession | None = None
+        self._grpc_server = None
+        self._health = None
+        self._http_runner = None
+        self.grpc_port = 0
+        self.http_port = 0
+
+    @property
+    def grpc_address(self) -> str:
+        return f"{self.config.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.config.host}:{self.http_port}"
+
+    async def start(self) -> None:
+        cfg = self.config
+        loaded = await asyncio.to_thread(load_tokenizer, cfg.model)
+        max_model_len = cfg.max_model_len or loaded.config.max_position_embeddings
+        disaggregated = cfg.mode == "disaggregated"
+        self.pool = WorkerPool(cfg.prefill_workers, cfg.decode_workers, cfg.load_poll_interval_s,
+                               min(cfg.worker_rpc_timeout_s, _LOAD_RPC_TIMEOUT_S),
+                               on_reports=self._on_reports)
+        self.admission = AdmissionController(cfg.admission, self.pool, self.metrics, disaggregated)
+        self._session = WorkerSession(self.pool, self.admission, self.metrics,
+                                      disaggregated=disaggregated, kv_transport=cfg.kv_transport,
+                                      reservation_ttl_s=cfg.reservation_ttl_s,
+                                      rpc_timeout_s=cfg.worker_rpc_timeout_s)
+        self.service = GenerationService(
+            model_id=cfg.model_id, max_model_len=max_model_len, tokenizer=loaded.tokenizer,
+            api_keys=cfg.api_keys, request_timeout_s=cfg.request_timeout_s,
+            admission=self.admission, session=self._session, metrics=self.metrics)
+        try:
+            await self.pool.start(self._ready_timeout_s)
+            self._grpc_server, self.grpc_port, self._health = await start_grpc_server(
+                self.service, cfg.host, cfg.grpc_port)
+            api = HttpApi(self.service, self.render_metrics, self.is_healthy)
+            self._http_runner, self.http_port = await start_http_server(api, cfg.host, cfg.http_port)
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("gateway serving %s (%s): gRPC %s, HTTP %s", cfg.model_id, cfg.mode,
+                 self.grpc_address, self.http_url)
+
+    async def stop(self, grace_s: float = 1.0) -> None:
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._http_runner is not None:
+            await self._http_runner.cleanup()
+            self._http_runner = None
+        if self._grpc_server is not None:
+            await self._grpc_server.stop(grace_s)
+            self._grpc_server = None
+        if self._session is not None:
+            await self._session.drain()
+        if self.pool is not None:
+            await self.pool.stop()
+            self.pool = None
+
+    async def __aenter__(self) -> "Gateway":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    def is_healthy(self) -> bool:
+        pool = self.pool
+        if pool is None or not any(w.healthy for w in pool.decode):
+            return False
+        return self.config.mode == "colocated" or any(w.healthy for w in pool.prefill)
+
+    def render_metrics(self) -> bytes:
+        self._gpu.update()
+        return render(self.metrics.registry)
+
+    def _on_reports(self) -> None:
+        """Fresh load reports: update the capacity gauges and let queued requests in."""
+        m = self.metrics
+        for w in self.pool.all:
+            m.worker_up.labels(w.address, w.role).set(1 if w.healthy else 0)
+            r = w.report
+            if r is None:
+                continue
+            if w.role == "decode" or r.role == worker_pb2.WORKER_ROLE_COLOCATED:
+                m.kv_blocks.labels(w.address, "free").set(r.free_blocks)
+                m.kv_blocks.labels(w.address, "reserved").set(r.reserved_blocks)
+                m.kv_blocks.labels(w.address, "used").set(r.num_blocks - r.free_blocks)
+            else:
+                m.prefill_queue_tokens.labels(w.address).set(w.queued_prompt_tokens)
+        if self.admission is not None:
+            self.admission.on_capacity_change()

@@ -1,0 +1,96 @@
+"""The public gRPC API: tandem.v1.Generation (Generate, ListModels), standard health checking and
+server reflection, on one grpc.aio server. Errors become statuses here and only here (via
+services/gateway/status.py); RESOURCE_EXHAUSTED and UNAVAILABLE carry a `retry-after` trailer."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services import wire
+from services.engine.errors import TandemError
+from services.gateway.request import GenerationDelta
+from services.gateway.service import GenerationService
+from services.gateway.status import client_error
+from services.rpc.tandem.v1 import generation_pb2, generation_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+GENERATION_SERVICE = generation_pb2.DESCRIPTOR.services_by_name["Generation"].full_name
+
+
+def api_key_from_metadata(metadata) -> str | None:
+    """`authorization: Bearer KEY` (as HTTP) or `x-api-key: KEY`."""
+    for key, value in metadata or ():
+        if key == "authorization" and value.lower().startswith("bearer "):
+            return value[7:].strip()
+        if key == "x-api-key":
+            return value.strip()
+    return None
+
+
+def response_from_delta(request_id: str, delta: GenerationDelta) -> generation_pb2.GenerateResponse:
+    msg = generation_pb2.GenerateResponse(
+        request_id=request_id, token_ids=delta.token_ids, text=delta.text,
+        logprobs=wire.logprobs_to_proto(delta.logprobs),
+        finish_reason=wire.finish_reason_to_proto(delta.finish_reason))
+    if delta.usage is not None:
+        msg.usage.CopyFrom(generation_pb2.Usage(prompt_tokens=delta.usage.prompt_tokens,
+                                                completion_tokens=delta.usage.completion_tokens,
+                                                cached_prompt_tokens=delta.usage.cached_prompt_tokens))
+    return msg
+
+
+class GenerationServicer(generation_pb2_grpc.GenerationServicer):
+    def __init__(self, service: GenerationService) -> None:
+        self._service = service
+
+    async def Generate(self, request: generation_pb2.GenerateRequest, context: grpc.aio.ServicerContext):
+        try:
+            svc = self._service
+            tenant = svc.authenticate(api_key_from_metadata(context.invocation_metadata()))
+            svc.check_model(request.model)
+            params = wire.sampling_from_proto(request.sampling if request.HasField("sampling") else None)
+            kind = request.WhichOneof("prompt")
+            if kind == "text":
+                ids, field = svc.encode_text(request.text, "text"), "text"
+            else:
+                ids, field = list(request.token_ids.ids), "token_ids"
+            req = svc.prepare(ids, params, tenant, request.request_id, prompt_field=field)
+            async for delta in svc.generate(req, "grpc"):
+                yield response_from_delta(req.request_id, delta)
+        except Exception as exc:  # noqa: BLE001 - the edge: every error becomes a status
+            await _abort(context, exc)
+
+    async def ListModels(self, request, context):
+        return generation_pb2.ListModelsResponse(models=[generation_pb2.ModelInfo(
+            id=self._service.model_id, max_model_len=self._service.max_model_len)])
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+    if not isinstance(exc, TandemError):
+        log.exception("unexpected error in Generate")
+    err = client_error(exc)
+    if err.retry_after_header is not None:
+        context.set_trailing_metadata((("retry-after", err.retry_after_header),))
+    await context.abort(err.grpc_code, err.message)
+
+
+async def start_grpc_server(service: GenerationService, host: str, port: int) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """A started server, the port it bound, and its health servicer (set NOT_SERVING on stop)."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    generation_pb2_grpc.add_GenerationServicer_to_server(GenerationServicer(service), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (GENERATION_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC on {host}:{port}")
+    await server.start()
+    for name in ("", GENERATION_SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, bound, health_servicer

@@ -1,0 +1,194 @@
+"""One admitted request on the workers.
+
+Disaggregated: DecodeWorker.Reserve (the blocks are promised before any prefill starts), then
+PrefillWorker.Prefill with the decode worker's kv_address (the first token comes back with it: TTFT),
+then DecodeWorker.Decode streams the rest. Colocated: Reserve, then Decode(prefill_here=True).
+
+Failures before anything was streamed are retried on another worker; after that, the client gets
+UNAVAILABLE. Whatever way the request ends (finished, client gone, deadline, error), every worker
+still holding something for it gets a Cancel, so blocks and reservations never leak.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+import grpc
+
+from services import wire
+from services.engine.block_pool import block_hashes
+from services.engine.errors import CapacityError
+from services.gateway.admission import AdmissionController, Ticket
+from services.gateway.errors import RequestTimeoutError, WorkerUnavailableError
+from services.gateway.request import PreparedRequest
+from services.gateway.routing import AFFINITY_BLOCKS, pick_prefill_worker
+from services.gateway.worker_calls import is_retryable, worker_error
+from services.gateway.workers import WorkerHandle, WorkerPool
+from services.rpc.tandem.v1 import worker_pb2
+from services.telemetry.metrics import GatewayMetrics
+
+_CANCEL_TIMEOUT_S = 5.0
+
+
+@dataclass
+class _Attempt:
+    """Workers holding something for the request right now: they get a Cancel unless it finished."""
+
+    holders: dict[str, WorkerHandle] = field(default_factory=dict)
+    prefill_tried: set[str] = field(default_factory=set)
+    calling: str = ""                       # the worker of the call in progress (calls are sequential)
+
+
+class WorkerSession:
+    def __init__(self, pool: WorkerPool, admission: AdmissionController, metrics: GatewayMetrics,
+                 *, disaggregated: bool, kv_transport: str, reservation_ttl_s: float,
+                 rpc_timeout_s: float) -> None:
+        self._pool = pool
+        self._admission = admission
+        self._metrics = metrics
+        self._disaggregated = disaggregated
+        self._kv_transport = kv_transport
+        self._ttl_ms = int(reservation_ttl_s * 1000)
+        self._rpc_timeout_s = rpc_timeout_s
+        self._background: set[asyncio.Task] = set()
+
+    async def drain(self) -> None:
+        """Waits for outstanding Cancel calls (gateway shutdown)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def run(self, req: PreparedRequest, ticket: Ticket) -> AsyncIterator[wire.ChunkFields]:
+        attempt = _Attempt()
+        streamed = False
+        try:
+            while True:
+                try:
+                    async with contextlib.aclosing(self._attempt(req, ticket, attempt)) as chunks:
+                        async for fields in chunks:
+                            streamed = True
+                            yield fields
+                            if fields.finish_reason is not None:
+                                return
+                    raise WorkerUnavailableError(f"worker stream for {req.request_id} ended early")
+                except grpc.aio.AioRpcError as exc:
+                    if time.monotonic() >= req.deadline:
+                        raise RequestTimeoutError(f"request timed out ({req.request_id})") from None
+                    failed = attempt.calling
+                    if streamed or not is_retryable(exc):
+                        raise worker_error(exc, failed) from None
+                    await self._cancel_all(req.request_id, attempt)
+                    if failed in {w.address for w in self._pool.prefill}:
+                        attempt.prefill_tried.add(failed)
+                    elif not self._admission.rebook(ticket):
+                        raise WorkerUnavailableError(
+                            f"no decode worker could take the request after {failed} failed") from None
+        finally:
+            # Normal completion leaves nothing to cancel: the holders were cleared as they finished.
+            if attempt.holders:
+                task = asyncio.create_task(self._cancel_all(req.request_id, attempt))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+    async def _attempt(self, req: PreparedRequest, ticket: Ticket,
+                       attempt: _Attempt) -> AsyncIterator[wire.ChunkFields]:
+        reserve = await self._reserve(req, ticket, attempt)
+        decode = ticket.decode
+        generated: tuple[int, ...] = ()
+        if self._disaggregated:
+            first = await self._prefill(req, reserve, attempt)
+            yield first
+            if first.finish_reason is not None:
+                # Ended on its first token: the reservation is not needed (holders keep decode,
+                # so the finally in run() cancels it).
+                return
+            generated = first.token_ids
+        attempt.calling = decode.address
+        call = decode.stub.Decode(worker_pb2.DecodeRequest(
+            request_id=req.request_id, prompt_token_ids=req.prompt_token_ids,
+            sampling=wire.sampling_to_proto(req.params), prefill_here=not self._disaggregated,
+            generated_token_ids=generated), timeout=_remaining(req))
+        attempt.holders[decode.address] = decode
+        try:
+            async for chunk in call:
+                fields = wire.output_fields_from_chunk(chunk)
+                if fields.finish_reason is not None:
+                    attempt.holders.pop(decode.address, None)
+                yield fields
+        finally:
+            call.cancel()
+
+    async def _reserve(self, req: PreparedRequest, ticket: Ticket,
+                       attempt: _Attempt) -> worker_pb2.ReserveResponse:
+        while True:
+            decode = ticket.decode
+            attempt.holders[decode.address] = decode
+            attempt.calling = decode.address
+            response = await decode.stub.Reserve(
+                worker_pb2.ReserveRequest(request_id=req.request_id, num_tokens=req.num_tokens,
+                                          ttl_ms=self._ttl_ms),
+                timeout=min(self._rpc_timeout_s, _remaining(req)))
+            if response.granted:
+                decode.confirm(req.request_id)
+                return response
+            attempt.holders.pop(decode.address, None)
+            if not self._admission.rebook(ticket):
+                self._metrics.rejections.labels("reserve_refused").inc()
+                raise CapacityError(f"no decode worker could reserve {req.num_tokens} tokens "
+                                    f"({response.reason or 'refused'})")
+
+    async def _prefill(self, req: PreparedRequest, reserve: worker_pb2.ReserveResponse,
+                       attempt: _Attempt) -> wire.ChunkFields:
+        prefill = self._pick_prefill(req, attempt)
+        attempt.holders[prefill.address] = prefill
+        attempt.calling = prefill.address
+        prefill.inflight_prompt_tokens[req.request_id] = len(req.prompt_token_ids)
+        try:
+            response = await prefill.stub.Prefill(worker_pb2.PrefillRequest(
+                request_id=req.request_id, prompt_token_ids=req.prompt_token_ids,
+                sampling=wire.sampling_to_proto(req.params), kv_address=reserve.kv_address,
+                transport=self._kv_transport, kv_block_ids=reserve.block_ids),
+                timeout=_remaining(req))
+        finally:
+            prefill.inflight_prompt_tokens.pop(req.request_id, None)
+        # Pages are acknowledged by the decode side once Prefill returns: nothing left there.
+        attempt.holders.pop(prefill.address, None)
+        if response.kv_bytes:
+            self._metrics.kv_transfer_bytes.observe(response.kv_bytes)
+            self._metrics.kv_transfer_seconds.observe(response.transfer_seconds)
+        fields = wire.first_token_fields(response, want_logprobs=req.params.logprobs is not None)
+        if response.finish_reason:
+            fields = wire.ChunkFields(fields.token_ids, fields.logprobs,
+                                      wire.finish_reason_from_proto(response.finish_reason),
+                                      fields.cached_prompt_tokens)
+        return fields
+
+    def _pick_prefill(self, req: PreparedRequest, attempt: _Attempt) -> WorkerHandle:
+        block_size = next((w.block_size for w in self._pool.prefill if w.block_size), 0)
+        hashes = [wire.block_hash_to_wire(h) for h in
+                  block_hashes(req.prompt_token_ids[:AFFINITY_BLOCKS * block_size], block_size)
+                  ] if block_size else []
+        worker = pick_prefill_worker(self._pool.prefill, hashes, frozenset(attempt.prefill_tried))
+        if worker is None:
+            raise WorkerUnavailableError("no prefill worker is reachable")
+        return worker
+
+    async def _cancel_all(self, request_id: str, attempt: _Attempt) -> None:
+        holders = list(attempt.holders.values())
+        attempt.holders.clear()
+        await asyncio.gather(*(self._cancel(w, request_id) for w in holders))
+
+    async def _cancel(self, worker: WorkerHandle, request_id: str) -> None:
+        try:
+            await worker.stub.Cancel(worker_pb2.CancelRequest(request_id=request_id),
+                                     timeout=_CANCEL_TIMEOUT_S)
+        except grpc.aio.AioRpcError:
+            pass   # a dead worker holds nothing any more; a live one expires the reservation
+
+
+def _remaining(req: PreparedRequest) -> float:
+    return max(req.deadline - time.monotonic(), 0.001)
+

@@ -1,0 +1,166 @@
+"""The gateway's view of its workers: one gRPC channel each, the last LoadReport (polled, so its
+staleness is bounded by the poll interval), and the gateway's own ledger of what it has sent since
+that report, so that two requests admitted between polls never count the same free blocks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import grpc
+
+from services.rpc.tandem.v1 import worker_pb2, worker_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+_NOT_CONFIRMED = math.inf
+
+
+@dataclass
+class _Booking:
+    blocks: int
+    confirmed_at: float = _NOT_CONFIRMED   # monotonic time the worker granted it
+
+
+@dataclass
+class WorkerHandle:
+    """One worker: its stub, its last load report, and the gateway's outstanding bookings on it."""
+
+    address: str
+    role: str                               # "prefill" | "decode" (colocated workers are "decode")
+    channel: grpc.aio.Channel
+    stub: object
+    report: worker_pb2.LoadReport | None = None
+    healthy: bool = False
+    bookings: dict[str, _Booking] = field(default_factory=dict)
+    inflight_prompt_tokens: dict[str, int] = field(default_factory=dict)
+
+    # --- decode: blocks ---------------------------------------------------------------------------
+    @property
+    def num_blocks(self) -> int:
+        return self.report.num_blocks if self.report else 0
+
+    @property
+    def block_size(self) -> int:
+        return self.report.block_size if self.report else 0
+
+    @property
+    def available_blocks(self) -> int:
+        """Free blocks minus the worker's reservations minus the gateway's bookings the report
+        does not reflect yet."""
+        if self.report is None:
+            return 0
+        pending = sum(b.blocks for b in self.bookings.values())
+        return self.report.free_blocks - self.report.reserved_blocks - pending
+
+    def book(self, request_id: str, blocks: int) -> None:
+        self.bookings[request_id] = _Booking(blocks)
+
+    def confirm(self, request_id: str) -> None:
+        booking = self.bookings.get(request_id)
+        if booking is not None:
+            booking.confirmed_at = time.monotonic()
+
+    def unbook(self, request_id: str) -> None:
+        self.bookings.pop(request_id, None)
+
+    # --- prefill: queued prompt tokens ------------------------------------------------------------
+    @property
+    def queued_prompt_tokens(self) -> int:
+        """The worker's own count (other gateways included) or ours, whichever is larger: ours is
+        exact and fresh for what this gateway sent."""
+        reported = self.report.queued_prompt_tokens if self.report else 0
+        return max(reported, sum(self.inflight_prompt_tokens.values()))
+
+    @property
+    def cached_block_hashes(self) -> frozenset[int]:
+        return frozenset(self.report.cached_block_hashes) if self.report else frozenset()
+
+    @property
+    def running_requests(self) -> int:
+        return self.report.running_requests + self.report.waiting_requests if self.report else 0
+
+    def apply_report(self, report: worker_pb2.LoadReport, poll_started_at: float) -> None:
+        """A booking granted before this poll started is counted in the report's reserved or used
+        blocks: it leaves the ledger."""
+        self.report = report
+        self.healthy = True
+        for rid in [rid for rid, b in self.bookings.items() if b.confirmed_at <= poll_started_at]:
+            del self.bookings[rid]
+
+
+class WorkerPool:
+    """Channels to every worker, and a task that polls their load reports."""
+
+    def __init__(self, prefill_addresses: tuple[str, ...], decode_addresses: tuple[str, ...],
+                 poll_interval_s: float, rpc_timeout_s: float,
+                 on_reports: Callable[[], None] = lambda: None) -> None:
+        self.prefill = [self._handle(a, "prefill") for a in prefill_addresses]
+        self.decode = [self._handle(a, "decode") for a in decode_addresses]
+        self._poll_interval_s = poll_interval_s
+        self._rpc_timeout_s = rpc_timeout_s
+        self._on_reports = on_reports
+        self._poll_now = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    @staticmethod
+    def _handle(address: str, role: str) -> WorkerHandle:
+        # Many concurrent streams share one channel: HTTP/2 multiplexes them.
+        channel = grpc.aio.insecure_channel(address, options=[("grpc.max_receive_message_length", -1)])
+        stub_type = worker_pb2_grpc.PrefillWorkerStub if role == "prefill" else worker_pb2_grpc.DecodeWorkerStub
+        return WorkerHandle(address=address, role=role, channel=channel, stub=stub_type(channel))
+
+    @property
+    def all(self) -> list[WorkerHandle]:
+        return self.prefill + self.decode
+
+    async def start(self, ready_timeout_s: float) -> None:
+        """Returns once every worker has answered a load report (or raises TimeoutError)."""
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            await self.poll_once()
+            missing = [w.address for w in self.all if w.report is None]
+            if not missing:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"workers did not answer within {ready_timeout_s}s: {missing}")
+            await asyncio.sleep(min(0.1, self._poll_interval_s))
+        self._task = asyncio.create_task(self._poll_loop(), name="gateway-load-poll")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.gather(*(w.channel.close() for w in self.all), return_exceptions=True)
+
+    def request_poll(self) -> None:
+        """Poll now rather than at the next tick (a request finished: capacity came back)."""
+        self._poll_now.set()
+
+    async def poll_once(self) -> None:
+        await asyncio.gather(*(self._poll(w) for w in self.all))
+        self._on_reports()
+
+    async def _poll(self, worker: WorkerHandle) -> None:
+        started = time.monotonic()
+        try:
+            report = await worker.stub.Load(worker_pb2.LoadRequest(), timeout=self._rpc_timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            if worker.healthy:
+                log.warning("worker %s stopped answering: %s", worker.address, exc.code().name)
+            worker.healthy = False
+            return
+        worker.apply_report(report, started)
+
+    async def _poll_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._poll_now.wait(), self._poll_interval_s)
+            except asyncio.TimeoutError:
+                pass
+            self._poll_now.clear()
+            await self.poll_once()
