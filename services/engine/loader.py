@@ -39,7 +39,7 @@ class LoadedModel:
 def load_model(name_or_path: str, dtype: str | None = None,
                device: str | torch.device = "cpu") -> LoadedModel:
     device = torch.device(device)
-    source = preset_source(name_or_path) if name_or_path in PRESETS else _checkpoint_source(name_or_path)
+    source = model_source(name_or_path)
     served = serving_dtype(dtype, checkpoint_dtype(source.hf_config), device)
     config = model_config_from_hf(source.hf_config, served)
     with torch.device(device):
@@ -58,7 +58,7 @@ class LoadedTokenizer:
 
 
 def load_tokenizer(name_or_path: str) -> LoadedTokenizer:
-    source = preset_source(name_or_path) if name_or_path in PRESETS else _checkpoint_source(name_or_path)
+    source = model_source(name_or_path)
     config = model_config_from_hf(source.hf_config, checkpoint_dtype(source.hf_config))
     return LoadedTokenizer(source.tokenizer, config)
 
@@ -71,6 +71,13 @@ def serving_dtype(requested: str | None, declared: str, device: torch.device) ->
             raise ConfigError(f"dtype must be one of {', '.join(SERVING_DTYPES)}, got {requested!r}")
         return requested
     return "float32" if device.type == "cpu" else declared
+
+
+def model_source(name_or_path: str) -> ModelSource:
+    """A preset by name, else a checkpoint directory."""
+    if name_or_path in PRESETS:
+        return preset_source(name_or_path)
+    return _checkpoint_source(name_or_path)
 
 
 def _checkpoint_source(name_or_path: str) -> ModelSource:

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from services.engine.errors import ConfigError, ModelNotFoundError, UnsupportedModelError
-from services.engine.loader import LoadedModel, load_model
+from services.engine.loader import LoadedModel, load_model, load_tokenizer
 from tests.helpers.hf_checkpoints import make_hf_checkpoint
 from tests.helpers.paged_batch import PagedHarness, PagedSequence
 
@@ -154,3 +154,10 @@ def test_tied_checkpoint_that_also_stores_lm_head(tmp_path):
     tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
     save_file(tensors, path / "model.safetensors")
     torch.testing.assert_close(prompt_logits(load_model(str(path))), reference, atol=0, rtol=0)
+
+
+def test_load_tokenizer_reads_no_weights(llama_dir):
+    loaded = load_tokenizer(str(llama_dir))
+    assert loaded.config == load_model(str(llama_dir), dtype="float32").config
+    assert loaded.tokenizer.encode("hi") == load_model(str(llama_dir)).tokenizer.encode("hi")
+    assert load_tokenizer("tiny-random").config.vocab_size == loaded.tokenizer.vocab_size
