@@ -79,6 +79,9 @@ class BlockPool:
             if self._ref_cnt[block_id] == 0:
                 self._free[block_id] = None
 
+    def cached_hashes(self) -> list[bytes]:
+        return list(self._cached)
+
     def lookup(self, block_hash: bytes) -> int | None:
         return self._cached.get(block_hash)
 

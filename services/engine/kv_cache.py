@@ -65,6 +65,10 @@ class KVCacheManager:
     def num_free_blocks(self) -> int:
         return self._pool.num_free
 
+    def cached_block_hashes(self) -> list[bytes]:
+        """Hashes of every block a prefix hit could reuse now (for prefix-affinity routing)."""
+        return self._pool.cached_hashes()
+
     def owns(self, owner: str) -> bool:
         return owner in self._tables
 

@@ -53,6 +53,7 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.held: dict[str, Request] = {}     # finished "prefilled": blocks kept for transfer
+        self.num_preemptions = 0
 
     def add(self, request: Request) -> None:
         self.waiting.append(request)
@@ -98,6 +99,7 @@ class Scheduler:
         return True
 
     def _preempt(self, request: Request) -> None:
+        self.num_preemptions += 1
         self.running.remove(request)
         self.kv.free(request.request_id)
         request.num_computed_tokens = 0
@@ -171,6 +173,8 @@ class Scheduler:
         """Take request out of the queues. A prefilled request keeps its blocks until release()."""
         if request.status == RequestStatus.RUNNING:
             self.running.remove(request)
+        elif request.status == RequestStatus.FINISHED_PREFILLED:   # a stop string in its first token
+            self.release(request.request_id)
         elif not request.status.is_finished:
             self.waiting.remove(request)
         request.status = status

@@ -1,0 +1,182 @@
+"""LLMEngine: the step loop shared by colocated workers, prefill workers and decode workers.
+
+    batch = scheduler.schedule()         # who runs this step, and how many tokens each
+    result = runner.run(batch)           # one forward pass, one sampled token per finished chunk
+    scheduler.update(batch, result)      # advance, stop, free; then stream the outputs
+
+Disaggregation hooks: a prefill_only request stops after its first token with finish_reason
+"prefilled" and keeps its blocks (`held_pages`, then `release`); on the decode side `reserve`
+takes blocks for the incoming pages and `add_prefilled_request` joins the running batch with its
+K/V already in them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+
+from services.engine.config import EngineConfig
+from services.engine.errors import ConfigError, InvalidRequestError
+from services.engine.kv_cache import KVCacheManager
+from services.engine.loader import LoadedModel, load_model
+from services.engine.output_processor import OutputProcessor
+from services.engine.outputs import RequestOutput
+from services.engine.request import Request, RequestStatus
+from services.engine.runner import ModelRunner
+from services.engine.sampler import Sampler
+from services.engine.sampling_params import SamplingParams
+from services.engine.scheduler import Scheduler
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None) -> None:
+        if loaded is None:
+            device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            loaded = load_model(config.model, config.dtype, device)
+        weight = next(loaded.model.parameters())
+        self.device = weight.device
+        self.tokenizer = loaded.tokenizer
+        self.model_config = loaded.config
+        # Sized after the weights are in place, so a GPU budget counts only what is left.
+        self.kv = KVCacheManager(config.cache, loaded.config, self.device, weight.dtype)
+        self.max_model_len = self._max_model_len(config)
+        self.scheduler = Scheduler(config.scheduler, self.kv, self.max_model_len, loaded.eos_token_ids)
+        self.runner = ModelRunner(loaded.model, self.kv, Sampler(config.seed, self.device), self.device)
+        self.outputs = OutputProcessor(self.tokenizer, loaded.eos_token_ids, self.scheduler.finish)
+        self._requests: dict[str, Request] = {}    # unfinished, and prefilled ones holding blocks
+        self._reserved: set[str] = set()
+        self._pending: list[RequestOutput] = []    # outputs of aborts, sent with the next step
+
+    def _max_model_len(self, config: EngineConfig) -> int:
+        model_limit = self.model_config.max_position_embeddings
+        wanted = config.scheduler.max_model_len or model_limit
+        if wanted > model_limit:
+            raise ConfigError(f"max_model_len ({wanted}) exceeds the model's "
+                              f"max_position_embeddings ({model_limit})")
+        # A request must fit in the pool on its own, or preemption could never make room for it.
+        return min(wanted, self.kv.num_blocks * self.kv.block_size)
+
+    # --- the step loop ---
+
+    def step(self) -> list[RequestOutput]:
+        outputs, self._pending = self._pending, []
+        batch = self.scheduler.schedule()
+        if batch.chunks:
+            result = self.runner.run(batch)
+            updated = self.scheduler.update(batch, result.token_ids)
+            outputs += [self.outputs.output(r, lp) for r, lp in zip(updated, result.logprobs)]
+            for request in updated:
+                if request.status.is_finished and request.status != RequestStatus.FINISHED_PREFILLED:
+                    del self._requests[request.request_id]
+        return outputs
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def add_request(self, request_id: str, prompt_token_ids: Sequence[int], params: SamplingParams,
+                    *, prefill_only: bool = False) -> None:
+        self._check_new_id(request_id)
+        prompt = self._validated_prompt(prompt_token_ids, params)
+        request = Request(request_id, prompt, params, time.time(), prefill_only=prefill_only)
+        self._requests[request_id] = request
+        self.outputs.add(request)
+        self.scheduler.add(request)
+
+    def abort(self, request_id: str) -> bool:
+        """Free everything the request holds. A running or waiting request streams a last output
+        with finish_reason "abort" on the next step."""
+        if request_id in self._reserved:
+            self.cancel_reservation(request_id)
+            return True
+        request = self._requests.pop(request_id, None)
+        if request is None:
+            return False
+        if request.status == RequestStatus.FINISHED_PREFILLED:
+            self.scheduler.release(request_id)
+            return True
+        self.scheduler.finish(request, RequestStatus.FINISHED_ABORTED)
+        self._pending.append(self.outputs.aborted(request))
+        return True
+
+    # --- disaggregation hooks ---
+
+    def held_pages(self, request_id: str) -> tuple[list[int], int]:
+        """(block ids in order, number of tokens with K/V) of a "prefilled" request."""
+        request = self.scheduler.held.get(request_id)
+        if request is None:
+            raise InvalidRequestError("request_id", f"{request_id!r} is not a prefilled request holding pages")
+        num_tokens = request.num_computed_tokens
+        return list(self.kv.block_ids(request_id)[:self.kv.blocks_for(num_tokens)]), num_tokens
+
+    def release(self, request_id: str) -> None:
+        """Free a prefilled request's blocks once its pages are copied out (idempotent)."""
+        if self.scheduler.release(request_id):
+            del self._requests[request_id]
+
+    def reserve(self, request_id: str, num_tokens: int) -> list[int] | None:
+        """Decode side: take blocks for num_tokens now; None if they do not fit."""
+        self._check_new_id(request_id)
+        if not 0 < num_tokens <= self.max_model_len:
+            raise InvalidRequestError("num_tokens", f"must be in [1, max_model_len={self.max_model_len}], "
+                                                    f"got {num_tokens}")
+        if not self.kv.can_allocate(request_id, num_tokens):
+            return None
+        self.kv.allocate(request_id, num_tokens)
+        self._reserved.add(request_id)
+        return list(self.kv.block_ids(request_id))
+
+    def cancel_reservation(self, request_id: str) -> None:
+        """Give back reserved blocks that no request joined (idempotent)."""
+        if request_id in self._reserved:
+            self._reserved.discard(request_id)
+            self.kv.free(request_id)
+
+    def add_prefilled_request(self, request_id: str, prompt_token_ids: Sequence[int],
+                              generated_token_ids: Sequence[int], params: SamplingParams) -> None:
+        """Decode side: the reserved blocks hold K/V of the prompt and of every generated token
+        but the last; the request continues from len(generated_token_ids) outputs."""
+        if request_id not in self._reserved:
+            raise InvalidRequestError("request_id", f"{request_id!r} has no reservation")
+        prompt = self._validated_prompt(prompt_token_ids, params)
+        if not 0 < len(generated_token_ids) < params.max_tokens:
+            raise InvalidRequestError("generated_token_ids", f"must hold 1 to max_tokens - 1 "
+                                      f"({params.max_tokens - 1}) tokens, got {len(generated_token_ids)}")
+        request = Request(request_id, prompt, params, time.time(), output_token_ids=generated_token_ids)
+        request.num_computed_tokens = request.num_tokens - 1
+        reserved_tokens = len(self.kv.block_ids(request_id)) * self.kv.block_size
+        if reserved_tokens < request.num_computed_tokens:
+            raise InvalidRequestError("num_tokens", f"{request.num_computed_tokens} tokens of K/V "
+                                      f"do not fit the {reserved_tokens} reserved")
+        self._reserved.discard(request_id)
+        self.kv.cache_full_blocks(request_id, request.all_token_ids, request.num_computed_tokens)
+        self._requests[request_id] = request
+        self.outputs.add(request)
+        self.scheduler.add_resumed(request)
+
+    # --- checks ---
+
+    def check_integrity(self) -> None:
+        """The pool's own check, plus: every table belongs to a live request or reservation."""
+        self.kv.check_integrity(self.scheduler.block_owners() + sorted(self._reserved))
+
+    def _check_new_id(self, request_id: str) -> None:
+        if not request_id:
+            raise InvalidRequestError("request_id", "must not be empty")
+        if request_id in self._requests or request_id in self._reserved:
+            raise InvalidRequestError("request_id", f"{request_id!r} is already in use")
+
+    def _validated_prompt(self, prompt_token_ids: Sequence[int], params: SamplingParams) -> list[int]:
+        prompt = list(prompt_token_ids)
+        if not prompt:
+            raise InvalidRequestError("prompt", "must not be empty")
+        vocab = self.model_config.vocab_size
+        if any(not 0 <= t < vocab for t in prompt):
+            raise InvalidRequestError("prompt_token_ids", f"token ids must be in [0, {vocab})")
+        if len(prompt) >= self.max_model_len:
+            raise InvalidRequestError("prompt", f"{len(prompt)} tokens leave no room to generate "
+                                      f"within max_model_len={self.max_model_len}")
+        if len(prompt) + params.max_tokens > self.max_model_len:
+            raise InvalidRequestError("max_tokens", f"prompt ({len(prompt)} tokens) + max_tokens "
+                                      f"({params.max_tokens}) exceeds max_model_len={self.max_model_len}")
+        return prompt
