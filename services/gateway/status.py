@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import grpc
 
-from services.engine.errors import (CapacityError, ConfigError, InvalidRequestError,
-                                    ModelNotFoundError, TandemError, UnsupportedModelError)
+from services.engine.errors import (CapacityError, ConfigError, InvalidRequestError, KVTransferError,
+                                    ModelNotFoundError, ReservationError, TandemError,
+                                    UnsupportedModelError)
 from services.gateway.errors import RequestTimeoutError, UnauthenticatedError, WorkerUnavailableError
 
 
@@ -37,6 +38,9 @@ _TABLE: tuple[tuple[type[BaseException], grpc.StatusCode, int, str], ...] = (
     (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED, 401, "authentication_error"),
     (CapacityError, grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "rate_limit_error"),
     (WorkerUnavailableError, grpc.StatusCode.UNAVAILABLE, 503, "service_unavailable"),
+    # A lost hand-off between workers is the server's failure, not the client's: retry later.
+    (KVTransferError, grpc.StatusCode.UNAVAILABLE, 503, "service_unavailable"),
+    (ReservationError, grpc.StatusCode.UNAVAILABLE, 503, "service_unavailable"),
     (RequestTimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED, 504, "timeout_error"),
     (ConfigError, grpc.StatusCode.INTERNAL, 500, "server_error"),
 )

@@ -1,0 +1,169 @@
+"""Admission control against real WorkerHandles fed with LoadReports (no servers involved)."""
+
+import asyncio
+import time
+
+import pytest
+
+from services.engine.errors import CapacityError
+from services.gateway.admission import AdmissionController
+from services.gateway.config import AdmissionConfig
+from services.gateway.workers import WorkerPool
+from services.rpc.tandem.v1 import worker_pb2
+from services.telemetry.metrics import GatewayMetrics
+
+BLOCK = 16
+
+
+def make_pool(decode_free=(100,), prefill_queued=(0,), num_blocks=100) -> WorkerPool:
+    pool = WorkerPool(tuple(f"127.0.0.1:{1000 + i}" for i in range(len(prefill_queued))),
+                      tuple(f"127.0.0.1:{2000 + i}" for i in range(len(decode_free))),
+                      poll_interval_s=0.05, rpc_timeout_s=1.0)
+    for w, free in zip(pool.decode, decode_free):
+        w.apply_report(worker_pb2.LoadReport(block_size=BLOCK, num_blocks=num_blocks, free_blocks=free,
+                                             role=worker_pb2.WORKER_ROLE_DECODE), time.monotonic())
+    for w, queued in zip(pool.prefill, prefill_queued):
+        w.apply_report(worker_pb2.LoadReport(block_size=BLOCK, queued_prompt_tokens=queued,
+                                             role=worker_pb2.WORKER_ROLE_PREFILL), time.monotonic())
+    return pool
+
+
+def make_admission(pool, **cfg) -> tuple[AdmissionController, GatewayMetrics]:
+    metrics = GatewayMetrics()
+    return AdmissionController(AdmissionConfig(**cfg), pool, metrics, disaggregated=True), metrics
+
+
+def far() -> float:
+    return time.monotonic() + 60
+
+
+def sample(metrics, name, **labels):
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_admits_onto_the_worker_with_most_free_blocks_and_books_it():
+    pool = make_pool(decode_free=(10, 50))
+    adm, metrics = make_admission(pool)
+    ticket = await adm.admit("r1", "", 20, 20 + 44, far())     # 64 tokens = 4 blocks
+    assert ticket.decode is pool.decode[1]
+    assert pool.decode[1].available_blocks == 46
+    assert sample(metrics, "tandem_admissions_total", path="immediate") == 1
+    adm.release(ticket)
+    assert pool.decode[1].available_blocks == 50 and adm.running == 0
+
+
+async def test_bookings_between_polls_do_not_double_count_blocks():
+    pool = make_pool(decode_free=(8,))
+    adm, _ = make_admission(pool, max_queued_requests=0)
+    await adm.admit("a", "", 10, 64, far())                    # 4 blocks
+    await adm.admit("b", "", 10, 64, far())                    # 4 blocks: pool now full
+    with pytest.raises(CapacityError) as info:
+        await adm.admit("c", "", 10, 64, far())
+    assert "queued" in str(info.value) and info.value.retry_after_s > 0
+
+
+async def test_confirmed_booking_leaves_ledger_when_a_later_report_shows_it():
+    pool = make_pool(decode_free=(8,))
+    adm, _ = make_admission(pool)
+    ticket = await adm.admit("a", "", 10, 64, far())
+    w = pool.decode[0]
+    w.confirm("a")
+    assert w.available_blocks == 4
+    # The worker now reports the reservation itself: the ledger must not count it again.
+    w.apply_report(worker_pb2.LoadReport(block_size=BLOCK, num_blocks=100, free_blocks=8,
+                                         reserved_blocks=4), time.monotonic())
+    assert w.available_blocks == 4 and not w.bookings
+    adm.release(ticket)
+
+
+async def test_never_fits_is_refused_at_once():
+    pool = make_pool(decode_free=(100,), num_blocks=100)       # 1600 tokens at most
+    adm, metrics = make_admission(pool)
+    start = time.perf_counter()
+    with pytest.raises(CapacityError) as info:
+        await adm.admit("big", "", 100, 1601, far())
+    assert time.perf_counter() - start < 0.05
+    assert "1600" in str(info.value) and info.value.retry_after_s > 0
+    assert sample(metrics, "tandem_rejections_total", reason="never_fits") == 1
+
+
+async def test_queued_request_is_admitted_when_capacity_returns():
+    pool = make_pool(decode_free=(4,))
+    adm, metrics = make_admission(pool)
+    first = await adm.admit("a", "", 10, 64, far())
+    waiter = asyncio.create_task(adm.admit("b", "", 10, 64, far()))
+    await asyncio.sleep(0.01)
+    assert not waiter.done() and adm.queued == 1
+    adm.release(first)
+    pool.decode[0].apply_report(worker_pb2.LoadReport(block_size=BLOCK, num_blocks=100, free_blocks=4),
+                                time.monotonic())
+    adm.on_capacity_change()
+    second = await asyncio.wait_for(waiter, 1)
+    assert second.decode is pool.decode[0] and adm.queued == 0
+    assert sample(metrics, "tandem_admissions_total", path="queued") == 1
+    adm.release(second)
+
+
+async def test_queue_deadline_gives_429():
+    pool = make_pool(decode_free=(0,))
+    adm, metrics = make_admission(pool, queue_timeout_s=0.05)
+    with pytest.raises(CapacityError):
+        await adm.admit("a", "", 10, 64, far())
+    assert adm.queued == 0 and adm.running == 0
+    assert sample(metrics, "tandem_rejections_total", reason="queue_timeout") == 1
+
+
+async def test_cancelled_while_queued_leaves_nothing_behind():
+    pool = make_pool(decode_free=(0,))
+    adm, _ = make_admission(pool)
+    waiter = asyncio.create_task(adm.admit("a", "", 10, 64, far()))
+    await asyncio.sleep(0.01)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert adm.queued == 0 and adm.running == 0 and not pool.decode[0].bookings
+
+
+async def test_prefill_queue_tokens_hold_requests_back():
+    pool = make_pool(decode_free=(100,), prefill_queued=(900,))
+    adm, _ = make_admission(pool, max_prefill_queue_tokens=1000, max_queued_requests=0)
+    with pytest.raises(CapacityError):
+        await adm.admit("a", "", 200, 216, far())
+    ticket = await adm.admit("b", "", 50, 66, far())
+    adm.release(ticket)
+
+
+async def test_tenant_bucket_refuses_with_the_time_to_refill():
+    pool = make_pool()
+    adm, metrics = make_admission(pool, tenant_tokens_per_s=100.0, tenant_burst_tokens=200)
+    t = await adm.admit("a", "key1", 100, 150, far())
+    adm.release(t)
+    with pytest.raises(CapacityError) as info:
+        await adm.admit("b", "key1", 100, 150, far())
+    assert 0.5 < info.value.retry_after_s <= 1.0
+    # Another tenant has its own bucket.
+    adm.release(await adm.admit("c", "key2", 100, 150, far()))
+    assert sample(metrics, "tandem_rejections_total", reason="tenant_rate") == 1
+
+
+async def test_rebook_moves_to_an_untried_worker():
+    pool = make_pool(decode_free=(50, 40))
+    adm, _ = make_admission(pool)
+    ticket = await adm.admit("a", "", 10, 64, far())
+    assert ticket.decode is pool.decode[0]
+    assert adm.rebook(ticket) and ticket.decode is pool.decode[1]
+    assert not pool.decode[0].bookings
+    assert not adm.rebook(ticket) and ticket.decode is None
+    adm.release(ticket)
+    assert adm.running == 0
+
+
+async def test_running_limit():
+    pool = make_pool()
+    adm, _ = make_admission(pool, max_running_requests=1, max_queued_requests=0)
+    t = await adm.admit("a", "", 1, 2, far())
+    with pytest.raises(CapacityError):
+        await adm.admit("b", "", 1, 2, far())
+    adm.release(t)
+    adm.release(t)                       # idempotent
+    assert adm.running == 0
