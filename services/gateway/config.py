@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from services.engine.errors import ConfigError
 
 MODES = ("disaggregated", "colocated")
-KV_TRANSPORTS = ("grpc", "local")
+KV_TRANSPORTS = ("", "grpc", "local")   # "": the prefill worker picks by locality
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class GatewayConfig:
     grpc_port: int = 50051
     http_port: int = 8000
     api_keys: tuple[str, ...] = ()          # empty: no authentication
-    kv_transport: str = "grpc"              # how prefill ships pages to decode
+    kv_transport: str = ""                  # how prefill ships pages to decode ("": by locality)
     max_model_len: int | None = None        # None: the model's max_position_embeddings
     request_timeout_s: float = 600.0        # whole request, first byte to last token
     reservation_ttl_s: float = 30.0         # a decode reservation lapses if no pages arrive

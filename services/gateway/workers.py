@@ -36,6 +36,9 @@ class WorkerHandle:
     stub: object
     report: worker_pb2.LoadReport | None = None
     healthy: bool = False
+    # A colocated worker takes a request's blocks as it generates, not at Reserve: its bookings
+    # stay for the request's life and count what the request will still grow into.
+    keeps_bookings: bool = False
     bookings: dict[str, _Booking] = field(default_factory=dict)
     inflight_prompt_tokens: dict[str, int] = field(default_factory=dict)
 
@@ -50,12 +53,17 @@ class WorkerHandle:
 
     @property
     def available_blocks(self) -> int:
-        """Free blocks minus the worker's reservations minus the gateway's bookings the report
-        does not reflect yet."""
+        """Blocks a new request may count on. A decode worker takes reserved blocks out of its
+        free count at Reserve, so only the gateway's bookings the report does not show yet are
+        subtracted; on a colocated worker, the growth its admitted requests still have ahead
+        (booked minus already in use, assuming the blocks in use are theirs)."""
         if self.report is None:
             return 0
-        pending = sum(b.blocks for b in self.bookings.values())
-        return self.report.free_blocks - self.report.reserved_blocks - pending
+        booked = sum(b.blocks for b in self.bookings.values())
+        if self.keeps_bookings:
+            in_use = self.report.num_blocks - self.report.free_blocks
+            return self.report.free_blocks - max(0, booked - in_use)
+        return self.report.free_blocks - booked
 
     def book(self, request_id: str, blocks: int) -> None:
         self.bookings[request_id] = _Booking(blocks)
@@ -89,6 +97,8 @@ class WorkerHandle:
         blocks: it leaves the ledger."""
         self.report = report
         self.healthy = True
+        if self.keeps_bookings:
+            return
         for rid in [rid for rid, b in self.bookings.items() if b.confirmed_at <= poll_started_at]:
             del self.bookings[rid]
 
@@ -98,9 +108,11 @@ class WorkerPool:
 
     def __init__(self, prefill_addresses: tuple[str, ...], decode_addresses: tuple[str, ...],
                  poll_interval_s: float, rpc_timeout_s: float,
-                 on_reports: Callable[[], None] = lambda: None) -> None:
+                 on_reports: Callable[[], None] = lambda: None, colocated: bool = False) -> None:
         self.prefill = [self._handle(a, "prefill") for a in prefill_addresses]
         self.decode = [self._handle(a, "decode") for a in decode_addresses]
+        for worker in self.decode:
+            worker.keeps_bookings = colocated
         self._poll_interval_s = poll_interval_s
         self._rpc_timeout_s = rpc_timeout_s
         self._on_reports = on_reports

@@ -70,7 +70,7 @@ async def test_confirmed_booking_leaves_ledger_when_a_later_report_shows_it():
     w.confirm("a")
     assert w.available_blocks == 4
     # The worker now reports the reservation itself: the ledger must not count it again.
-    w.apply_report(worker_pb2.LoadReport(block_size=BLOCK, num_blocks=100, free_blocks=8,
+    w.apply_report(worker_pb2.LoadReport(block_size=BLOCK, num_blocks=100, free_blocks=4,
                                          reserved_blocks=4), time.monotonic())
     assert w.available_blocks == 4 and not w.bookings
     adm.release(ticket)
@@ -167,3 +167,17 @@ async def test_running_limit():
     adm.release(t)
     adm.release(t)                       # idempotent
     assert adm.running == 0
+
+
+async def test_colocated_bookings_count_growth_still_ahead():
+    pool = WorkerPool((), ("127.0.0.1:3000",), 0.05, 1.0, colocated=True)
+    w = pool.decode[0]
+    w.apply_report(worker_pb2.LoadReport(block_size=BLOCK, num_blocks=20, free_blocks=20), time.monotonic())
+    adm = AdmissionController(AdmissionConfig(max_queued_requests=0), pool, GatewayMetrics(), disaggregated=False)
+    ticket = await adm.admit("a", "", 16, 160, far())             # 10 blocks
+    assert w.available_blocks == 10
+    # Running, it holds 3 blocks so far; 7 more may still come. Reports keep the booking.
+    w.apply_report(worker_pb2.LoadReport(block_size=BLOCK, num_blocks=20, free_blocks=17), time.monotonic())
+    assert w.available_blocks == 10 and w.bookings
+    adm.release(ticket)
+    assert w.available_blocks == 17

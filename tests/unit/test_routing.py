@@ -26,11 +26,11 @@ def prefill_report(queued, hashes=()):
 
 
 async def test_decode_ranking_most_available_first_then_least_running():
-    pool = pool_with(decode=[decode_report(30), decode_report(50, reserved=20, running=1),
+    pool = pool_with(decode=[decode_report(30), decode_report(50, running=1),
                              decode_report(50, running=3), decode_report(2)])
     ranked = rank_decode_workers(pool.decode, num_tokens=64)
-    assert [w.address for w in ranked] == ["d2:1", "d0:1", "d1:1"]     # d3 cannot hold 4 blocks
-    assert rank_decode_workers(pool.decode, 64, exclude=frozenset({"d2:1"}))[0].address == "d0:1"
+    assert [w.address for w in ranked] == ["d1:1", "d2:1", "d0:1"]     # d3 cannot hold 4 blocks
+    assert rank_decode_workers(pool.decode, 64, exclude=frozenset({"d1:1"}))[0].address == "d2:1"
 
 
 async def test_unhealthy_decode_worker_is_skipped():
