@@ -78,3 +78,13 @@ def make_hf_checkpoint(tmp_path: Path, family: str, *, sharded: bool = False,
 def load_hf_model(path: Path) -> transformers.PreTrainedModel:
     """The reference: the checkpoint as transformers loads it, in fp32."""
     return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def hf_greedy_continuation(hf_model: transformers.PreTrainedModel, prompt_ids: list[int],
+                           max_new_tokens: int) -> list[int]:
+    """transformers' greedy generate, ignoring EOS: the token ids after the prompt."""
+    with torch.no_grad():
+        out = hf_model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens,
+                                min_new_tokens=max_new_tokens, do_sample=False,
+                                eos_token_id=None, pad_token_id=0)
+    return out[0, len(prompt_ids):].tolist()

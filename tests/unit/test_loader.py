@@ -52,15 +52,17 @@ def test_eos_falls_back_to_the_tokenizer(tmp_path):
     assert loaded.eos_token_ids == (loaded.tokenizer.backend.token_to_id("<|eos|>"),)
 
 
-def test_half_precision_checkpoint_runs_in_fp32_on_cpu_unless_forced(tmp_path):
-    path = make_hf_checkpoint(tmp_path, "qwen2", dtype=torch.bfloat16)
+@pytest.mark.parametrize("saved, name", [(torch.bfloat16, "bfloat16"), (torch.float16, "float16")])
+def test_half_precision_checkpoint_runs_in_fp32_on_cpu_unless_forced(tmp_path, saved, name):
+    path = make_hf_checkpoint(tmp_path, "qwen2", dtype=saved)
+    assert json.loads((path / "config.json").read_text())["dtype"] == name
     default = load_model(str(path))
     assert default.config.dtype == "float32"
     assert {p.dtype for p in default.model.parameters()} == {torch.float32}
-    forced = load_model(str(path), dtype="bfloat16")
-    assert forced.config.dtype == "bfloat16"
-    assert {p.dtype for p in forced.model.parameters()} == {torch.bfloat16}
-    # bf16 weights widened to fp32 are exact, so the forced run differs only by bf16 arithmetic.
+    forced = load_model(str(path), dtype=name)
+    assert forced.config.dtype == name
+    assert {p.dtype for p in forced.model.parameters()} == {saved}
+    # Half weights widened to fp32 are exact, so the forced run differs only by its arithmetic.
     logits16, logits32 = prompt_logits(forced), prompt_logits(default)
     assert logits16.dtype == torch.float32
     torch.testing.assert_close(logits16, logits32, atol=0.1, rtol=0)

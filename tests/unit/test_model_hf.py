@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from services.engine.loader import load_model
-from tests.helpers.hf_checkpoints import FAMILIES, load_hf_model
+from tests.helpers.hf_checkpoints import (FAMILIES, hf_greedy_continuation, load_hf_model,
+                                         make_hf_checkpoint)
 from tests.helpers.paged_batch import PagedHarness, PagedSequence
 
 ATOL = 2e-5   # fp32; logits are O(1)
@@ -21,7 +22,6 @@ def hf_logits(hf_model, token_ids: list[int]) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict:
-    from tests.helpers.hf_checkpoints import make_hf_checkpoint
     root = tmp_path_factory.mktemp("hf")
     return {family: make_hf_checkpoint(root, family) for family in FAMILIES}
 
@@ -89,9 +89,7 @@ def test_decode_tokens_batched_with_a_prefill_chunk(pair):
 def test_greedy_continuation_matches_hf_generate(pair):
     ours, theirs = pair
     ids = ours.tokenizer.encode(PROMPTS[1])
-    with torch.no_grad():
-        expected = theirs.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False,
-                                   eos_token_id=None, pad_token_id=0)[0, len(ids):].tolist()
+    expected = hf_greedy_continuation(theirs, ids, 8)
     harness = PagedHarness(ours.model, ours.config, block_size=4)
     seq = PagedSequence(list(ids))
     logits = harness.step([(seq, len(ids))])[-1]
