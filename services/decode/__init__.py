@@ -1,0 +1,1 @@
+"""DecodeWorker: reserves blocks, receives pages, joins the running batch, streams tokens."""

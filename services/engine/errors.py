@@ -44,3 +44,7 @@ class KVTransferError(TandemError):
 class ReservationError(TandemError):
     """A decode request names no live reservation: it expired, was cancelled or never existed
     (-> FAILED_PRECONDITION)."""
+
+
+class RequestCancelledError(TandemError):
+    """The request was cancelled (Cancel RPC, client gone) before it finished (-> CANCELLED)."""

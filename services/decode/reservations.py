@@ -1,0 +1,96 @@
+"""A decode worker's reservations: blocks promised to a request before its prefill starts, an
+inbox waiting for its pages, and a deadline. Every way out frees the blocks exactly once: the
+request joins the batch (`claim`), is cancelled, its transfer is rejected, or the deadline passes
+(the reaper). Once pages have landed the deadline restarts, giving the Decode call a full ttl."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from services.engine.engine_loop import EngineLoop
+from services.engine.errors import ReservationError
+from services.kvtransfer import KVReceiver, PageInbox
+from services.kvtransfer.inbox import InboxState
+
+
+@dataclass
+class Reservation:
+    request_id: str
+    block_ids: tuple[int, ...]
+    inbox: PageInbox
+    ttl_s: float
+    deadline: float
+    extended: bool = False
+
+
+class ReservationBook:
+    def __init__(self, loop: EngineLoop, receiver: KVReceiver) -> None:
+        self._engine_loop = loop
+        self._receiver = receiver
+        self._reservations: dict[str, Reservation] = {}
+        self.num_expired = 0
+
+    async def reserve(self, request_id: str, num_tokens: int, ttl_s: float) -> Reservation | None:
+        engine = self._engine_loop.engine
+        block_ids = await self._engine_loop.call(engine.reserve, request_id, num_tokens)
+        if block_ids is None:
+            return None
+        inbox = self._receiver.expect(request_id, block_ids)
+        reservation = Reservation(request_id, tuple(block_ids), inbox, ttl_s, time.monotonic() + ttl_s)
+        self._reservations[request_id] = reservation
+        return reservation
+
+    def get(self, request_id: str) -> Reservation:
+        reservation = self._reservations.get(request_id)
+        if reservation is None:
+            raise ReservationError(f"request {request_id!r} has no live reservation here "
+                                   "(expired, cancelled, or never made)")
+        return reservation
+
+    def claim(self, request_id: str) -> Reservation:
+        """Takes the reservation out of the book: its blocks now belong to the request joining
+        the batch, so neither the reaper nor a cancel frees them from here."""
+        reservation = self.get(request_id)
+        del self._reservations[request_id]
+        self._receiver.discard(request_id)
+        return reservation
+
+    async def cancel(self, request_id: str) -> bool:
+        """Frees the reservation's blocks; a transfer in progress is rejected. Idempotent."""
+        reservation = self._reservations.pop(request_id, None)
+        if reservation is None:
+            return False
+        self._receiver.discard(request_id)      # after this no transport writes into the blocks
+        await self._engine_loop.call(self._engine_loop.engine.cancel_reservation, request_id)
+        return True
+
+    async def reap(self) -> int:
+        now = time.monotonic()
+        expired = []
+        for reservation in self._reservations.values():
+            if reservation.inbox.state == InboxState.LANDED and not reservation.extended:
+                reservation.deadline, reservation.extended = now + reservation.ttl_s, True
+            elif now >= reservation.deadline:
+                expired.append(reservation.request_id)
+        for request_id in expired:
+            if await self.cancel(request_id):
+                self.num_expired += 1
+        return len(expired)
+
+    async def run_reaper(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.reap()
+
+    async def cancel_all(self) -> None:
+        for request_id in list(self._reservations):
+            await self.cancel(request_id)
+
+    def __contains__(self, request_id: str) -> bool:
+        return request_id in self._reservations
+
+    @property
+    def num_reserved_blocks(self) -> int:
+        return sum(len(r.block_ids) for r in self._reservations.values())

@@ -1,0 +1,174 @@
+"""DecodeWorker: reserves blocks for a request before its prefill starts, lands its pages
+(KVTransfer.PushPages on the same server, or a local copy), joins the request to the running
+batch and streams its tokens. With `prefill_here` it runs the whole request itself (colocated).
+
+Lifecycle: `await start(host, port=0) -> "host:port"`, `await stop()`. Every path frees what it
+holds: a finished or cancelled stream, a client that went away, a rejected transfer, an expired
+reservation, an error."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from services import wire
+from services.decode.reservations import ReservationBook
+from services.engine.engine import LLMEngine
+from services.engine.engine_loop import EngineLoop, RequestStream
+from services.engine.errors import InvalidRequestError, ReservationError
+from services.kvtransfer import KVReceiver, KVTransferService, LocalEndpoints
+from services.rpc.tandem.v1 import worker_pb2, worker_pb2_grpc
+from services.worker.config import WorkerConfig
+from services.worker.edge import stream_edge, unary_edge
+from services.worker.prompt_counter import PromptTokenCounter
+from services.worker.server import start_server
+
+log = logging.getLogger("tandem.decode")
+
+
+class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
+    def __init__(self, config: WorkerConfig, engine: LLMEngine | None = None) -> None:
+        self.config = config
+        self.worker_id = config.named("colocated" if config.colocated else "decode")
+        self.engine = engine
+        self.address: str | None = None
+        self._server: grpc.aio.Server | None = None
+        self._reaper: asyncio.Task | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    async def start(self, host: str, port: int = 0) -> str:
+        if self.engine is None:
+            self.engine = await asyncio.to_thread(LLMEngine, self.config.engine)
+        self.prompt_counter = PromptTokenCounter.install(self.engine)
+        self.loop = EngineLoop(self.engine, self.worker_id)
+        aio_loop = asyncio.get_running_loop()
+        self.receiver = KVReceiver(self.engine.kv.kv_cache, self.engine.kv.block_size,
+                                   on_failed=lambda rid: self._cancel_soon(aio_loop, rid))
+        self.reservations = ReservationBook(self.loop, self.receiver)
+        self.loop.start()
+
+        def register(server: grpc.aio.Server) -> None:
+            worker_pb2_grpc.add_DecodeWorkerServicer_to_server(self, server)
+            KVTransferService(self.receiver).add_to_server(server)
+
+        self._server, self.address = await start_server(register, host, port, self.config.transfer)
+        LocalEndpoints.register(self.address, self.receiver)
+        self._reaper = asyncio.create_task(self.reservations.run_reaper(self.config.reaper_interval_s))
+        log.info("%s listening on %s", self.worker_id, self.address)
+        return self.address
+
+    async def stop(self) -> None:
+        if self._server is None:
+            return
+        LocalEndpoints.unregister(self.address)
+        self._reaper.cancel()
+        await self._server.stop(self.config.shutdown_grace_s)
+        await self.reservations.cancel_all()
+        self.loop.stop()
+        self._server = None
+
+    def _cancel_soon(self, aio_loop: asyncio.AbstractEventLoop, request_id: str) -> None:
+        """A transfer was rejected (called from the transport's thread): free the reservation."""
+        try:
+            asyncio.run_coroutine_threadsafe(self.reservations.cancel(request_id), aio_loop)
+        except RuntimeError:
+            pass    # the worker is stopping; stop() frees every reservation
+
+    # --- RPCs ------------------------------------------------------------------------------------
+    @unary_edge
+    async def Reserve(self, request: worker_pb2.ReserveRequest, context) -> worker_pb2.ReserveResponse:
+        _require_id(request.request_id)
+        if request.num_tokens < 1:
+            raise InvalidRequestError("num_tokens", f"must be >= 1, got {request.num_tokens}")
+        ttl_s = request.ttl_ms / 1000 if request.ttl_ms else self.config.reservation_ttl_s
+        if ttl_s > self.config.max_reservation_ttl_s:
+            raise InvalidRequestError("ttl_ms", f"must be <= {int(self.config.max_reservation_ttl_s * 1000)}, "
+                                      f"got {request.ttl_ms}")
+        reservation = await self.reservations.reserve(request.request_id, request.num_tokens, ttl_s)
+        if reservation is None:
+            return worker_pb2.ReserveResponse(
+                granted=False, kv_address=self.address,
+                reason=f"{self.engine.kv.blocks_for(request.num_tokens)} blocks needed, "
+                       f"{self.engine.kv.num_free_blocks} free")
+        return worker_pb2.ReserveResponse(granted=True, num_blocks=len(reservation.block_ids),
+                                          kv_address=self.address, block_ids=reservation.block_ids)
+
+    @stream_edge
+    async def Decode(self, request: worker_pb2.DecodeRequest, context):
+        _require_id(request.request_id)
+        params = wire.sampling_from_proto(request.sampling if request.HasField("sampling") else None)
+        if request.prefill_here:
+            stream = await self._start_here(request, params)
+        else:
+            stream = await self._join_landed(request, params)
+        try:
+            async for output in stream:
+                yield wire.chunk_from_output(output)
+            if stream.aborted:      # cancelled: the last message says so
+                yield worker_pb2.TokenChunk(request_id=request.request_id,
+                                            finish_reason=wire.finish_reason_to_proto("abort"))
+        finally:
+            if not stream.finished:     # client gone, or the stream failed: free the request
+                await self.loop.abort(request.request_id)
+
+    async def _start_here(self, request: worker_pb2.DecodeRequest, params) -> RequestStream:
+        if request.generated_token_ids:
+            raise InvalidRequestError("generated_token_ids", "must be empty with prefill_here")
+        # The blocks a colocated request needs are taken by the engine as it runs; a reservation
+        # made for admission only would count them twice.
+        await self.reservations.cancel(request.request_id)
+        return await self.loop.add_request(request.request_id, request.prompt_token_ids, params)
+
+    async def _join_landed(self, request: worker_pb2.DecodeRequest, params) -> RequestStream:
+        rid = request.request_id
+        if not request.generated_token_ids:
+            raise InvalidRequestError("generated_token_ids", "must hold the first token (from Prefill)")
+        reservation = self.reservations.get(rid)
+        try:
+            num_tokens = await asyncio.shield(asyncio.wrap_future(reservation.inbox.landed))
+        except asyncio.CancelledError:
+            await self.reservations.cancel(rid)
+            raise
+        except Exception as exc:
+            raise ReservationError(f"request {rid!r}: its pages did not land: {exc}") from None
+        expected = len(request.prompt_token_ids) + len(request.generated_token_ids) - 1
+        if num_tokens != expected:
+            await self.reservations.cancel(rid)
+            raise InvalidRequestError("generated_token_ids", f"the pages hold K/V for {num_tokens} "
+                                      f"tokens, prompt + generated - 1 is {expected}")
+        self.reservations.claim(rid)
+        try:
+            return await self.loop.add_prefilled_request(rid, request.prompt_token_ids,
+                                                         request.generated_token_ids, params)
+        except BaseException:
+            await self.loop.call(self.engine.cancel_reservation, rid)
+            raise
+
+    @unary_edge
+    async def Cancel(self, request: worker_pb2.CancelRequest, context) -> worker_pb2.CancelResponse:
+        _require_id(request.request_id)
+        found = await self.reservations.cancel(request.request_id)
+        found = await self.loop.abort(request.request_id) or found
+        return worker_pb2.CancelResponse(found=found)
+
+    @unary_edge
+    async def Load(self, request: worker_pb2.LoadRequest, context) -> worker_pb2.LoadReport:
+        # Plain reads of counters the engine thread updates: a report may be a step stale, which
+        # routing tolerates, and it never waits behind a running step.
+        kv, scheduler = self.engine.kv, self.engine.scheduler
+        return worker_pb2.LoadReport(
+            worker_id=self.worker_id,
+            role=(worker_pb2.WORKER_ROLE_COLOCATED if self.config.colocated
+                  else worker_pb2.WORKER_ROLE_DECODE),
+            block_size=kv.block_size, num_blocks=kv.num_blocks, free_blocks=kv.num_free_blocks,
+            reserved_blocks=self.reservations.num_reserved_blocks,
+            running_requests=len(scheduler.running), waiting_requests=len(scheduler.waiting),
+            kv_address=self.address or "", prompt_tokens_computed=self.prompt_counter.prompt_tokens,
+            kv_bytes_received=self.receiver.bytes_received)
+
+
+def _require_id(request_id: str) -> None:
+    if not request_id:
+        raise InvalidRequestError("request_id", "must not be empty")

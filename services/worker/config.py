@@ -1,0 +1,42 @@
+"""A worker's configuration: frozen, validated, built once by the launcher or `__main__`."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from services.engine.config import EngineConfig
+from services.engine.errors import ConfigError
+from services.kvtransfer import TRANSPORTS, TransferConfig
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """`kv_transport` is what a prefill worker uses when a request names none ("" = by locality:
+    local when the decode worker is in this process, else grpc). Reservations live
+    `reservation_ttl_s` unless the request asks for a ttl, and never longer than
+    `max_reservation_ttl_s`; the reaper looks for expired ones every `reaper_interval_s`."""
+
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    worker_id: str = ""                  # "" -> "<role>-<random>"
+    colocated: bool = False              # a decode worker that also runs prefills (reported role)
+    kv_transport: str = ""
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    reservation_ttl_s: float = 30.0
+    max_reservation_ttl_s: float = 600.0
+    reaper_interval_s: float = 0.05
+    shutdown_grace_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kv_transport not in ("", *TRANSPORTS):
+            raise ConfigError(f"kv_transport must be one of {TRANSPORTS} or empty, got {self.kv_transport!r}")
+        if not 0 < self.reservation_ttl_s <= self.max_reservation_ttl_s:
+            raise ConfigError(f"reservation_ttl_s must be in (0, max_reservation_ttl_s="
+                              f"{self.max_reservation_ttl_s}], got {self.reservation_ttl_s}")
+        if self.reaper_interval_s <= 0:
+            raise ConfigError(f"reaper_interval_s must be > 0, got {self.reaper_interval_s}")
+        if self.shutdown_grace_s < 0:
+            raise ConfigError(f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s}")
+
+    def named(self, role: str) -> str:
+        return self.worker_id or f"{role}-{uuid.uuid4().hex[:8]}"

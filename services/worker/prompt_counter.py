@@ -1,0 +1,31 @@
+"""Counts the prompt tokens an engine actually runs through the model (prefill chunks, including
+recomputation after a preemption). A decode worker fed only by pages keeps this at 0: that is how
+tests and load reports show the prompt's prefill really ran elsewhere.
+
+It wraps the engine's ModelRunner (same `run(batch)`), so the engine needs no change to be
+observed; prompt tokens served from the prefix cache are never scheduled, so never counted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class PromptTokenCounter:
+    def __init__(self, runner: Any) -> None:
+        self._runner = runner
+        self.prompt_tokens = 0
+
+    @classmethod
+    def install(cls, engine: Any) -> "PromptTokenCounter":
+        counter = cls(engine.runner)
+        engine.runner = counter
+        return counter
+
+    def run(self, batch: Any) -> Any:
+        for chunk in batch.chunks:
+            prompt_end = min(chunk.start + chunk.num_tokens, chunk.request.num_prompt_tokens)
+            self.prompt_tokens += max(0, prompt_end - chunk.start)
+        return self._runner.run(batch)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._runner, name)

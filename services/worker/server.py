@@ -1,0 +1,29 @@
+"""The gRPC server a worker listens on: bound to host:port (port 0 picks a free one), with the
+message size limits the KV transport needs, stopped with a short grace period."""
+
+from __future__ import annotations
+
+import grpc
+
+from services.engine.errors import ConfigError
+from services.kvtransfer import TransferConfig, channel_options
+
+
+async def start_server(register, host: str, port: int, transfer: TransferConfig) -> tuple[grpc.aio.Server, str]:
+    """Starts a grpc.aio server with `register(server)` applied; returns it and its address."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"port must be in [0, 65535], got {port}")
+    server = grpc.aio.server(options=channel_options(transfer))
+    register(server)
+    try:
+        bound = server.add_insecure_port(f"{_bracket(host)}:{port}")
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise ConfigError(f"cannot listen on {host}:{port}")
+    await server.start()
+    return server, f"{_bracket(host)}:{bound}"
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
