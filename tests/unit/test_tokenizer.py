@@ -13,6 +13,7 @@ from tokenizers import decoders, models, normalizers
 
 from services.engine.errors import InvalidRequestError, ModelNotFoundError
 from services.engine.presets import byte_level_tokenizer
+from services.engine.presets_tokenizer import tokenizer_config
 from services.engine.tokenizer import IncrementalDetokenizer, Tokenizer
 
 TOKENIZER = byte_level_tokenizer()
@@ -193,3 +194,56 @@ def test_incremental_keeps_leading_spaces_with_a_strip_decoder():
 
 def vocab_id(tok: Tokenizer, token: str) -> int:
     return tok.backend.token_to_id(token)
+
+
+# Constructs real templates use: whitespace control, namespace, loop, trim, tojson,
+# strftime_now, raise_exception, and special tokens passed in as variables.
+LLAMA3_LIKE = """{{- bos_token }}
+{%- if not date_string is defined %}{%- set date_string = strftime_now("%d %b %Y") %}{%- endif %}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content']|trim %}
+    {%- set messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = "" %}
+{%- endif %}
+{{- "<|system|>Today Date: " + date_string + "\\n\\n" + system_message + "<|end|>" }}
+{%- set ns = namespace(turns=0) %}
+{%- for message in messages %}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}
+        {{- raise_exception('roles must alternate user/assistant') }}
+    {%- endif %}
+    {%- set ns.turns = ns.turns + 1 %}
+    {{- '<|' + message['role'] + '|>' + message['content'] | trim + '<|end|>' }}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|assistant|>' }}{%- endif %}
+{{- {"turns": ns.turns} | tojson }}"""
+
+CHATML = """{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"""
+
+
+@pytest.mark.parametrize("template", [LLAMA3_LIKE, CHATML, tokenizer_config()["chat_template"]])
+@pytest.mark.parametrize("add_generation_prompt", [True, False])
+def test_chat_template_renders_as_transformers_does(tmp_path, template, add_generation_prompt):
+    transformers = pytest.importorskip("transformers")
+    write_tokenizer_dir(tmp_path, {**tokenizer_config(), "chat_template": template})
+    messages = [{"role": "system", "content": "  be brief "},
+                {"role": "user", "content": "hi 🙂"}, {"role": "assistant", "content": "hello"},
+                {"role": "user", "content": "你好"}]
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    expected = hf.apply_chat_template(messages, tokenize=False,
+                                      add_generation_prompt=add_generation_prompt)
+    assert Tokenizer.from_dir(tmp_path).apply_chat_template(messages, add_generation_prompt) \
+        == expected
+
+
+def test_llama3_like_template_raises_on_bad_roles():
+    tok = Tokenizer(TOKENIZER.backend, LLAMA3_LIKE, "<|bos|>", "<|eos|>")
+    with pytest.raises(InvalidRequestError, match="alternate"):
+        tok.apply_chat_template([{"role": "assistant", "content": "x"}])
+
+
+def test_prompt_ending_inside_a_character():
+    ids = TOKENIZER.encode("ok 🙂!", add_special_tokens=False)
+    split = next(i for i in range(1, len(ids)) if TOKENIZER.decode(ids[:i]).endswith("\ufffd"))
+    deltas, tail = stream(TOKENIZER, ids[split:], prompt=ids[:split])
+    assert "".join(d for _, d in deltas) + tail == "🙂!"
