@@ -8,12 +8,32 @@ separate tensors."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from services.engine.errors import UnsupportedModelError
+
+
+@runtime_checkable
+class Projection(Protocol):
+    """What the model and its weight loading rely on; every projection variant provides it."""
+
+    num_shards: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def load(self, param_name: str, tensor: torch.Tensor, shard: int = 0) -> None: ...
+
+
+def projection(in_features: int, out_features: int | Sequence[int], *, bias: bool = False,
+               dtype: torch.dtype | None = None, quantization: str | None = None) -> nn.Module:
+    """The projection for the model's quantization setting (ModelConfig.quantization)."""
+    if quantization is None:
+        return Linear(in_features, out_features, bias=bias, dtype=dtype)
+    raise UnsupportedModelError(f"quantization {quantization!r} has no projection implementation")
 
 
 class Linear(nn.Module):
@@ -26,6 +46,7 @@ class Linear(nn.Module):
         self.in_features = in_features
         self.out_features = sum(sizes)
         self.shard_offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+        self.num_shards = len(sizes)
         self.weight = nn.Parameter(torch.empty(self.out_features, in_features, dtype=dtype),
                                    requires_grad=False)
         self.bias = (nn.Parameter(torch.empty(self.out_features, dtype=dtype), requires_grad=False)
@@ -48,4 +69,4 @@ class Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, shards={len(self.shard_offsets) - 1}")
+                f"bias={self.bias is not None}, shards={self.num_shards}")

@@ -16,7 +16,7 @@ import kernels
 from services.engine.config import ModelConfig
 from services.engine.errors import UnsupportedModelError
 from services.engine.model.attention import AttentionMetadata, paged_attention
-from services.engine.model.linear import Linear
+from services.engine.model.linear import Linear, Projection, projection
 from services.engine.model.rope import cos_sin_cache
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -49,9 +49,10 @@ class Attention(nn.Module):
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         self.scale = self.head_dim ** -0.5
-        self.qkv_proj = Linear(config.hidden_size, (self.q_size, self.kv_size, self.kv_size),
-                               bias=config.attention_bias, dtype=dtype)
-        self.o_proj = Linear(self.q_size, config.hidden_size, dtype=dtype)
+        quant = config.quantization
+        self.qkv_proj = projection(config.hidden_size, (self.q_size, self.kv_size, self.kv_size),
+                                   bias=config.attention_bias, dtype=dtype, quantization=quant)
+        self.o_proj = projection(self.q_size, config.hidden_size, dtype=dtype, quantization=quant)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor,
                 kv_layer: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
@@ -69,8 +70,10 @@ class MLP(nn.Module):
     def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
         super().__init__()
         size = config.intermediate_size
-        self.gate_up_proj = Linear(config.hidden_size, (size, size), dtype=dtype)
-        self.down_proj = Linear(size, config.hidden_size, dtype=dtype)
+        quant = config.quantization
+        self.gate_up_proj = projection(config.hidden_size, (size, size), dtype=dtype,
+                                       quantization=quant)
+        self.down_proj = projection(size, config.hidden_size, dtype=dtype, quantization=quant)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
@@ -115,6 +118,8 @@ class LlamaForCausalLM(nn.Module):
         dtype = _DTYPES[config.dtype]
         self.config = config
         self.model = LlamaModel(config, dtype)
+        # The output head stays in the serving dtype whatever the quantization: the logits are
+        # what is most sensitive to weight rounding.
         self.lm_head = Linear(config.hidden_size, config.vocab_size, dtype=dtype)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -159,7 +164,7 @@ class LlamaForCausalLM(nn.Module):
         slots = set()
         for name in params:
             module = self.get_submodule(name.rpartition(".")[0])
-            shards = len(module.shard_offsets) - 1 if isinstance(module, Linear) else 1
+            shards = module.num_shards if isinstance(module, Projection) else 1
             slots.update((name, shard) for shard in range(shards))
         return slots
 
@@ -174,7 +179,7 @@ class LlamaForCausalLM(nn.Module):
             raise UnsupportedModelError(f"checkpoint tensor {name!r} has no place in "
                                         f"{self.config.architecture}")
         module = self.get_submodule(target)
-        if isinstance(module, Linear):
+        if isinstance(module, Projection):
             module.load(param_name, tensor, shard)
         else:
             param = params[full_name]

@@ -1,0 +1,36 @@
+"""The projection module: fused shards filled from separate tensors, and its typed errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from services.engine.errors import UnsupportedModelError
+from services.engine.model.linear import Linear, Projection, projection
+
+
+def test_fused_shards_equal_separate_projections():
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(n, 7, generator=gen) for n in (6, 2, 2))
+    bias = [torch.randn(n, generator=gen) for n in (6, 2, 2)]
+    fused = projection(7, (6, 2, 2), bias=True, dtype=torch.float32)
+    assert isinstance(fused, Projection) and fused.num_shards == 3
+    for shard, (w, b) in enumerate(zip((q, k, v), bias)):
+        fused.load("weight", w, shard)
+        fused.load("bias", b, shard)
+    x = torch.randn(5, 7, generator=gen)
+    expected = torch.cat([x @ w.T + b for w, b in zip((q, k, v), bias)], dim=-1)
+    torch.testing.assert_close(fused(x), expected)
+
+
+def test_load_errors_name_the_problem():
+    layer = Linear(4, (3, 5))
+    with pytest.raises(UnsupportedModelError, match=r"shard 1.*\(4, 4\).*\(5, 4\)"):
+        layer.load("weight", torch.zeros(4, 4), shard=1)
+    with pytest.raises(UnsupportedModelError, match="bias"):
+        layer.load("bias", torch.zeros(3))
+
+
+def test_unimplemented_quantization_is_refused():
+    with pytest.raises(UnsupportedModelError, match="w8a16"):
+        projection(4, 4, quantization="w8a16")
