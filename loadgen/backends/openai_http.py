@@ -1,0 +1,137 @@
+"""OpenAI-compatible HTTP backend (vLLM, SGLang, TGI, Tandem's gateway): `/v1/completions` or
+`/v1/chat/completions`, streamed as server-sent events, with `stream_options.include_usage` so
+the server reports its own token counts."""
+
+from __future__ import annotations
+
+import json
+from time import perf_counter
+
+import aiohttp
+
+from loadgen.backends.base import Backend
+from loadgen.backends.sse import SSEDecoder
+from loadgen.errors import TargetUnreachableError
+from loadgen.records import BenchRequest, RequestRecord
+
+DEFAULT_ENDPOINTS = {"openai": "/v1/completions", "openai-chat": "/v1/chat/completions"}
+
+
+async def _mark_sent(_session, context, _params) -> None:
+    if isinstance(context.trace_request_ctx, RequestRecord):
+        context.trace_request_ctx.sent = perf_counter()
+
+
+class OpenAIBackend(Backend):
+    """`chat` picks the chat endpoint (messages in, `delta.content` out)."""
+
+    def __init__(self, config, chat: bool) -> None:
+        super().__init__(config)
+        self.chat = chat
+        base = config.base_url.rstrip("/")
+        self.url = base + (config.endpoint or DEFAULT_ENDPOINTS["openai-chat" if chat else "openai"])
+        self.models_url = base + "/v1/models"
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self, expected_streams: int) -> None:
+        headers = {"Content-Type": "application/json"}
+        if self.config.api_key:
+            headers["Authorization"] = f"Bearer {self.config.api_key}"
+        # limit=0: the connector must never cap concurrency below what the load asks for.
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, keepalive_timeout=60)
+        # The send time is taken when the request's headers reach the socket, so the client's own
+        # request-building time shows as queueing (record.sent - record.scheduled), not as TTFT.
+        trace = aiohttp.TraceConfig()
+        trace.on_request_headers_sent.append(_mark_sent)
+        self._session = aiohttp.ClientSession(connector=connector, headers=headers, trace_configs=[trace],
+                                              timeout=aiohttp.ClientTimeout(total=None),
+                                              auto_decompress=False)
+        await self._check_target()
+
+    async def _check_target(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.config.connect_timeout_s)
+        try:
+            async with self._session.get(self.models_url, timeout=timeout) as resp:
+                body = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise TargetUnreachableError(f"cannot reach {self.config.base_url}: "
+                                         f"{type(exc).__name__}: {exc or 'timed out'}") from None
+        if status in (401, 403):
+            raise TargetUnreachableError(f"{self.models_url} refused the API key (HTTP {status})")
+        if self.model is None:
+            try:
+                self.model = json.loads(body)["data"][0]["id"]
+            except (ValueError, KeyError, IndexError, TypeError):
+                raise TargetUnreachableError(f"--model not given and {self.models_url} lists no model "
+                                             f"(HTTP {status})") from None
+
+    def _payload(self, request: BenchRequest) -> bytes:
+        body: dict = {"model": self.model, "max_tokens": request.output_len, "stream": True,
+                      "stream_options": {"include_usage": True}}
+        if self.chat:
+            body["messages"] = [{"role": "user", "content": request.prompt}]
+        else:
+            body["prompt"] = request.prompt
+        if self.config.ignore_eos:
+            body["ignore_eos"] = True          # vLLM / SGLang / Tandem extension
+        if self.config.temperature is not None:
+            body["temperature"] = self.config.temperature
+        return json.dumps(body).encode()
+
+    async def stream(self, request: BenchRequest, record: RequestRecord) -> None:
+        try:
+            async with self._session.post(self.url, data=self._payload(request), trace_request_ctx=record) as resp:
+                if resp.status != 200:
+                    record.fail(str(resp.status), (await resp.text(errors="replace")).strip())
+                    return
+                await self._consume(resp, record)
+        except aiohttp.ClientPayloadError as exc:
+            record.fail("stream_closed", str(exc))
+        except (aiohttp.ServerDisconnectedError, ConnectionResetError) as exc:
+            record.fail("stream_closed", f"{type(exc).__name__}: {exc}")
+        except (aiohttp.ClientError, OSError) as exc:
+            record.fail("connection_error", f"{type(exc).__name__}: {exc}")
+
+    async def _consume(self, resp: aiohttp.ClientResponse, record: RequestRecord) -> None:
+        decoder = SSEDecoder()
+        done = False
+        async for data in resp.content.iter_any():
+            now = perf_counter()               # arrival time first, parsing after
+            for payload in decoder.feed(data):
+                done = self._on_event(payload, now, record) or done
+        for payload in decoder.flush():
+            done = self._on_event(payload, perf_counter(), record) or done
+        if not done and record.error is None:
+            record.fail("stream_closed", "stream ended before [DONE]")
+
+    def _on_event(self, payload: str, now: float, record: RequestRecord) -> bool:
+        """Returns True at the end-of-stream marker."""
+        if payload == "[DONE]":
+            return True
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            record.fail("bad_event", payload[:200])
+            return False
+        if "error" in event:
+            error = event["error"]
+            record.fail("stream_error", json.dumps(error) if not isinstance(error, str) else error)
+            return False
+        for choice in event.get("choices") or ():
+            text = choice.get("delta", {}).get("content") if self.chat else choice.get("text")
+            if text:
+                record.chunk_times.append(now)
+                record.text_parts.append(text)
+            if choice.get("finish_reason"):
+                record.finish_reason = choice["finish_reason"]
+        usage = event.get("usage")
+        if usage:
+            record.server_prompt_tokens = usage.get("prompt_tokens")
+            record.server_output_tokens = usage.get("completion_tokens")
+        return False
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,1 @@
+"""What a benchmark leaves behind: console tables, JSON, CSV, PNG plots and an HTML report."""

@@ -1,0 +1,72 @@
+"""`python -m tests.loadgen_target [flags]`: serve both protocols on free loopback ports, print
+one JSON line {"http_port": ..., "grpc_port": ...} on stdout, run until SIGTERM / SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import signal
+import sys
+
+from aiohttp import web
+
+from tests.loadgen_target.behaviour import TargetBehaviour
+from tests.loadgen_target.grpc_server import build_grpc_server
+from tests.loadgen_target.http_server import build_app
+from tests.loadgen_target.precise_loop import run_precise
+
+
+def parse_behaviour(argv: list[str]) -> tuple[TargetBehaviour, str]:
+    p = argparse.ArgumentParser(prog="python -m tests.loadgen_target")
+    p.add_argument("--ttft-ms", type=float, default=50.0)
+    p.add_argument("--itl-ms", type=float, default=10.0)
+    p.add_argument("--output-tokens", type=int, default=None)
+    for name in ("error-every", "stall-every", "close-every"):
+        p.add_argument(f"--{name}", type=int, default=0)
+    p.add_argument("--error-status", type=int, default=500)
+    p.add_argument("--stall-after", type=int, default=1)
+    p.add_argument("--close-after", type=int, default=1)
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--loop", choices=("precise", "asyncio", "uvloop"), default="precise")
+    a = p.parse_args(argv)
+    return TargetBehaviour(ttft_s=a.ttft_ms / 1e3, itl_s=a.itl_ms / 1e3, output_tokens=a.output_tokens,
+                           error_every=a.error_every, error_status=a.error_status, stall_every=a.stall_every,
+                           stall_after=a.stall_after, close_every=a.close_every, close_after=a.close_after,
+                           api_key=a.api_key), a.loop
+
+
+async def serve(behaviour: TargetBehaviour) -> None:
+    counter = itertools.count(1)
+    runner = web.AppRunner(build_app(behaviour, counter), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
+    await site.start()
+    http_port = site._server.sockets[0].getsockname()[1]
+    grpc_server = build_grpc_server(behaviour, counter)
+    grpc_port = grpc_server.add_insecure_port("127.0.0.1:0")
+    await grpc_server.start()
+    print(json.dumps({"http_port": http_port, "grpc_port": grpc_port}), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await grpc_server.stop(0)
+    await runner.cleanup()
+
+
+def main(argv: list[str]) -> None:
+    behaviour, loop = parse_behaviour(argv)
+    if loop == "uvloop":
+        import uvloop
+        uvloop.run(serve(behaviour))
+    elif loop == "asyncio":
+        asyncio.run(serve(behaviour))
+    else:
+        run_precise(serve(behaviour))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,77 @@
+"""The target's OpenAI-compatible side: /v1/completions and /v1/chat/completions streamed as
+SSE with a usage chunk, /v1/models, /health."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from time import perf_counter
+
+from aiohttp import web
+
+from tests.loadgen_target.behaviour import Fate, TargetBehaviour, prompt_tokens
+
+TOKEN_TEXT = " tok"
+
+
+async def sleep_until(when: float) -> None:
+    delay = when - perf_counter()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+def build_app(behaviour: TargetBehaviour, counter: itertools.count) -> web.Application:
+    async def health(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def models(_request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": behaviour.model, "object": "model"}]})
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        return await _generate(request, chat=False)
+
+    async def chat_completions(request: web.Request) -> web.StreamResponse:
+        return await _generate(request, chat=True)
+
+    async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
+        arrival = perf_counter()
+        if behaviour.api_key and request.headers.get("Authorization") != f"Bearer {behaviour.api_key}":
+            return web.json_response({"error": {"message": "bad api key"}}, status=401)
+        body = await request.json()
+        fate = behaviour.fate(next(counter))
+        if fate is Fate.ERROR:
+            return web.json_response({"error": {"message": "injected error"}}, status=behaviour.error_status)
+        prompt = body["messages"][-1]["content"] if chat else body["prompt"]
+        n = behaviour.num_tokens(body.get("max_tokens"))
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        sent = 0
+        for k in range(n):
+            if fate is Fate.STALL and k == behaviour.stall_after:
+                while not request.transport.is_closing():
+                    await asyncio.sleep(0.05)
+                return resp
+            if fate is Fate.CLOSE and k == behaviour.close_after:
+                request.transport.close()
+                return resp
+            await sleep_until(behaviour.token_time(arrival, k))
+            finish = "length" if k == n - 1 else None
+            choice = ({"index": 0, "delta": {"content": TOKEN_TEXT}, "finish_reason": finish} if chat
+                      else {"index": 0, "text": TOKEN_TEXT, "finish_reason": finish})
+            await resp.write(b"data: " + json.dumps({"choices": [choice]}).encode() + b"\n\n")
+            sent += 1
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {"prompt_tokens": prompt_tokens(prompt), "completion_tokens": sent,
+                     "total_tokens": prompt_tokens(prompt) + sent}
+            await resp.write(b"data: " + json.dumps({"choices": [], "usage": usage}).encode() + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    return app
