@@ -14,7 +14,7 @@ import torch
 from services.engine.kv_cache import KVCacheManager, cdiv
 from services.engine.model.attention import AttentionMetadata
 from services.engine.outputs import TokenLogprob
-from services.engine.sampler import Sampler, SamplerOutput, SamplingRow
+from services.engine.sampler import Sampler, SamplerOutput, SamplingRow, to_device
 from services.engine.scheduler import ScheduledBatch
 
 
@@ -57,7 +57,7 @@ class ModelRunner:
         return self.model(inputs.input_ids, inputs.positions, self.kv.kv_cache, inputs.meta)
 
     def prepare(self, batch: ScheduledBatch) -> ModelInputs:
-        """Host-side lists -> a few tensors, copied to the device without waiting."""
+        """Host-side lists -> a few tensors, copied to the device without waiting for it."""
         block_size = self.kv.block_size
         input_ids: list[int] = []
         positions: list[int] = []
@@ -74,27 +74,24 @@ class ModelRunner:
                         for c in batch.chunks]
         sample_indices = [query_start_loc[i + 1] - 1 for i, c in enumerate(batch.chunks) if c.samples]
 
-        positions_t = self._tensor(positions, torch.int64)
-        tables_t = self._tensor(block_tables, torch.int32)
-        query_start_t = self._tensor(query_start_loc, torch.int32)
-        seq_index = torch.repeat_interleave(
-            torch.arange(len(seq_lens), device=self.device), query_start_t.diff())
-        # slot = block_id * block_size + offset, gathered on the device for the whole batch.
+        positions_t = torch.tensor(positions, dtype=torch.int64)
+        tables_t = torch.tensor(block_tables, dtype=torch.int32)
+        num_new = torch.tensor([c.num_tokens for c in batch.chunks])
+        # slot = block_id * block_size + offset, for the whole batch in a few host-side ops.
+        seq_index = torch.repeat_interleave(torch.arange(len(seq_lens)), num_new)
         slots = (tables_t[seq_index, positions_t // block_size].long() * block_size
                  + positions_t % block_size)
-        meta = AttentionMetadata(query_start_loc=query_start_t,
-                                 seq_lens=self._tensor(seq_lens, torch.int32),
-                                 block_tables=tables_t, slot_mapping=slots,
+        dev = self._to_device
+        meta = AttentionMetadata(query_start_loc=dev(torch.tensor(query_start_loc, dtype=torch.int32)),
+                                 seq_lens=dev(torch.tensor(seq_lens, dtype=torch.int32)),
+                                 block_tables=dev(tables_t), slot_mapping=dev(slots),
                                  max_query_len=max(c.num_tokens for c in batch.chunks),
                                  max_seq_len=max(seq_lens))
-        return ModelInputs(self._tensor(input_ids, torch.int64), positions_t, meta,
-                           self._tensor(sample_indices, torch.int64))
+        return ModelInputs(dev(torch.tensor(input_ids, dtype=torch.int64)), dev(positions_t), meta,
+                           dev(torch.tensor(sample_indices, dtype=torch.int64)))
 
-    def _tensor(self, values: list, dtype: torch.dtype) -> torch.Tensor:
-        host = torch.tensor(values, dtype=dtype)
-        if self.device.type == "cpu":
-            return host
-        return host.pin_memory().to(self.device, non_blocking=True)
+    def _to_device(self, host: torch.Tensor) -> torch.Tensor:
+        return to_device(host, self.device)
 
 
 def _to_host(out: SamplerOutput, rows: list[SamplingRow]) -> StepResult:

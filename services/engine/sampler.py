@@ -18,6 +18,18 @@ from services.engine.sampling_params import SamplingParams
 _MASK64 = (1 << 64) - 1
 
 
+def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on device without waiting: a copy from pageable memory would make the host
+    wait for every kernel queued before it."""
+    if device.type == "cpu":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+def _row_values(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return to_device(torch.tensor(values, dtype=dtype), device)
+
+
 def row_seed(seed: int, output_index: int) -> int:
     """A well-mixed 63-bit seed for one output token of a seeded request (splitmix64)."""
     z = (seed * 0x9E3779B97F4A7C15 + (output_index + 1) * 0xBF58476D1CE4E5B9) & _MASK64
@@ -51,7 +63,7 @@ class Sampler:
         if all(r.params.greedy for r in rows):
             token_ids = logits.argmax(dim=-1)
         else:
-            greedy = torch.tensor([r.params.greedy for r in rows], device=logits.device)
+            greedy = _row_values([r.params.greedy for r in rows], torch.bool, logits.device)
             scores = filter_logits(logits, rows)
             token_ids = (scores + self._gumbel(logits, rows)).argmax(dim=-1)
             token_ids = torch.where(greedy, logits.argmax(dim=-1), token_ids)
@@ -81,17 +93,17 @@ class Sampler:
 def filter_logits(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
     """logits / temperature with the tokens outside top-k and top-p set to -inf."""
     device = logits.device
-    temperature = torch.tensor([r.params.temperature or 1.0 for r in rows], device=device)
+    temperature = _row_values([r.params.temperature or 1.0 for r in rows], logits.dtype, device)
     scores = logits / temperature[:, None]
     if any(r.params.top_k_enabled for r in rows):
         vocab = logits.shape[1]
-        top_k = torch.tensor([min(r.params.top_k, vocab) if r.params.top_k_enabled else vocab
-                              for r in rows], device=device)
+        top_k = _row_values([min(r.params.top_k, vocab) if r.params.top_k_enabled else vocab
+                             for r in rows], torch.int64, device)
         sorted_desc = scores.sort(dim=-1, descending=True).values
         kth = sorted_desc.gather(1, (top_k - 1)[:, None])
         scores = scores.masked_fill(scores < kth, float("-inf"))
     if any(r.params.top_p < 1.0 for r in rows):
-        top_p = torch.tensor([r.params.top_p for r in rows], device=device)
+        top_p = _row_values([r.params.top_p for r in rows], logits.dtype, device)
         sorted_scores, order = scores.sort(dim=-1, descending=True)
         probs = sorted_scores.softmax(dim=-1)
         # Keep the smallest prefix whose mass reaches top_p: a token stays if the mass before it
