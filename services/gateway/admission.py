@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from services.engine.errors import CapacityError
 from services.gateway.config import AdmissionConfig
+from services.gateway.errors import WorkerUnavailableError
 from services.gateway.routing import blocks_for, largest_decode_pool_tokens, rank_decode_workers
 from services.gateway.token_bucket import TenantBuckets
 from services.gateway.workers import WorkerHandle, WorkerPool
@@ -62,6 +63,7 @@ class AdmissionController:
                     deadline: float) -> Ticket:
         """A ticket booked on a decode worker, or CapacityError. `deadline` is time.monotonic()."""
         ticket = Ticket(request_id, tenant, prompt_tokens, num_tokens)
+        self._require_live_workers()
         largest = largest_decode_pool_tokens(self._pool.decode)
         if num_tokens > largest:
             self._reject("never_fits")
@@ -126,6 +128,15 @@ class AdmissionController:
 
     def _reject(self, reason: str) -> None:
         self._metrics.rejections.labels(reason).inc()
+
+    def _require_live_workers(self) -> None:
+        """Waiting is pointless when a whole kind of worker is down: say so at once."""
+        kinds = [("decode", self._pool.decode)] + ([("prefill", self._pool.prefill)] if self._disaggregated else [])
+        for kind, workers in kinds:
+            if not any(w.healthy for w in workers):
+                self._reject("no_workers")
+                raise WorkerUnavailableError(f"no {kind} worker is reachable",
+                                             retry_after_s=self._config.retry_after_s)
 
     def _has_room(self, ticket: Ticket) -> bool:
         if self._running >= self._config.max_running_requests:

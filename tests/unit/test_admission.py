@@ -181,3 +181,13 @@ async def test_colocated_bookings_count_growth_still_ahead():
     assert w.available_blocks == 10 and w.bookings
     adm.release(ticket)
     assert w.available_blocks == 17
+
+
+async def test_no_live_decode_worker_is_unavailable_at_once():
+    from services.gateway.errors import WorkerUnavailableError
+    pool = make_pool()
+    pool.decode[0].healthy = False
+    adm, metrics = make_admission(pool)
+    with pytest.raises(WorkerUnavailableError):
+        await adm.admit("a", "", 1, 2, far())
+    assert sample(metrics, "tandem_rejections_total", reason="no_workers") == 1
