@@ -21,7 +21,7 @@ from services.engine.errors import InvalidRequestError, ReservationError
 from services.kvtransfer import KVReceiver, KVTransferService, LocalEndpoints
 from services.rpc.tandem.v1 import worker_pb2, worker_pb2_grpc
 from services.worker.config import WorkerConfig
-from services.worker.edge import stream_edge, unary_edge
+from services.worker.edge import integrity_error, stream_edge, unary_edge
 from services.worker.prompt_counter import PromptTokenCounter
 from services.worker.server import start_server
 
@@ -166,7 +166,8 @@ class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
             reserved_blocks=self.reservations.num_reserved_blocks,
             running_requests=len(scheduler.running), waiting_requests=len(scheduler.waiting),
             kv_address=self.address or "", prompt_tokens_computed=self.prompt_counter.prompt_tokens,
-            kv_bytes_received=self.receiver.bytes_received)
+            kv_bytes_received=self.receiver.bytes_received,
+            integrity_error=await integrity_error(self.loop) if request.check_integrity else "")
 
 
 def _require_id(request_id: str) -> None:

@@ -21,7 +21,7 @@ from services.engine.errors import InvalidRequestError, RequestCancelledError
 from services.kvtransfer import KVTransports, PageRun
 from services.rpc.tandem.v1 import worker_pb2, worker_pb2_grpc
 from services.worker.config import WorkerConfig
-from services.worker.edge import unary_edge
+from services.worker.edge import integrity_error, unary_edge
 from services.worker.prompt_counter import PromptTokenCounter
 from services.worker.server import start_server
 
@@ -138,4 +138,5 @@ class PrefillWorker(worker_pb2_grpc.PrefillWorkerServicer):
             running_requests=len(scheduler.running), waiting_requests=len(scheduler.waiting),
             queued_prompt_tokens=max(0, self.queued_prompt_tokens),
             prompt_tokens_computed=self.prompt_counter.prompt_tokens,
-            kv_bytes_sent=self.kv_bytes_sent)
+            kv_bytes_sent=self.kv_bytes_sent,
+            integrity_error=await integrity_error(self.loop) if request.check_integrity else "")

@@ -67,3 +67,12 @@ def stream_edge(method):
                 raise
             await _abort(context, exc)
     return wrapper
+
+
+async def integrity_error(loop) -> str:
+    """The engine's check_integrity() run between two steps: "" when sound, else its message."""
+    try:
+        await loop.call(loop.engine.check_integrity)
+    except AssertionError as exc:
+        return str(exc) or type(exc).__name__
+    return ""

@@ -1,0 +1,78 @@
+"""One local process per worker (`python -m services.prefill|decode`), each reporting its bound
+address on stdout. Workers watch their stdin: if this launcher dies, they stop too."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from orchestration.launchers import WorkerSpec
+from services.engine.errors import ConfigError
+from services.worker.cli import LISTENING, worker_arguments
+
+
+class ProcessLauncher:
+    def __init__(self, start_timeout_s: float, stop_timeout_s: float = 10.0,
+                 capture_logs: bool = True) -> None:
+        """capture_logs: keep each worker's log in a temporary file (shown if it fails to start)
+        instead of passing it through to this process's stderr."""
+        self._start_timeout_s = start_timeout_s
+        self._stop_timeout_s = stop_timeout_s
+        self._capture_logs = capture_logs
+        self.processes: list[subprocess.Popen] = []
+        self._logs: list = []
+
+    def start(self, specs: list[WorkerSpec]) -> list[str]:
+        launched = [self._spawn(spec) for spec in specs]
+        try:
+            return [self._address(proc, log, spec) for proc, log, spec in launched]
+        except BaseException:
+            self.stop()
+            raise
+
+    def _spawn(self, spec: WorkerSpec):
+        log = tempfile.TemporaryFile() if self._capture_logs else None
+        if log is not None:
+            self._logs.append(log)
+        cmd = [sys.executable, "-m", f"services.{spec.role}", "--host", spec.host,
+               "--port", str(spec.port), "--exit-with-parent", *worker_arguments(spec.config)]
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
+        self.processes.append(proc)
+        return proc, log, spec
+
+    def _address(self, proc: subprocess.Popen, log, spec: WorkerSpec) -> str:
+        lines: list[bytes] = []
+        reader = threading.Thread(target=lambda: lines.append(proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(self._start_timeout_s)
+        line = lines[0].decode().strip() if lines else ""
+        if not line.startswith(LISTENING):
+            tail = ""
+            if log is not None:
+                log.seek(0)
+                tail = log.read()[-2000:].decode(errors="replace")
+            raise ConfigError(f"{spec.role} worker did not start within {self._start_timeout_s}s "
+                              f"(exit code {proc.poll()}): {tail}")
+        return line.split()[1]
+
+    def stop(self) -> None:
+        processes, self.processes = self.processes, []
+        for proc in processes:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + self._stop_timeout_s
+        for proc in processes:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    pipe.close()
+        logs, self._logs = self._logs, []
+        for log in logs:
+            log.close()

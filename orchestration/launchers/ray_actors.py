@@ -1,0 +1,108 @@
+"""Workers as Ray actors: one actor per worker, each running the worker's gRPC server on a thread
+of its own. One GPU per actor when the cluster has GPUs, else one CPU. All actors go in one
+placement group packed onto as few nodes as possible, so prefill and decode sit together and
+pages travel over the fastest link. Ray restarts a dead actor (max_restarts); it comes back on
+the same port, so the gateway's addresses stay valid. Ray is the control plane only: tokens and
+KV pages go over gRPC, never through the object store."""
+
+from __future__ import annotations
+
+import socket
+
+from orchestration.launchers import WorkerSpec, make_worker
+from services.engine.errors import ConfigError
+
+
+class WorkerActor:
+    """The body of one Ray actor: starts serving in its constructor, so a restart serves again."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        import ray
+
+        from services.worker.hosting import WorkerThread
+        self._thread = WorkerThread(make_worker(spec), f"{spec.role}-actor")
+        bound = self._thread.start(spec.host, spec.port)
+        port = bound.rsplit(":", 1)[1]
+        # A worker listening on every interface is reached through its node's address.
+        host = ray.util.get_node_ip_address() if spec.host in ("0.0.0.0", "::") else bound.rsplit(":", 1)[0]
+        self._address = f"{host}:{port}"
+
+    def address(self) -> str:
+        return self._address
+
+    def stop(self) -> None:
+        self._thread.stop()
+
+
+def free_port(host: str) -> int:
+    """A port free on this host now (Ray actors started here rebind it after a restart)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class RayLauncher:
+    def __init__(self, start_timeout_s: float, ray_address: str | None = None,
+                 num_cpus: int | None = None, max_restarts: int = 3) -> None:
+        self._start_timeout_s = start_timeout_s
+        self._ray_address = ray_address
+        self._num_cpus = num_cpus
+        self._max_restarts = max_restarts
+        self._started_ray = False
+        self._actors: list = []
+        self._groups: list = []
+
+    def _ensure_ray(self):
+        import ray
+        if not ray.is_initialized():
+            if self._ray_address:
+                ray.init(address=self._ray_address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=self._num_cpus, include_dashboard=False, log_to_driver=False)
+                self._started_ray = True
+        return ray
+
+    def start(self, specs: list[WorkerSpec]) -> list[str]:
+        ray = self._ensure_ray()
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        use_gpu = ray.cluster_resources().get("GPU", 0) >= len(specs)
+        bundle = {"GPU": 1, "CPU": 1} if use_gpu else {"CPU": 1}
+        group = placement_group([dict(bundle) for _ in specs], strategy="PACK")
+        self._groups.append(group)
+        if not ray.get(group.ready(), timeout=self._start_timeout_s):
+            raise ConfigError(f"Ray could not place {len(specs)} workers of {bundle}")
+        actor_class = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0,
+                                 max_restarts=self._max_restarts, max_task_retries=0)(WorkerActor)
+        local = not self._ray_address
+        actors = []
+        for index, spec in enumerate(specs):
+            if local and spec.port == 0:
+                spec = WorkerSpec(spec.role, spec.config, spec.host, free_port(spec.host))
+            actors.append(actor_class.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+                placement_group=group, placement_group_bundle_index=index)).remote(spec))
+        self._actors += actors
+        try:
+            return ray.get([a.address.remote() for a in actors], timeout=self._start_timeout_s)
+        except Exception as exc:
+            raise ConfigError(f"Ray workers failed to start: {exc}") from exc
+
+    def stop(self) -> None:
+        import ray
+        if not ray.is_initialized():
+            return
+        actors, self._actors = self._actors, []
+        for actor in actors:
+            try:
+                ray.get(actor.stop.remote(), timeout=30)
+            except Exception:
+                pass    # already dead: nothing left to stop
+            ray.kill(actor, no_restart=True)
+        from ray.util.placement_group import remove_placement_group
+        groups, self._groups = self._groups, []
+        for group in groups:
+            remove_placement_group(group)
+        if self._started_ray:
+            ray.shutdown()
+            self._started_ray = False

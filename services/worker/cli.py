@@ -1,0 +1,130 @@
+"""Command-line form of a worker (`python -m services.prefill`, `python -m services.decode`): the
+flags, the config they build, and the process's life from start to SIGINT / SIGTERM.
+
+Once listening, the worker prints one line `LISTENING <host:port>` on stdout (launchers read the
+bound address from it when they asked for port 0)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import threading
+from typing import Callable
+
+from services.engine.config import CacheConfig, EngineConfig, SchedulerConfig
+from services.engine.errors import TandemError
+from services.kvtransfer import TRANSPORTS
+from services.worker.config import WorkerConfig
+
+_ENGINE, _CACHE, _SCHED, _WORKER = EngineConfig(), CacheConfig(), SchedulerConfig(), WorkerConfig()
+LISTENING = "LISTENING"
+
+
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=_ENGINE.model, help="preset name or HF checkpoint directory")
+    p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
+    p.add_argument("--seed", type=int, default=_ENGINE.seed)
+    p.add_argument("--block-size", type=int, default=_CACHE.block_size)
+    p.add_argument("--num-kv-blocks", type=int, default=None, help="default: what the memory budget holds")
+    p.add_argument("--kv-cpu-budget-bytes", type=int, default=_CACHE.cpu_budget_bytes)
+    p.add_argument("--gpu-memory-fraction", type=float, default=_CACHE.gpu_memory_fraction)
+    p.add_argument("--no-prefix-caching", action="store_true")
+    p.add_argument("--max-num-seqs", type=int, default=_SCHED.max_num_seqs)
+    p.add_argument("--max-num-batched-tokens", type=int, default=_SCHED.max_num_batched_tokens)
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--scheduler-policy", default=_SCHED.policy, choices=("fcfs", "shortest_prompt_first"))
+
+
+def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(
+        model=args.model, dtype=args.dtype, device=args.device, seed=args.seed,
+        cache=CacheConfig(block_size=args.block_size, num_blocks=args.num_kv_blocks,
+                          cpu_budget_bytes=args.kv_cpu_budget_bytes,
+                          gpu_memory_fraction=args.gpu_memory_fraction,
+                          enable_prefix_caching=not args.no_prefix_caching),
+        scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs,
+                                  max_num_batched_tokens=args.max_num_batched_tokens,
+                                  policy=args.scheduler_policy, max_model_len=args.max_model_len))
+
+
+def engine_arguments(config: EngineConfig) -> list[str]:
+    """The flags that rebuild config in another process (the inverse of engine_config_from_args)."""
+    cache, sched = config.cache, config.scheduler
+    args = ["--model", config.model, "--seed", str(config.seed), "--block-size", str(cache.block_size),
+            "--kv-cpu-budget-bytes", str(cache.cpu_budget_bytes),
+            "--gpu-memory-fraction", str(cache.gpu_memory_fraction),
+            "--max-num-seqs", str(sched.max_num_seqs),
+            "--max-num-batched-tokens", str(sched.max_num_batched_tokens),
+            "--scheduler-policy", sched.policy]
+    for flag, value in (("--dtype", config.dtype), ("--device", config.device),
+                        ("--num-kv-blocks", cache.num_blocks), ("--max-model-len", sched.max_model_len)):
+        if value is not None:
+            args += [flag, str(value)]
+    if not cache.enable_prefix_caching:
+        args.append("--no-prefix-caching")
+    return args
+
+
+def add_worker_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on stdout)")
+    p.add_argument("--worker-id", default="")
+    p.add_argument("--colocated", action="store_true", help="decode: also runs prefills (reported role)")
+    p.add_argument("--kv-transport", default="", choices=("", *TRANSPORTS),
+                   help="prefill: default transport when a request names none (empty: by locality)")
+    p.add_argument("--reservation-ttl", type=float, default=_WORKER.reservation_ttl_s)
+    p.add_argument("--exit-with-parent", action="store_true",
+                   help="stop when stdin closes (set by launchers, so no worker outlives them)")
+    p.add_argument("--log-level", default="INFO")
+    add_engine_arguments(p)
+
+
+def worker_arguments(config: WorkerConfig) -> list[str]:
+    args = ["--worker-id", config.worker_id, "--kv-transport", config.kv_transport,
+            "--reservation-ttl", str(config.reservation_ttl_s)]
+    if config.colocated:
+        args.append("--colocated")
+    return args + engine_arguments(config.engine)
+
+
+def worker_config_from_args(args: argparse.Namespace) -> WorkerConfig:
+    return WorkerConfig(engine=engine_config_from_args(args), worker_id=args.worker_id,
+                        colocated=args.colocated, kv_transport=args.kv_transport,
+                        reservation_ttl_s=args.reservation_ttl)
+
+
+async def _serve(worker, host: str, port: int, exit_with_parent: bool) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if exit_with_parent:
+        def watch_stdin() -> None:
+            sys.stdin.buffer.read()         # returns at EOF: the launcher is gone
+            loop.call_soon_threadsafe(stop.set)
+        threading.Thread(target=watch_stdin, name="parent-watch", daemon=True).start()
+    address = await worker.start(host, port)
+    print(f"{LISTENING} {address}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await worker.stop()
+
+
+def main(make_worker: Callable[[WorkerConfig], object], prog: str, argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog)
+    add_worker_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        asyncio.run(_serve(make_worker(worker_config_from_args(args)), args.host, args.port,
+                           args.exit_with_parent))
+    except TandemError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    return 0
