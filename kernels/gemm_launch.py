@@ -22,6 +22,10 @@ class GemmLaunch:
     num_stages: int = 3
     split_k: int = 1          # >1: K is cut into slices whose partial sums meet by atomic adds
     group_m: int = 8          # row tiles that share a band of weight columns (L2 reuse)
+    # W8A16 with few rows: compute (W x^T)^T, so the dequantized weight tile is the MMA's left
+    # operand, which Hopper's wgmma reads from registers (no trip back through shared memory),
+    # and block_n weight rows (>= 64) fill its M side while block_m tokens only pad its N side.
+    swap_ab: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "block_k"):

@@ -13,6 +13,7 @@ import triton.language as tl
 from kernels.arguments import FLOAT_DTYPES, check_tensor, next_power_of_2, use_triton_for
 
 SMALLEST_SCALE = torch.finfo(torch.float32).tiny    # an all-zero row quantizes to zeros, not NaN
+_ONE_PASS_MAX = 16384     # rows up to this many columns are held in registers whole
 _CHUNK = 4096
 
 
@@ -27,23 +28,34 @@ def quantize_rows_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @triton.jit
 def _quantize_rows_kernel(x_ptr, q_ptr, scale_ptr, cols, stride_x, stride_q,
-                          CHUNK: tl.constexpr):
+                          CHUNK: tl.constexpr, ONE_PASS: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, CHUNK)
-    amax = tl.zeros([CHUNK], tl.float32)
-    for c0 in range(0, cols, CHUNK):
-        x = tl.load(x_ptr + row * stride_x + c0 + offs, mask=c0 + offs < cols, other=0.0)
-        amax = tl.maximum(amax, tl.abs(x.to(tl.float32)))
-    scale = tl.max(amax, 0) / 127.0
-    safe_scale = tl.maximum(scale, 1.1754943508222875e-38)
-    for c0 in range(0, cols, CHUNK):
-        mask = c0 + offs < cols
-        x = tl.load(x_ptr + row * stride_x + c0 + offs, mask=mask, other=0.0).to(tl.float32)
-        q = x / safe_scale
-        q = tl.where(q >= 0, tl.floor(q + 0.5), tl.ceil(q - 0.5))
-        q = tl.minimum(tl.maximum(q, -127.0), 127.0)
-        tl.store(q_ptr + row * stride_q + c0 + offs, q.to(tl.int8), mask=mask)
+    if ONE_PASS:
+        # The whole row stays in registers: read once.
+        mask = offs < cols
+        x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
+        scale = tl.max(tl.abs(x), 0) / 127.0
+        _store_codes(x, scale, q_ptr + row * stride_q + offs, mask)
+    else:
+        amax = tl.zeros([CHUNK], tl.float32)
+        for c0 in range(0, cols, CHUNK):
+            x = tl.load(x_ptr + row * stride_x + c0 + offs, mask=c0 + offs < cols, other=0.0)
+            amax = tl.maximum(amax, tl.abs(x.to(tl.float32)))
+        scale = tl.max(amax, 0) / 127.0
+        for c0 in range(0, cols, CHUNK):
+            mask = c0 + offs < cols
+            x = tl.load(x_ptr + row * stride_x + c0 + offs, mask=mask, other=0.0).to(tl.float32)
+            _store_codes(x, scale, q_ptr + row * stride_q + c0 + offs, mask)
     tl.store(scale_ptr + row, scale)
+
+
+@triton.jit
+def _store_codes(x, scale, dst, mask):
+    q = x / tl.maximum(scale, 1.1754943508222875e-38)
+    q = tl.where(q >= 0, tl.floor(q + 0.5), tl.ceil(q - 0.5))
+    q = tl.minimum(tl.maximum(q, -127.0), 127.0)
+    tl.store(dst, q.to(tl.int8), mask=mask)
 
 
 def quantize_rows(x: torch.Tensor, *, use_triton: bool | None = None
@@ -57,6 +69,8 @@ def quantize_rows(x: torch.Tensor, *, use_triton: bool | None = None
     scale = torch.empty((rows,), dtype=torch.float32, device=x.device)
     if rows == 0 or cols == 0:
         return q, scale.zero_()
-    _quantize_rows_kernel[(rows,)](x, q, scale, cols, x.stride(0), q.stride(0),
-                                   CHUNK=min(_CHUNK, next_power_of_2(cols)), num_warps=4)
+    one_pass = cols <= _ONE_PASS_MAX
+    chunk = next_power_of_2(cols) if one_pass else _CHUNK
+    _quantize_rows_kernel[(rows,)](x, q, scale, cols, x.stride(0), q.stride(0), CHUNK=chunk,
+                                   ONE_PASS=one_pass, num_warps=max(4, min(16, chunk // 1024)))
     return q, scale

@@ -75,6 +75,39 @@ def _w8a16_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K,
         tl.atomic_add(out, acc, mask=mask, sem="relaxed")
 
 
+@triton.jit
+def _w8a16_swapped_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K,
+                          stride_xm, stride_wn, stride_om,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                          SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr):
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_mask = rm < M
+    n_mask = rn < N
+    k_span = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
+    k_start = tl.program_id(1) * k_span
+    k_end = tl.minimum(K, k_start + k_span)
+    w_rows = w_ptr + rn[:, None].to(tl.int64) * stride_wn
+    x_cols = x_ptr + rm[None, :].to(tl.int64) * stride_xm
+    acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        k_mask = rk < k_end
+        w = tl.load(w_rows + rk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0)
+        xt = tl.load(x_cols + rk[:, None], mask=k_mask[:, None] & m_mask[None, :], other=0.0)
+        acc += tl.dot(w.to(xt.dtype), xt)
+    acc *= tl.load(scale_ptr + rn, mask=n_mask, other=0.0)[:, None]
+    if HAS_BIAS:
+        if tl.program_id(1) == 0:
+            acc += tl.load(bias_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[:, None]
+    out = out_ptr + rm[None, :].to(tl.int64) * stride_om + rn[:, None]
+    mask = n_mask[:, None] & m_mask[None, :]
+    if SPLIT_K == 1:
+        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.atomic_add(out, acc, mask=mask, sem="relaxed")
+
+
 def check_int8_gemm_args(x, weight, weight_scale, bias) -> None:
     check_tensor("x", x, 2, FLOAT_DTYPES)
     check_tensor("weight", weight, 2, (torch.int8,))
@@ -108,6 +141,15 @@ def w8a16_gemm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
         return acc.to(x.dtype)
     if k == 0:
         raise KernelArgumentError("x", "K must be > 0")
+    if launch.swap_ab:
+        _w8a16_swapped_kernel[(triton.cdiv(n, launch.block_n), launch.split_k,
+                               triton.cdiv(m, launch.block_m))](
+            x, weight, weight_scale, bias if bias is not None else weight_scale, acc, m, n, k,
+            x.stride(0), weight.stride(0), acc.stride(0),
+            BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, BLOCK_K=launch.block_k,
+            SPLIT_K=launch.split_k, HAS_BIAS=bias is not None,
+            num_warps=launch.num_warps, num_stages=launch.num_stages)
+        return acc if acc.dtype == x.dtype else acc.to(x.dtype)
     grid = (triton.cdiv(m, launch.block_m) * triton.cdiv(n, launch.block_n), launch.split_k)
     _w8a16_kernel[grid](
         x, weight, weight_scale, bias if bias is not None else weight_scale, acc, m, n, k,

@@ -21,6 +21,15 @@ def small_int_weights(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randint(-8, 9, (n, k), dtype=torch.int8), torch.rand(n) * 0.1 + 0.01
 
 
+def test_quantize_rows_in_chunks_for_long_rows(ops):
+    quant = ops[0]
+    x = torch.randn(2, 17001)
+    with poisoned_allocations():
+        q, scale = quant.quantize_rows(x, use_triton=True)
+    ref_q, ref_scale = quant.quantize_rows_ref(x)
+    assert torch.equal(q, ref_q) and torch.equal(scale, ref_scale)
+
+
 def test_quantize_rows_matches_reference_exactly(ops):
     quant = ops[0]
     x = torch.randn(6, 37) * torch.rand(6, 1) * 10
@@ -35,17 +44,19 @@ def test_quantize_rows_matches_reference_exactly(ops):
     assert ((q.float() * scale[:, None]) - x).abs().max() <= (scale.max() / 2) * 1.0001
 
 
-@pytest.mark.parametrize("dtype,m,split_k,with_bias", [
-    (torch.float16, 1, 1, False), (torch.float16, 5, 2, True), (torch.float32, 33, 1, True),
+@pytest.mark.parametrize("dtype,m,split_k,with_bias,swap_ab", [
+    (torch.float16, 1, 1, False, False), (torch.float16, 5, 2, True, False),
+    (torch.float32, 33, 1, True, False), (torch.float16, 3, 1, True, True),
+    (torch.float32, 18, 2, False, True),
 ])
-def test_w8a16_gemm_matches_reference(ops, dtype, m, split_k, with_bias):
+def test_w8a16_gemm_matches_reference(ops, dtype, m, split_k, with_bias, swap_ab):
     _, w8a16, _ = ops
     from kernels.gemm_launch import GemmLaunch
     n, k = 40, 72                                  # neither a multiple of the tile
     weight, scale = small_int_weights(n, k)
     x = torch.randn(m, k).to(dtype)
     bias = torch.randn(n).to(dtype) if with_bias else None
-    launch = GemmLaunch(16, 32, 32, split_k=split_k)
+    launch = GemmLaunch(16, 32, 32, split_k=split_k, swap_ab=swap_ab)
     with poisoned_allocations():
         out = w8a16.w8a16_gemm(x, weight, scale, bias, use_triton=True, launch=launch)
     assert_close(out, w8a16.w8a16_gemm_ref(x, weight, scale, bias))
