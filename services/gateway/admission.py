@@ -179,8 +179,10 @@ class AdmissionController:
             ticket.decode.unbook(ticket.request_id)
         self._running -= 1
         self._metrics.running.set(self._running)
-        self._pool.request_poll()
-        self.on_capacity_change()
+        if self._queue:
+            # Someone waits for capacity: learn of the freed blocks now, not at the next tick.
+            self._pool.request_poll()
+            self.on_capacity_change()
 
     def on_capacity_change(self) -> None:
         """Admits queued requests, oldest first, while they fit."""
