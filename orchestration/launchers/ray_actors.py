@@ -17,15 +17,18 @@ class WorkerActor:
     """The body of one Ray actor: starts serving in its constructor, so a restart serves again."""
 
     def __init__(self, spec: WorkerSpec) -> None:
+        import dataclasses
+
         import ray
 
         from services.worker.hosting import WorkerThread
+        from services.worker.server import WILDCARDS
+        if spec.host in WILDCARDS and not spec.config.advertise_host:
+            # A worker listening on every interface is reached through its node's address.
+            config = dataclasses.replace(spec.config, advertise_host=ray.util.get_node_ip_address())
+            spec = WorkerSpec(spec.role, config, spec.host, spec.port)
         self._thread = WorkerThread(make_worker(spec), f"{spec.role}-actor")
-        bound = self._thread.start(spec.host, spec.port)
-        port = bound.rsplit(":", 1)[1]
-        # A worker listening on every interface is reached through its node's address.
-        host = ray.util.get_node_ip_address() if spec.host in ("0.0.0.0", "::") else bound.rsplit(":", 1)[0]
-        self._address = f"{host}:{port}"
+        self._address = self._thread.start(spec.host, spec.port)
 
     def address(self) -> str:
         return self._address

@@ -53,7 +53,8 @@ class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
             worker_pb2_grpc.add_DecodeWorkerServicer_to_server(self, server)
             KVTransferService(self.receiver).add_to_server(server)
 
-        self._server, self.address = await start_server(register, host, port, self.config.transfer)
+        self._server, self.address = await start_server(
+            register, host, port, self.config.transfer, self.config.advertise_host)
         LocalEndpoints.register(self.address, self.receiver)
         self._reaper = asyncio.create_task(self.reservations.run_reaper(self.config.reaper_interval_s))
         log.info("%s listening on %s", self.worker_id, self.address)

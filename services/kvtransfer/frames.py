@@ -1,9 +1,9 @@
 """The gRPC transport's wire format: each `KVChunk.frame` is one msgpack map.
 
     header  {"kind": "header", "request_id", "dtype", "page_shape", "num_pages", "num_tokens",
-             "block_ids" (on the receiving side; may be empty), "checksum": "crc32"}
+             "block_ids" (on the receiving side; may be empty), "checksum": "xxh3_64" | "crc32"}
     data    {"kind": "data", "offset": byte offset in the concatenated pages, "data": bytes}
-    end     {"kind": "end", "total_bytes", "crcs": [crc32 of each page]}
+    end     {"kind": "end", "total_bytes", "checksums": [checksum of each page]}
 
 Data frames are at most `chunk_bytes` and may span page boundaries (small pages share a frame,
 large ones span several). Encoding skips protobuf's copy of the payload: a KVChunk with only
@@ -18,10 +18,10 @@ from typing import Sequence
 import msgpack
 
 from services.engine.errors import KVTransferError
+from services.kvtransfer import checksums
 from services.kvtransfer.pages import PageLayout, PageRun
 from services.rpc.tandem.v1 import worker_pb2
 
-CHECKSUM = "crc32"
 _FIELD1_LEN = b"\x0a"      # field 1, wire type 2 (length-delimited)
 
 
@@ -38,13 +38,13 @@ def _as_kvchunk(frame_parts: Sequence[bytes | memoryview], frame_len: int) -> by
     return b"".join([_FIELD1_LEN, _varint(frame_len), *frame_parts])
 
 
-def encode_header(run: PageRun) -> bytes:
+def encode_header(run: PageRun, checksum: str = checksums.DEFAULT) -> bytes:
     layout = run.layout
     frame = msgpack.packb({
         "kind": "header", "request_id": run.request_id, "dtype": layout.dtype,
         "page_shape": list(layout.page_shape), "num_pages": len(run.block_ids),
         "num_tokens": run.num_tokens, "block_ids": list(run.dst_block_ids[:len(run.block_ids)]),
-        "checksum": CHECKSUM})
+        "checksum": checksum})
     return _as_kvchunk([frame], len(frame))
 
 
@@ -57,8 +57,9 @@ def encode_data(offset: int, pieces: Sequence[memoryview]) -> bytes:
     return _as_kvchunk([head, *pieces], len(head) + size)
 
 
-def encode_end(crcs: Sequence[int], total_bytes: int) -> bytes:
-    frame = msgpack.packb({"kind": "end", "total_bytes": total_bytes, "crcs": list(crcs)})
+def encode_end(page_checksums: Sequence[int], total_bytes: int) -> bytes:
+    frame = msgpack.packb({"kind": "end", "total_bytes": total_bytes,
+                           "checksums": list(page_checksums)})
     return _as_kvchunk([frame], len(frame))
 
 
@@ -89,13 +90,13 @@ def decode_frame(frame: memoryview) -> dict:
     return msg
 
 
-def header_fields(msg: dict) -> tuple[str, PageLayout, int, int, list[int]]:
-    """(request id, layout, num_pages, num_tokens, block ids) of a header frame, type-checked."""
+def header_fields(msg: dict) -> tuple[str, PageLayout, int, int, list[int], str]:
+    """(request id, layout, num_pages, num_tokens, block ids, checksum) of a header frame."""
     try:
-        if msg["checksum"] != CHECKSUM:
-            raise KVTransferError(f"checksum {msg['checksum']!r} is not {CHECKSUM}")
+        if msg["checksum"] not in checksums.CHECKSUMS:
+            raise KVTransferError(f"checksum {msg['checksum']!r} is not one of {sorted(checksums.CHECKSUMS)}")
         layout = PageLayout(str(msg["dtype"]), tuple(int(d) for d in msg["page_shape"]))
         return (str(msg["request_id"]), layout, int(msg["num_pages"]), int(msg["num_tokens"]),
-                [int(b) for b in msg["block_ids"]])
+                [int(b) for b in msg["block_ids"]], str(msg["checksum"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise KVTransferError(f"malformed header frame: {exc!r}") from None

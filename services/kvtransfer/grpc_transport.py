@@ -10,13 +10,12 @@ import asyncio
 import queue
 import threading
 import time
-import zlib
 from typing import Iterator
 
 import grpc
 
 from services.engine.errors import KVTransferError
-from services.kvtransfer import frames
+from services.kvtransfer import checksums, frames
 from services.kvtransfer.inbox import KVReceiver, PageChecker
 from services.kvtransfer.pages import PageRun, host_pages, page_bytes_view
 from services.kvtransfer.transport import KVSender, TransferConfig, TransferReceipt
@@ -63,10 +62,10 @@ class _ChunkEncoder:
             pool, ids = host_pages(run.kv_cache, run.block_ids)
             if not self._put(frames.encode_header(run)):
                 return
-            crcs, offset, pieces, size = [], 0, [], 0
+            sums, offset, pieces, size = [], 0, [], 0
             for block_id in ids:
                 page = page_bytes_view(pool, block_id)
-                crcs.append(zlib.crc32(page))
+                sums.append(checksums.digest(checksums.DEFAULT, page))
                 pos = 0
                 while pos < len(page):
                     take = min(len(page) - pos, self._config.chunk_bytes - size)
@@ -78,7 +77,7 @@ class _ChunkEncoder:
                         offset, pieces, size = offset + size, [], 0
             if size and not self._put(frames.encode_data(offset, pieces)):
                 return
-            self._put(frames.encode_end(crcs, offset + size))
+            self._put(frames.encode_end(sums, offset + size))
         except BaseException as exc:  # surfaced to the caller through the stream
             self._put(exc)
         finally:
@@ -156,16 +155,16 @@ class KVTransferService:
             first = frames.decode_frame(await anext(aiter(frames_in)))
             if first["kind"] != "header":
                 raise KVTransferError(f"first frame is {first['kind']!r}, not a header")
-            request_id, layout, num_pages, num_tokens, block_ids = frames.header_fields(first)
+            request_id, layout, num_pages, num_tokens, block_ids, checksum = frames.header_fields(first)
             inbox = self._receiver.inbox(request_id)
             inbox.open(layout, num_pages, num_tokens, block_ids)
-            checker = PageChecker(layout.page_bytes, num_pages)
+            checker = PageChecker(layout.page_bytes, num_pages, checksum)
             async for raw in frames_in:
                 msg = frames.decode_frame(raw)
                 if msg["kind"] == "data":
                     await asyncio.to_thread(self._land, inbox, checker, msg)
                 elif msg["kind"] == "end":
-                    checker.verify(msg.get("crcs", []), msg.get("total_bytes", -1))
+                    checker.verify(msg.get("checksums", []), msg.get("total_bytes", -1))
                     landed = inbox.finish()
                     self._receiver.count_landed(landed)
                     return worker_pb2.PushAck(ok=True, bytes_received=landed)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import threading
-import zlib
 from concurrent.futures import Future
 from typing import Callable, Sequence
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from services.engine.errors import KVTransferError
+from services.kvtransfer import checksums
 from services.kvtransfer.pages import PageLayout
 
 
@@ -93,10 +93,10 @@ class PageInbox:
             if self.state != InboxState.RECEIVING or len(src_block_ids) != self._num_pages:
                 raise KVTransferError(f"request {self.request_id}: cannot land {len(src_block_ids)} "
                                       f"pages in a {self.state.name.lower()} inbox")
-            dst = torch.tensor(self.block_ids[:self._num_pages], device=self._kv_cache.device)
-            src = torch.tensor(list(src_block_ids), device=src_pool.device)
-            pages = src_pool.index_select(0, src).to(self._kv_cache.device)
-            self._kv_cache.index_copy_(0, dst, pages)
+            # One copy per page straight into its block (pages are large and contiguous); a
+            # gather + scatter would copy every byte twice.
+            for dst, src in zip(self.block_ids, src_block_ids):
+                self._kv_cache[dst].copy_(src_pool[src])
 
     def finish(self) -> int:
         """Marks the pages landed (after the transport verified them); returns the bytes landed."""
@@ -123,11 +123,15 @@ class PageInbox:
 class PageChecker:
     """Running per-page checksums over a byte stream of concatenated pages, in order."""
 
-    def __init__(self, page_bytes: int, num_pages: int) -> None:
+    def __init__(self, page_bytes: int, num_pages: int, checksum: str = checksums.DEFAULT) -> None:
         self.page_bytes = page_bytes
         self.num_pages = num_pages
-        self.crcs = [0] * num_pages
+        self._running = [checksums.running(checksum) for _ in range(num_pages)]
         self.received = 0
+
+    @property
+    def digests(self) -> list[int]:
+        return [h.intdigest() for h in self._running]
 
     @property
     def total_bytes(self) -> int:
@@ -146,18 +150,18 @@ class PageChecker:
             page, in_page = divmod(offset + pos, self.page_bytes)
             n = min(len(data) - pos, self.page_bytes - in_page)
             piece = data[pos:pos + n]
-            self.crcs[page] = zlib.crc32(piece, self.crcs[page])
+            self._running[page].update(piece)
             yield page, in_page, piece
             pos += n
         self.received += len(data)
 
-    def verify(self, crcs: Sequence[int], total_bytes: int) -> None:
+    def verify(self, page_checksums: Sequence[int], total_bytes: int) -> None:
         if total_bytes != self.total_bytes or self.received != self.total_bytes:
             raise KVTransferError(f"truncated: {self.received} of {self.total_bytes} bytes arrived "
                                   f"(sender says {total_bytes})")
-        if len(crcs) != self.num_pages:
-            raise KVTransferError(f"{len(crcs)} checksums for {self.num_pages} pages")
-        bad = [i for i, (got, want) in enumerate(zip(self.crcs, crcs)) if got != want]
+        if len(page_checksums) != self.num_pages:
+            raise KVTransferError(f"{len(page_checksums)} checksums for {self.num_pages} pages")
+        bad = [i for i, (got, want) in enumerate(zip(self.digests, page_checksums)) if got != want]
         if bad:
             raise KVTransferError(f"checksum mismatch on pages {bad}")
 

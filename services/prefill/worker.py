@@ -49,7 +49,8 @@ class PrefillWorker(worker_pb2_grpc.PrefillWorkerServicer):
         self.loop.start()
         self._server, self.address = await start_server(
             lambda server: worker_pb2_grpc.add_PrefillWorkerServicer_to_server(self, server),
-            host, port, self.config.transfer)
+            host, port, self.config.transfer,
+            self.config.advertise_host)
         log.info("%s listening on %s", self.worker_id, self.address)
         return self.address
 

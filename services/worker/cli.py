@@ -72,6 +72,8 @@ def engine_arguments(config: EngineConfig) -> list[str]:
 def add_worker_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on stdout)")
+    p.add_argument("--advertise-host", default="",
+                   help="the host name others reach this worker by (default: --host)")
     p.add_argument("--worker-id", default="")
     p.add_argument("--colocated", action="store_true", help="decode: also runs prefills (reported role)")
     p.add_argument("--kv-transport", default="", choices=("", *TRANSPORTS),
@@ -85,6 +87,7 @@ def add_worker_arguments(p: argparse.ArgumentParser) -> None:
 
 def worker_arguments(config: WorkerConfig) -> list[str]:
     args = ["--worker-id", config.worker_id, "--kv-transport", config.kv_transport,
+            "--advertise-host", config.advertise_host,
             "--reservation-ttl", str(config.reservation_ttl_s)]
     if config.colocated:
         args.append("--colocated")
@@ -93,6 +96,7 @@ def worker_arguments(config: WorkerConfig) -> list[str]:
 
 def worker_config_from_args(args: argparse.Namespace) -> WorkerConfig:
     return WorkerConfig(engine=engine_config_from_args(args), worker_id=args.worker_id,
+                        advertise_host=args.advertise_host,
                         colocated=args.colocated, kv_transport=args.kv_transport,
                         reservation_ttl_s=args.reservation_ttl)
 

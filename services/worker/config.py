@@ -20,6 +20,8 @@ class WorkerConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     worker_id: str = ""                  # "" -> "<role>-<random>"
     colocated: bool = False              # a decode worker that also runs prefills (reported role)
+    advertise_host: str = ""             # how others reach this worker (its KV address); "" = the
+                                         # host it binds (containers, multi-node: set it)
     kv_transport: str = ""
     transfer: TransferConfig = field(default_factory=TransferConfig)
     reservation_ttl_s: float = 30.0

@@ -3,14 +3,21 @@ message size limits the KV transport needs, stopped with a short grace period.""
 
 from __future__ import annotations
 
+import socket
+
 import grpc
 
 from services.engine.errors import ConfigError
 from services.kvtransfer import TransferConfig, channel_options
 
+WILDCARDS = ("0.0.0.0", "::", "[::]", "")
 
-async def start_server(register, host: str, port: int, transfer: TransferConfig) -> tuple[grpc.aio.Server, str]:
-    """Starts a grpc.aio server with `register(server)` applied; returns it and its address."""
+
+async def start_server(register, host: str, port: int, transfer: TransferConfig,
+                       advertise_host: str = "") -> tuple[grpc.aio.Server, str]:
+    """Starts a grpc.aio server with `register(server)` applied; returns it and the address others
+    reach it by: advertise_host if given, else the bound host (for a wildcard bind, this
+    machine's host name)."""
     if not 0 <= port <= 65535:
         raise ConfigError(f"port must be in [0, 65535], got {port}")
     server = grpc.aio.server(options=channel_options(transfer))
@@ -22,7 +29,8 @@ async def start_server(register, host: str, port: int, transfer: TransferConfig)
     if bound == 0:
         raise ConfigError(f"cannot listen on {host}:{port}")
     await server.start()
-    return server, f"{_bracket(host)}:{bound}"
+    reach = advertise_host or (socket.gethostname() if host in WILDCARDS else host)
+    return server, f"{_bracket(reach)}:{bound}"
 
 
 def _bracket(host: str) -> str:

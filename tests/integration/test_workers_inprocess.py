@@ -147,7 +147,7 @@ async def test_a_corrupted_transfer_is_rejected_and_frees_the_reservation(pair) 
     page = bytes(decode.engine.kv.kv_cache[0].numel() * 4)
     layout = dataclasses.asdict(decode.receiver.inbox("bad").layout)
     messages = [_kvchunk({"kind": "header", "request_id": "bad", "num_pages": 1, "num_tokens": 10,
-                          "block_ids": [reply.block_ids[0]], "checksum": "crc32", **layout}),
+                          "block_ids": [reply.block_ids[0]], "checksum": "xxh3_64", **layout}),
                 frames.encode_data(0, [memoryview(page)]),
                 frames.encode_end([12345], len(page))]       # not page's checksum
     async with grpc.aio.insecure_channel(reply.kv_address) as channel:

@@ -9,7 +9,7 @@ import torch
 
 from services.engine.errors import KVTransferError
 from services.kvtransfer import KVReceiver, KVTransferService, KVTransports, PageRun, TransferConfig
-from services.kvtransfer import frames
+from services.kvtransfer import checksums, frames
 from services.kvtransfer.grpc_transport import PUSH_PAGES, channel_options
 from services.kvtransfer.pages import page_bytes_view
 from services.rpc.tandem.v1 import worker_pb2
@@ -66,16 +66,15 @@ async def test_grpc_round_trip_is_bit_exact(page_shape, dtype) -> None:
         await server.stop(None)
 
 
-def wire_frames(src: torch.Tensor, request_id: str, block_ids, num_tokens: int) -> list[bytes]:
+def wire_frames(src: torch.Tensor, request_id: str, block_ids, num_tokens: int,
+                checksum: str = checksums.DEFAULT) -> list[bytes]:
     run = PageRun(request_id, src, tuple(block_ids), num_tokens)
     pages = [page_bytes_view(src, b) for b in block_ids]
-    import zlib
-    crcs = [zlib.crc32(p) for p in pages]
-    out, offset = [frames.encode_header(run)], 0
+    out, offset = [frames.encode_header(run, checksum)], 0
     for p in pages:
         out.append(frames.encode_data(offset, [p]))
         offset += len(p)
-    out.append(frames.encode_end(crcs, offset))
+    out.append(frames.encode_end([checksums.digest(checksum, p) for p in pages], offset))
     return out
 
 
@@ -90,6 +89,20 @@ def flip_last_payload_byte(message: bytes) -> bytes:
     corrupted = bytearray(message)
     corrupted[-1] ^= 0x40
     return bytes(corrupted)
+
+
+@pytest.mark.timeout(20)
+async def test_a_crc32_transfer_lands_too() -> None:
+    page_shape = (2, 2, 4, 2, 8)
+    server, endpoint = await start_endpoint(page_shape, torch.float32)
+    try:
+        src = pool(4, page_shape, torch.float32)
+        inbox = endpoint.receiver.expect("crc", [3, 1])
+        ack = await push_raw(endpoint.address, wire_frames(src, "crc", [0, 2], 8, "crc32"))
+        assert ack.ok and inbox.landed.result(timeout=1) == 8
+        assert torch.equal(endpoint.receiver.kv_cache[1], src[2])
+    finally:
+        await server.stop(None)
 
 
 @pytest.mark.timeout(20)
@@ -148,4 +161,4 @@ def test_kvchunk_wire_form_is_what_protobuf_reads() -> None:
     parsed = worker_pb2.KVChunk.FromString(wire)
     assert bytes(frames.kvchunk_frame(wire)) == parsed.frame
     assert frames.decode_frame(memoryview(parsed.frame)) == {"kind": "end", "total_bytes": 99,
-                                                              "crcs": [1, 2, 3]}
+                                                              "checksums": [1, 2, 3]}

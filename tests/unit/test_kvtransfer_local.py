@@ -77,22 +77,23 @@ def test_factory_validates_its_inputs() -> None:
     assert transports.sender_for("127.0.0.1:1").name == "grpc"
 
 
-def test_checker_detects_gaps_overflow_truncation_and_corruption() -> None:
+@pytest.mark.parametrize("checksum", ["xxh3_64", "crc32"])
+def test_checker_detects_gaps_overflow_truncation_and_corruption(checksum) -> None:
     data = bytes(range(256)) * 2             # two pages of 256 bytes
-    good = PageChecker(256, 2)
+    good = PageChecker(256, 2, checksum)
     list(good.split(0, memoryview(data)))
-    crcs = good.crcs
+    sums = good.digests
     with pytest.raises(KVTransferError, match="expected 0"):
-        list(PageChecker(256, 2).split(10, memoryview(data[10:])))
+        list(PageChecker(256, 2, checksum).split(10, memoryview(data[10:])))
     with pytest.raises(KVTransferError, match="beyond"):
-        list(PageChecker(256, 2).split(0, memoryview(data + b"x")))
-    short = PageChecker(256, 2)
+        list(PageChecker(256, 2, checksum).split(0, memoryview(data + b"x")))
+    short = PageChecker(256, 2, checksum)
     list(short.split(0, memoryview(data[:300])))
     with pytest.raises(KVTransferError, match="truncated"):
-        short.verify(crcs, 512)
+        short.verify(sums, 512)
     flipped = bytearray(data)
     flipped[300] ^= 0x01
-    bad = PageChecker(256, 2)
+    bad = PageChecker(256, 2, checksum)
     list(bad.split(0, memoryview(bytes(flipped))))
     with pytest.raises(KVTransferError, match=r"pages \[1\]"):
-        bad.verify(crcs, 512)
+        bad.verify(sums, 512)
