@@ -56,13 +56,15 @@ _W8A8_DEFAULTS = {
     16: GemmLaunch(16, 64, 256, num_warps=4, num_stages=4),
     64: GemmLaunch(64, 64, 128, num_warps=4, num_stages=4),
     256: GemmLaunch(128, 128, 128, num_warps=8, num_stages=3),
-    257: GemmLaunch(128, 256, 128, num_warps=8, num_stages=3),
+    257: GemmLaunch(128, 128, 128, num_warps=8, num_stages=3),
 }
 
 # (kernel, M bucket, N, K) -> launch; Llama-3.1-8B projections first.
 GEMM_LAUNCHES: dict[tuple[str, int, int, int], GemmLaunch] = {
-    ("w8a16", 16, 14336, 4096): GemmLaunch(16, 64, 256, num_warps=4, num_stages=4),
+    ("w8a16", 16, 14336, 4096): GemmLaunch(16, 32, 256, num_warps=4, num_stages=4),
     ("w8a16", 16, 4096, 14336): GemmLaunch(16, 32, 512, num_warps=4, num_stages=4),
+    # Few output tiles with a long K: narrower tiles keep more SMs busy.
+    ("w8a8", 256, 4096, 14336): GemmLaunch(128, 64, 256, num_warps=4, num_stages=3),
 }
 
 

@@ -8,8 +8,9 @@ the data, so the launch needs no device-to-host sync and can be captured in a CU
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -50,10 +51,29 @@ class DecodeLaunch:
 
 # Best launch per head dim, measured on H100/H200 by benchmarks/kernels.py (bf16, GQA 32/8).
 DECODE_LAUNCHES: dict[int, DecodeLaunch] = {
-    64: DecodeLaunch(block_n=64, partition=512, num_warps=4, num_stages=2),
-    128: DecodeLaunch(block_n=64, partition=512, num_warps=4, num_stages=2),
+    64: DecodeLaunch(block_n=64, partition=1024, num_warps=4, num_stages=3),
+    128: DecodeLaunch(block_n=64, partition=1024, num_warps=4, num_stages=3),
 }
 _PARTITIONS_PER_REDUCE_STEP = 16
+_PROGRAMS_PER_SM = 4
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
+def default_launch(num_seqs: int, num_kv_heads: int, max_context: int, head_dim: int,
+                   device: torch.device) -> DecodeLaunch:
+    """The table's launch, with partitions halved (down to 2 tiles) while there are too few
+    programs to give every SM several: few sequences with long contexts, e.g. batch 1 at 32k."""
+    launch = DECODE_LAUNCHES.get(head_dim, DecodeLaunch())
+    target = _PROGRAMS_PER_SM * _sm_count(device)
+    partition = launch.partition
+    while (partition >= 4 * launch.block_n
+           and num_seqs * num_kv_heads * triton.cdiv(max_context, partition) < target):
+        partition //= 2
+    return replace(launch, partition=partition)
 
 
 @triton.jit
@@ -188,11 +208,11 @@ def paged_decode_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache
     num_seqs, num_heads, head_dim = q.shape
     block_size, num_kv_heads = key_cache.shape[1], key_cache.shape[2]
     group = num_heads // num_kv_heads
-    launch = launch or DECODE_LAUNCHES.get(head_dim, DecodeLaunch())
     out = torch.empty((num_seqs, num_heads, head_dim), dtype=q.dtype, device=q.device)
     if num_seqs == 0:
         return out
     max_context = block_tables.shape[1] * block_size
+    launch = launch or default_launch(num_seqs, num_kv_heads, max_context, head_dim, q.device)
     num_partitions = max(1, triton.cdiv(max_context, launch.partition))
     split = num_partitions > 1
     if split:

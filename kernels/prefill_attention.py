@@ -71,7 +71,7 @@ class PrefillLaunch:
 # Best launch per head dim, measured on H100/H200 by benchmarks/kernels.py (bf16, causal 8 x 2k).
 PREFILL_LAUNCHES: dict[int, PrefillLaunch] = {
     64: PrefillLaunch(block_m=128, block_n=64, num_warps=4, num_stages=3),
-    128: PrefillLaunch(block_m=128, block_n=64, num_warps=8, num_stages=2),
+    128: PrefillLaunch(block_m=128, block_n=128, num_warps=8, num_stages=3),
 }
 
 
