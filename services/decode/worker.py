@@ -1,6 +1,6 @@
 """DecodeWorker: reserves blocks for a request before its prefill starts, lands its pages
-(KVTransfer.PushPages on the same server, or a local copy), joins the request to the running
-batch and streams its tokens. With `prefill_here` it runs the whole request itself (colocated).
+(KVTransfer.PushPages on a gRPC server of its own at `kv_address`, or a local copy), joins the
+request to the running batch and streams its tokens. With `prefill_here` it runs the whole request itself (colocated).
 
 Lifecycle: `await start(host, port=0) -> "host:port"`, `await stop()`. Every path frees what it
 holds: a finished or cancelled stream, a client that went away, a rejected transfer, an expired
@@ -18,7 +18,7 @@ from services.decode.reservations import ReservationBook
 from services.engine.engine import LLMEngine
 from services.engine.engine_loop import EngineLoop, RequestStream
 from services.engine.errors import InvalidRequestError, ReservationError
-from services.kvtransfer import KVReceiver, KVTransferService, LocalEndpoints
+from services.kvtransfer import KVReceiver, KVTransferServer, LocalEndpoints
 from services.rpc.tandem.v1 import worker_pb2, worker_pb2_grpc
 from services.worker.config import WorkerConfig
 from services.worker.edge import integrity_error, stream_edge, unary_edge
@@ -49,13 +49,13 @@ class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
         self.reservations = ReservationBook(self.loop, self.receiver)
         self.loop.start()
 
-        def register(server: grpc.aio.Server) -> None:
-            worker_pb2_grpc.add_DecodeWorkerServicer_to_server(self, server)
-            KVTransferService(self.receiver).add_to_server(server)
-
+        self._kv_server = KVTransferServer(self.receiver, self.config.transfer)
+        kv_port = self._kv_server.start(host, self.config.kv_port)
         self._server, self.address = await start_server(
-            register, host, port, self.config.transfer, self.config.advertise_host)
-        LocalEndpoints.register(self.address, self.receiver)
+            lambda server: worker_pb2_grpc.add_DecodeWorkerServicer_to_server(self, server),
+            host, port, self.config.transfer, self.config.advertise_host)
+        self.kv_address = f"{self.address.rsplit(':', 1)[0]}:{kv_port}"
+        LocalEndpoints.register(self.kv_address, self.receiver)
         self._reaper = asyncio.create_task(self.reservations.run_reaper(self.config.reaper_interval_s))
         log.info("%s listening on %s", self.worker_id, self.address)
         return self.address
@@ -63,9 +63,10 @@ class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
     async def stop(self) -> None:
         if self._server is None:
             return
-        LocalEndpoints.unregister(self.address)
+        LocalEndpoints.unregister(self.kv_address)
         self._reaper.cancel()
         await self._server.stop(self.config.shutdown_grace_s)
+        await asyncio.to_thread(self._kv_server.stop, self.config.shutdown_grace_s)
         await self.reservations.cancel_all()
         self.loop.stop()
         self._server = None
@@ -90,11 +91,11 @@ class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
         reservation = await self.reservations.reserve(request.request_id, request.num_tokens, ttl_s)
         if reservation is None:
             return worker_pb2.ReserveResponse(
-                granted=False, kv_address=self.address,
+                granted=False, kv_address=self.kv_address,
                 reason=f"{self.engine.kv.blocks_for(request.num_tokens)} blocks needed, "
                        f"{self.engine.kv.num_free_blocks} free")
         return worker_pb2.ReserveResponse(granted=True, num_blocks=len(reservation.block_ids),
-                                          kv_address=self.address, block_ids=reservation.block_ids)
+                                          kv_address=self.kv_address, block_ids=reservation.block_ids)
 
     @stream_edge
     async def Decode(self, request: worker_pb2.DecodeRequest, context):
@@ -166,7 +167,7 @@ class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
             block_size=kv.block_size, num_blocks=kv.num_blocks, free_blocks=kv.num_free_blocks,
             reserved_blocks=self.reservations.num_reserved_blocks,
             running_requests=len(scheduler.running), waiting_requests=len(scheduler.waiting),
-            kv_address=self.address or "", prompt_tokens_computed=self.prompt_counter.prompt_tokens,
+            kv_address=self.kv_address, prompt_tokens_computed=self.prompt_counter.prompt_tokens,
             kv_bytes_received=self.receiver.bytes_received,
             integrity_error=await integrity_error(self.loop) if request.check_integrity else "")
 

@@ -3,12 +3,13 @@ receiving side shared by all (inbox.py), grpc and local implementations, chosen 
 factory.py. CUDA IPC drops in behind the same interface."""
 
 from services.kvtransfer.factory import TRANSPORTS, KVTransports
-from services.kvtransfer.grpc_transport import KVTransferService, channel_options
+from services.kvtransfer.grpc_receiver import KVTransferServer, KVTransferService
+from services.kvtransfer.grpc_sender import channel_options
 from services.kvtransfer.inbox import KVReceiver, PageInbox
 from services.kvtransfer.local_transport import LocalEndpoints
 from services.kvtransfer.pages import PageLayout, PageRun
 from services.kvtransfer.transport import KVSender, TransferConfig, TransferReceipt
 
-__all__ = ["TRANSPORTS", "KVReceiver", "KVSender", "KVTransferService", "KVTransports",
+__all__ = ["TRANSPORTS", "KVReceiver", "KVSender", "KVTransferServer", "KVTransferService", "KVTransports",
            "LocalEndpoints", "PageInbox", "PageLayout", "PageRun", "TransferConfig",
            "TransferReceipt", "channel_options"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 
 from services.engine.errors import InvalidRequestError
-from services.kvtransfer.grpc_transport import GrpcKVSender
+from services.kvtransfer.grpc_sender import GrpcKVSender
 from services.kvtransfer.local_transport import LocalEndpoints, LocalKVSender
 from services.kvtransfer.transport import KVSender, TransferConfig
 

@@ -1,11 +1,15 @@
 """The gRPC transport's wire format: each `KVChunk.frame` is one msgpack map.
 
-    header  {"kind": "header", "request_id", "dtype", "page_shape", "num_pages", "num_tokens",
-             "block_ids" (on the receiving side; may be empty), "checksum": "xxh3_64" | "crc32"}
+    header  {"kind": "header", "request_id", "dtype", "page_shape", "num_tokens",
+             "total_pages" (of the transfer), "first_page", "num_pages" (of this stream's stripe),
+             "block_ids" (the stripe's blocks on the receiving side; may be empty),
+             "checksum": "xxh3_64" | "crc32"}
     data    {"kind": "data", "offset": byte offset in the concatenated pages, "data": bytes}
     end     {"kind": "end", "total_bytes", "checksums": [checksum of each page]}
 
-Data frames are at most `chunk_bytes` and may span page boundaries (small pages share a frame,
+A transfer may be split into stripes of consecutive pages sent on parallel streams, each a
+complete header / data / end sequence. Data frames are at most `chunk_bytes` and may span page
+boundaries (small pages share a frame,
 large ones span several). Encoding skips protobuf's copy of the payload: a KVChunk with only
 field 1 set is exactly `0x0a, varint(len), frame`, so the bytes are the message's wire form and
 any protobuf client or server reads them."""
@@ -13,6 +17,7 @@ any protobuf client or server reads them."""
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from typing import Sequence
 
 import msgpack
@@ -38,13 +43,14 @@ def _as_kvchunk(frame_parts: Sequence[bytes | memoryview], frame_len: int) -> by
     return b"".join([_FIELD1_LEN, _varint(frame_len), *frame_parts])
 
 
-def encode_header(run: PageRun, checksum: str = checksums.DEFAULT) -> bytes:
+def encode_header(run: PageRun, stripe: range | None = None, checksum: str = checksums.DEFAULT) -> bytes:
     layout = run.layout
+    stripe = stripe or range(len(run.block_ids))
     frame = msgpack.packb({
         "kind": "header", "request_id": run.request_id, "dtype": layout.dtype,
-        "page_shape": list(layout.page_shape), "num_pages": len(run.block_ids),
-        "num_tokens": run.num_tokens, "block_ids": list(run.dst_block_ids[:len(run.block_ids)]),
-        "checksum": checksum})
+        "page_shape": list(layout.page_shape), "num_tokens": run.num_tokens,
+        "total_pages": len(run.block_ids), "first_page": stripe.start, "num_pages": len(stripe),
+        "block_ids": list(run.dst_block_ids[stripe.start:stripe.stop]), "checksum": checksum})
     return _as_kvchunk([frame], len(frame))
 
 
@@ -90,13 +96,26 @@ def decode_frame(frame: memoryview) -> dict:
     return msg
 
 
-def header_fields(msg: dict) -> tuple[str, PageLayout, int, int, list[int], str]:
-    """(request id, layout, num_pages, num_tokens, block ids, checksum) of a header frame."""
+@dataclass(frozen=True)
+class StripeHeader:
+    request_id: str
+    layout: PageLayout
+    num_tokens: int
+    total_pages: int
+    first_page: int
+    num_pages: int
+    block_ids: tuple[int, ...]
+    checksum: str
+
+
+def header_fields(msg: dict) -> StripeHeader:
+    """A header frame's fields, type-checked."""
     try:
         if msg["checksum"] not in checksums.CHECKSUMS:
             raise KVTransferError(f"checksum {msg['checksum']!r} is not one of {sorted(checksums.CHECKSUMS)}")
-        layout = PageLayout(str(msg["dtype"]), tuple(int(d) for d in msg["page_shape"]))
-        return (str(msg["request_id"]), layout, int(msg["num_pages"]), int(msg["num_tokens"]),
-                [int(b) for b in msg["block_ids"]], str(msg["checksum"]))
+        return StripeHeader(
+            str(msg["request_id"]), PageLayout(str(msg["dtype"]), tuple(int(d) for d in msg["page_shape"])),
+            int(msg["num_tokens"]), int(msg["total_pages"]), int(msg["first_page"]),
+            int(msg["num_pages"]), tuple(int(b) for b in msg["block_ids"]), str(msg["checksum"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise KVTransferError(f"malformed header frame: {exc!r}") from None

@@ -31,7 +31,11 @@ class InboxState(enum.IntEnum):
 
 class PageInbox:
     """Reserved blocks of one request. `landed` resolves to the number of tokens whose K/V arrived,
-    or fails with KVTransferError when the transfer was rejected or the inbox closed."""
+    or fails with KVTransferError when the transfer was rejected or the inbox closed.
+
+    A transfer may arrive as several stripes (consecutive runs of its pages, on parallel streams);
+    each announces the whole transfer (total pages, tokens) and its own part. The pages have
+    landed when every page's stripe has finished."""
 
     def __init__(self, request_id: str, kv_cache: torch.Tensor, block_ids: Sequence[int],
                  block_size: int) -> None:
@@ -43,33 +47,45 @@ class PageInbox:
         self._block_size = block_size
         self._lock = threading.Lock()
         self.state = InboxState.EXPECTING
-        self._num_pages = 0
+        self._total_pages = 0
         self._num_tokens = 0
+        self._opened: set[int] = set()      # pages some stripe has announced
+        self._finished: set[int] = set()    # pages landed and verified
 
-    # --- a transfer, from its header to its end -------------------------------------------------
-    def open(self, layout: PageLayout, num_pages: int, num_tokens: int,
-             dst_block_ids: Sequence[int] = ()) -> None:
-        """Accepts a transfer's header; raises KVTransferError (and closes) if it cannot land here."""
+    # --- a transfer, from its header(s) to its end -----------------------------------------------
+    def open(self, layout: PageLayout, first_page: int, num_pages: int, total_pages: int,
+             num_tokens: int, dst_block_ids: Sequence[int] = ()) -> None:
+        """Accepts one stripe's header; raises KVTransferError (and closes) if it cannot land here."""
         with self._lock:
-            if self.state != InboxState.EXPECTING:
+            if self.state not in (InboxState.EXPECTING, InboxState.RECEIVING):
                 raise KVTransferError(f"request {self.request_id}: inbox is {self.state.name.lower()}, "
                                       "not expecting pages")
-            error = self._header_error(layout, num_pages, num_tokens, tuple(dst_block_ids))
+            error = self._header_error(layout, first_page, num_pages, total_pages, num_tokens,
+                                       tuple(dst_block_ids))
             if error:
                 self._close_locked(KVTransferError(f"request {self.request_id}: {error}"))
                 raise self.landed.exception()
             self.state = InboxState.RECEIVING
-            self._num_pages, self._num_tokens = num_pages, num_tokens
+            self._total_pages, self._num_tokens = total_pages, num_tokens
+            self._opened.update(range(first_page, first_page + num_pages))
 
-    def _header_error(self, layout: PageLayout, num_pages: int, num_tokens: int,
-                      dst_block_ids: tuple[int, ...]) -> str | None:
+    def _header_error(self, layout: PageLayout, first_page: int, num_pages: int, total_pages: int,
+                      num_tokens: int, dst_block_ids: tuple[int, ...]) -> str | None:
         if layout != self.layout:
             return f"page layout {layout} does not match this pool's {self.layout}"
-        if not 1 <= num_pages <= len(self.block_ids):
-            return f"num_pages must be in [1, {len(self.block_ids)}] (reserved), got {num_pages}"
-        if not (num_pages - 1) * self._block_size < num_tokens <= num_pages * self._block_size:
-            return f"num_tokens {num_tokens} does not fill {num_pages} pages of {self._block_size}"
-        if dst_block_ids and dst_block_ids != self.block_ids[:num_pages]:
+        if not 1 <= total_pages <= len(self.block_ids):
+            return f"num_pages must be in [1, {len(self.block_ids)}] (reserved), got {total_pages}"
+        if not (total_pages - 1) * self._block_size < num_tokens <= total_pages * self._block_size:
+            return f"num_tokens {num_tokens} does not fill {total_pages} pages of {self._block_size}"
+        if self.state == InboxState.RECEIVING and (total_pages, num_tokens) != (
+                self._total_pages, self._num_tokens):
+            return "stripes disagree on the transfer's pages or tokens"
+        stripe = range(first_page, first_page + num_pages)
+        if num_pages < 1 or first_page < 0 or stripe.stop > total_pages:
+            return f"stripe of pages [{first_page}, {stripe.stop}) is outside the {total_pages} pages"
+        if self._opened.intersection(stripe):
+            return f"pages [{first_page}, {stripe.stop}) announced twice"
+        if dst_block_ids and dst_block_ids != self.block_ids[first_page:stripe.stop]:
             return "block ids do not match the reservation"
         return None
 
@@ -78,7 +94,7 @@ class PageInbox:
         with self._lock:
             if self.state != InboxState.RECEIVING:
                 raise KVTransferError(f"request {self.request_id}: inbox is {self.state.name.lower()}")
-            if not 0 <= page_index < self._num_pages or offset + len(data) > self.layout.page_bytes:
+            if page_index not in self._opened or offset + len(data) > self.layout.page_bytes:
                 raise KVTransferError(f"request {self.request_id}: bytes beyond page {page_index}")
             page = self._kv_cache[self.block_ids[page_index]].view(torch.uint8).reshape(-1)
             src = np.frombuffer(data, dtype=np.uint8)
@@ -87,25 +103,30 @@ class PageInbox:
             else:
                 page[offset:offset + len(data)].copy_(torch.from_numpy(src.copy()))
 
-    def copy_pages(self, src_pool: torch.Tensor, src_block_ids: Sequence[int]) -> None:
-        """Same-process landing: one gather/scatter copy from the sender's pool, no serialization."""
+    def copy_pages(self, first_page: int, src_pool: torch.Tensor, src_block_ids: Sequence[int]) -> None:
+        """Same-process landing: one copy per page from the sender's pool, no serialization."""
         with self._lock:
-            if self.state != InboxState.RECEIVING or len(src_block_ids) != self._num_pages:
-                raise KVTransferError(f"request {self.request_id}: cannot land {len(src_block_ids)} "
-                                      f"pages in a {self.state.name.lower()} inbox")
+            stripe = range(first_page, first_page + len(src_block_ids))
+            if self.state != InboxState.RECEIVING or not self._opened.issuperset(stripe):
+                raise KVTransferError(f"request {self.request_id}: cannot land pages {stripe} in a "
+                                      f"{self.state.name.lower()} inbox")
             # One copy per page straight into its block (pages are large and contiguous); a
             # gather + scatter would copy every byte twice.
-            for dst, src in zip(self.block_ids, src_block_ids):
-                self._kv_cache[dst].copy_(src_pool[src])
+            for page, src in zip(stripe, src_block_ids):
+                self._kv_cache[self.block_ids[page]].copy_(src_pool[src])
 
-    def finish(self) -> int:
-        """Marks the pages landed (after the transport verified them); returns the bytes landed."""
+    def finish(self, first_page: int, num_pages: int) -> int:
+        """Marks a stripe landed (after the transport verified it); returns its bytes. The inbox
+        is landed once every page is."""
         with self._lock:
-            if self.state != InboxState.RECEIVING:
+            stripe = range(first_page, first_page + num_pages)
+            if self.state != InboxState.RECEIVING or not self._opened.issuperset(stripe):
                 raise KVTransferError(f"request {self.request_id}: inbox is {self.state.name.lower()}")
-            self.state = InboxState.LANDED
-            self.landed.set_result(self._num_tokens)
-            return self._num_pages * self.layout.page_bytes
+            self._finished.update(stripe)
+            if len(self._finished) == self._total_pages:
+                self.state = InboxState.LANDED
+                self.landed.set_result(self._num_tokens)
+            return num_pages * self.layout.page_bytes
 
     def close(self, error: KVTransferError | None = None) -> None:
         """No more writes; a transfer not yet landed fails with error. Idempotent."""

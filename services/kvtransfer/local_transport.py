@@ -57,10 +57,11 @@ class LocalKVSender(KVSender):
     @staticmethod
     def _land(receiver: KVReceiver, run: PageRun) -> int:
         inbox = receiver.inbox(run.request_id)
-        inbox.open(run.layout, len(run.block_ids), run.num_tokens, run.dst_block_ids[:len(run.block_ids)])
+        n = len(run.block_ids)
+        inbox.open(run.layout, 0, n, n, run.num_tokens, run.dst_block_ids[:n])
         try:
-            inbox.copy_pages(run.kv_cache, run.block_ids)
-            return inbox.finish()
+            inbox.copy_pages(0, run.kv_cache, run.block_ids)
+            return inbox.finish(0, n)
         except KVTransferError as exc:
             inbox.close(exc)
             raise

@@ -82,3 +82,17 @@ def host_pages(kv_cache: torch.Tensor, block_ids: Sequence[int]) -> tuple[torch.
         return kv_cache, list(block_ids)
     index = torch.tensor(list(block_ids), device=kv_cache.device)
     return kv_cache.index_select(0, index).cpu(), list(range(len(block_ids)))
+
+
+def stripes(num_pages: int, page_bytes: int, max_stripes: int, min_stripe_bytes: int) -> list[range]:
+    """Splits a transfer's pages into at most max_stripes consecutive runs of nearly equal size,
+    none smaller than min_stripe_bytes (so a small transfer stays one stream)."""
+    by_size = max(1, (num_pages * page_bytes) // max(1, min_stripe_bytes))
+    count = max(1, min(max_stripes, num_pages, by_size))
+    base, extra = divmod(num_pages, count)
+    out, first = [], 0
+    for i in range(count):
+        n = base + (1 if i < extra else 0)
+        out.append(range(first, first + n))
+        first += n
+    return out

@@ -24,11 +24,17 @@ class TransferConfig:
 
     chunk_bytes: int = 4 * 2**20
     max_inflight_chunks: int = 4
+    streams: int = 4                        # parallel streams (connections) per transfer
+    min_stripe_bytes: int = 8 * 2**20       # smaller transfers use fewer streams
+    max_concurrent_streams: int = 64        # receiving side: streams landing at once
     timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not 64 * 2**10 <= self.chunk_bytes <= 64 * 2**20:
             raise ConfigError(f"chunk_bytes must be in [64 KiB, 64 MiB], got {self.chunk_bytes}")
+        for name in ("streams", "min_stripe_bytes", "max_concurrent_streams"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_inflight_chunks < 1:
             raise ConfigError(f"max_inflight_chunks must be >= 1, got {self.max_inflight_chunks}")
         if self.timeout_s <= 0:

@@ -74,6 +74,8 @@ def add_worker_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on stdout)")
     p.add_argument("--advertise-host", default="",
                    help="the host name others reach this worker by (default: --host)")
+    p.add_argument("--kv-port", type=int, default=0,
+                   help="decode: where KVTransfer listens for pages (0 picks a free port)")
     p.add_argument("--worker-id", default="")
     p.add_argument("--colocated", action="store_true", help="decode: also runs prefills (reported role)")
     p.add_argument("--kv-transport", default="", choices=("", *TRANSPORTS),
@@ -87,7 +89,7 @@ def add_worker_arguments(p: argparse.ArgumentParser) -> None:
 
 def worker_arguments(config: WorkerConfig) -> list[str]:
     args = ["--worker-id", config.worker_id, "--kv-transport", config.kv_transport,
-            "--advertise-host", config.advertise_host,
+            "--advertise-host", config.advertise_host, "--kv-port", str(config.kv_port),
             "--reservation-ttl", str(config.reservation_ttl_s)]
     if config.colocated:
         args.append("--colocated")
@@ -96,7 +98,7 @@ def worker_arguments(config: WorkerConfig) -> list[str]:
 
 def worker_config_from_args(args: argparse.Namespace) -> WorkerConfig:
     return WorkerConfig(engine=engine_config_from_args(args), worker_id=args.worker_id,
-                        advertise_host=args.advertise_host,
+                        advertise_host=args.advertise_host, kv_port=args.kv_port,
                         colocated=args.colocated, kv_transport=args.kv_transport,
                         reservation_ttl_s=args.reservation_ttl)
 

@@ -23,6 +23,7 @@ class WorkerConfig:
     advertise_host: str = ""             # how others reach this worker (its KV address); "" = the
                                          # host it binds (containers, multi-node: set it)
     kv_transport: str = ""
+    kv_port: int = 0                     # decode: where KVTransfer listens (0: a free port)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     reservation_ttl_s: float = 30.0
     max_reservation_ttl_s: float = 600.0
@@ -35,6 +36,8 @@ class WorkerConfig:
         if not 0 < self.reservation_ttl_s <= self.max_reservation_ttl_s:
             raise ConfigError(f"reservation_ttl_s must be in (0, max_reservation_ttl_s="
                               f"{self.max_reservation_ttl_s}], got {self.reservation_ttl_s}")
+        if not 0 <= self.kv_port <= 65535:
+            raise ConfigError(f"kv_port must be in [0, 65535], got {self.kv_port}")
         if self.reaper_interval_s <= 0:
             raise ConfigError(f"reaper_interval_s must be > 0, got {self.reaper_interval_s}")
         if self.shutdown_grace_s < 0:

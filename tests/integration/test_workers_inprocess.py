@@ -13,7 +13,7 @@ import pytest
 from services.decode.worker import DecodeWorker
 from services.engine.sampling_params import SamplingParams
 from services.kvtransfer import frames
-from services.kvtransfer.grpc_transport import PUSH_PAGES
+from services.kvtransfer.grpc_sender import PUSH_PAGES
 from services.prefill.worker import PrefillWorker
 from services.rpc.tandem.v1 import generation_pb2, worker_pb2
 from services.worker.config import WorkerConfig
@@ -146,7 +146,8 @@ async def test_a_corrupted_transfer_is_rejected_and_frees_the_reservation(pair) 
     reply = await clients.decode.Reserve(worker_pb2.ReserveRequest(request_id="bad", num_tokens=40))
     page = bytes(decode.engine.kv.kv_cache[0].numel() * 4)
     layout = dataclasses.asdict(decode.receiver.inbox("bad").layout)
-    messages = [_kvchunk({"kind": "header", "request_id": "bad", "num_pages": 1, "num_tokens": 10,
+    messages = [_kvchunk({"kind": "header", "request_id": "bad", "num_tokens": 10, "total_pages": 1,
+                          "first_page": 0, "num_pages": 1,
                           "block_ids": [reply.block_ids[0]], "checksum": "xxh3_64", **layout}),
                 frames.encode_data(0, [memoryview(page)]),
                 frames.encode_end([12345], len(page))]       # not page's checksum

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from services.engine.errors import KVTransferError
-from services.kvtransfer import KVReceiver, KVTransferService, KVTransports, PageRun, TransferConfig
+from services.kvtransfer import KVReceiver, KVTransferServer, KVTransports, PageRun, TransferConfig
 from services.kvtransfer import checksums, frames
-from services.kvtransfer.grpc_transport import PUSH_PAGES, channel_options
+from services.kvtransfer.grpc_sender import PUSH_PAGES, channel_options
 from services.kvtransfer.pages import page_bytes_view
 from services.rpc.tandem.v1 import worker_pb2
 
 CONFIG = TransferConfig(chunk_bytes=64 * 2**10)
+STRIPED = TransferConfig(chunk_bytes=64 * 2**10, streams=3, min_stripe_bytes=1)
 
 
 def pool(num_blocks: int, page_shape: tuple[int, ...], dtype: torch.dtype, fill: bool = True) -> torch.Tensor:
@@ -30,25 +31,31 @@ class Endpoint:
         self.failed: list[str] = []
 
 
-async def start_endpoint(page_shape, dtype, num_blocks=8) -> tuple[grpc.aio.Server, Endpoint]:
-    server = grpc.aio.server(options=channel_options(CONFIG))
+class Stoppable:
+    def __init__(self, server: KVTransferServer) -> None:
+        self.server = server
+
+    async def stop(self, grace) -> None:
+        self.server.stop(grace)
+
+
+async def start_endpoint(page_shape, dtype, num_blocks=8) -> tuple[Stoppable, Endpoint]:
     endpoint = Endpoint(None, "")
     endpoint.receiver = KVReceiver(pool(num_blocks, page_shape, dtype, fill=False), page_shape[2],
                                    on_failed=endpoint.failed.append)
-    KVTransferService(endpoint.receiver).add_to_server(server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    endpoint.address = f"127.0.0.1:{port}"
-    return server, endpoint
+    server = KVTransferServer(endpoint.receiver, CONFIG)
+    endpoint.address = f"127.0.0.1:{server.start('127.0.0.1', 0)}"
+    return Stoppable(server), endpoint
 
 
 @pytest.mark.timeout(20)
+@pytest.mark.parametrize("config", [CONFIG, STRIPED], ids=["one-stream", "three-stripes"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("page_shape", [(2, 2, 4, 2, 8),            # pages share a frame
                                         (4, 2, 16, 4, 64)])         # a page spans frames
-async def test_grpc_round_trip_is_bit_exact(page_shape, dtype) -> None:
+async def test_grpc_round_trip_is_bit_exact(page_shape, dtype, config) -> None:
     server, endpoint = await start_endpoint(page_shape, dtype)
-    transports = KVTransports(CONFIG)
+    transports = KVTransports(config)
     try:
         src = pool(6, page_shape, dtype)
         inbox = endpoint.receiver.expect("r1", [5, 2, 7, 0])
@@ -70,7 +77,7 @@ def wire_frames(src: torch.Tensor, request_id: str, block_ids, num_tokens: int,
                 checksum: str = checksums.DEFAULT) -> list[bytes]:
     run = PageRun(request_id, src, tuple(block_ids), num_tokens)
     pages = [page_bytes_view(src, b) for b in block_ids]
-    out, offset = [frames.encode_header(run, checksum)], 0
+    out, offset = [frames.encode_header(run, checksum=checksum)], 0
     for p in pages:
         out.append(frames.encode_data(offset, [p]))
         offset += len(p)
@@ -133,6 +140,24 @@ async def test_damaged_transfers_are_rejected_and_the_inbox_closed(damage, error
             inbox.landed.result(timeout=1)
         assert endpoint.failed == ["bad"]
         assert endpoint.receiver.bytes_received == 0
+    finally:
+        await server.stop(None)
+
+
+@pytest.mark.timeout(20)
+async def test_a_stripe_announced_twice_is_rejected() -> None:
+    page_shape = (2, 2, 4, 2, 8)
+    server, endpoint = await start_endpoint(page_shape, torch.float32)
+    try:
+        src = pool(4, page_shape, torch.float32)
+        inbox = endpoint.receiver.expect("twice", [3, 1, 2])
+        run = PageRun("twice", src, (0, 1), num_tokens=8)
+        first = wire_frames(src, "twice", [0, 1], 8)
+        first[0] = frames.encode_header(run, range(0, 2))
+        assert (await push_raw(endpoint.address, first)).ok
+        assert not inbox.landed.done() or inbox.landed.result() == 8
+        again = await push_raw(endpoint.address, first)
+        assert not again.ok and "not expecting" in again.error
     finally:
         await server.stop(None)
 

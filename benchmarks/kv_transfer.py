@@ -1,0 +1,165 @@
+"""KV page transfer throughput: the gRPC transport on loopback (sender and receiver in separate
+processes, as prefill and decode run) and the local transport (same process), against a plain
+copy of the same bytes measured in the same run.
+
+    python -m benchmarks.kv_transfer [--page-mib 2] [--pages 64] [--repeats 5] [--json out.json]
+
+Pages default to a Llama-3.1-8B bf16 page (32 layers x K/V x 16 tokens x 8 heads x 128 = 2 MiB),
+64 of them per transfer (a 1024-token prompt). The receiving process lands every page into a
+preallocated pool and checks each page's crc32, exactly as a decode worker does."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+from services.kvtransfer import (KVReceiver, KVTransferServer, KVTransports, LocalEndpoints,
+                                 PageRun, TransferConfig)
+
+LAYERS, HEADS, HEAD_DIM, BLOCK = 32, 8, 128, 16
+
+
+def page_shape(page_mib: float) -> tuple[int, ...]:
+    """An 8B-like page, scaled in its layer count to the requested size (bf16)."""
+    per_layer = 2 * BLOCK * HEADS * HEAD_DIM * 2
+    layers = max(1, round(page_mib * 2**20 / per_layer))
+    return (layers, 2, BLOCK, HEADS, HEAD_DIM)
+
+
+# --- the receiving process -----------------------------------------------------------------------
+def _receive(shape: tuple[int, ...], num_pages: int, config: TransferConfig) -> None:
+    pool = torch.zeros((num_pages, *shape), dtype=torch.bfloat16)
+    receiver = KVReceiver(pool, BLOCK)
+    server = KVTransferServer(receiver, config)
+    print(f"PORT {server.start('127.0.0.1', 0)}", flush=True)
+    # The parent drives the receiver over stdin: "expect <id>" opens an inbox, "done <id>" closes it.
+    while line := sys.stdin.readline().strip():
+        verb, request_id = line.split()
+        if verb == "expect":
+            receiver.expect(request_id, list(range(num_pages)))
+        else:
+            inbox = receiver.discard(request_id)
+            assert inbox is not None and inbox.landed.result() > 0
+        print("ok", flush=True)
+    server.stop(None)
+
+
+# --- the sending side ----------------------------------------------------------------------------
+class RemoteReceiver:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.kv_transfer", "--receive", "--page-mib", str(args.page_mib),
+             "--pages", str(args.pages), "--chunk-mib", str(args.chunk_mib), "--streams", str(args.streams)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.address = f"127.0.0.1:{self.proc.stdout.readline().split()[1]}"
+
+    def say(self, verb: str, request_id: str) -> None:
+        self.proc.stdin.write(f"{verb} {request_id}\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "ok"
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+async def _timed_transfers(transports: KVTransports, address: str, transport: str, src: torch.Tensor,
+                           repeats: int, expect, done) -> list[float]:
+    sender = transports.sender_for(address, transport)
+    num_tokens = src.shape[0] * BLOCK
+    seconds = []
+    for i in range(repeats + 1):            # the first one warms the channel up, not counted
+        expect(f"t{i}")
+        start = time.perf_counter()
+        await sender.send_pages(PageRun(f"t{i}", src, tuple(range(src.shape[0])), num_tokens))
+        elapsed = time.perf_counter() - start
+        done(f"t{i}")
+        if i:
+            seconds.append(elapsed)
+    return seconds
+
+
+def _copy_seconds(src: torch.Tensor, repeats: int) -> list[float]:
+    dst = torch.empty_like(src)
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dst.copy_(src)
+        out.append(time.perf_counter() - start)
+    return out
+
+
+async def run(args: argparse.Namespace) -> dict:
+    config = _config(args)
+    shape = page_shape(args.page_mib)
+    src = torch.randn((args.pages, *shape)).to(torch.bfloat16)
+    nbytes = src.numel() * src.element_size()
+    results = {"page_shape": list(shape), "page_bytes": nbytes // args.pages, "pages": args.pages,
+               "transfer_bytes": nbytes, "chunk_bytes": config.chunk_bytes, "streams": config.streams,
+               "repeats": args.repeats, "cpu_cores": os.cpu_count(),
+               "torch_threads": torch.get_num_threads()}
+    transports = KVTransports(config)
+    remote = RemoteReceiver(args)
+    try:
+        secs = await _timed_transfers(transports, remote.address, "grpc", src, args.repeats,
+                                      lambda r: remote.say("expect", r), lambda r: remote.say("done", r))
+        results["grpc"] = _summary(nbytes, secs)
+    finally:
+        remote.close()
+    local_pool = torch.zeros_like(src)
+    receiver = KVReceiver(local_pool, BLOCK)
+    LocalEndpoints.register("bench-local", receiver)
+    try:
+        secs = await _timed_transfers(transports, "bench-local", "local", src, args.repeats,
+                                      lambda r: receiver.expect(r, list(range(args.pages))),
+                                      receiver.discard)
+        assert torch.equal(local_pool, src)
+        results["local"] = _summary(nbytes, secs)
+    finally:
+        LocalEndpoints.unregister("bench-local")
+    await transports.close()
+    results["plain_copy"] = _summary(nbytes, _copy_seconds(src, args.repeats))
+    return results
+
+
+def _config(args: argparse.Namespace) -> TransferConfig:
+    return TransferConfig(chunk_bytes=int(args.chunk_mib * 2**20), streams=args.streams)
+
+
+def _summary(nbytes: int, seconds: list[float]) -> dict:
+    best, median = min(seconds), sorted(seconds)[len(seconds) // 2]
+    return {"median_s": median, "best_s": best, "median_gb_s": nbytes / median / 1e9,
+            "best_gb_s": nbytes / best / 1e9}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--page-mib", type=float, default=2.0)
+    p.add_argument("--pages", type=int, default=64)
+    p.add_argument("--chunk-mib", type=float, default=4.0)
+    p.add_argument("--streams", type=int, default=TransferConfig().streams)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--json", default=None)
+    p.add_argument("--receive", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.receive:
+        _receive(page_shape(args.page_mib), args.pages, _config(args))
+        return 0
+    results = asyncio.run(run(args))
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
