@@ -121,10 +121,14 @@ async def _serve(worker, host: str, port: int, exit_with_parent: bool) -> None:
         await worker.stop()
 
 
-def main(make_worker: Callable[[WorkerConfig], object], prog: str, argv: list[str] | None = None) -> int:
+def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog)
     add_worker_arguments(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(make_worker: Callable[[WorkerConfig], object], prog: str, argv: list[str] | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
