@@ -54,6 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help=f"measured requests per run (default {DEFAULT_NUM_PROMPTS}, or unbounded with --duration)")
     load.add_argument("--duration", type=float, default=None, help="seconds per run (after warm-up)")
     load.add_argument("--warmup-requests", type=int, default=0, help="requests sent first and left out of the metrics")
+    load.add_argument("--ramp-up", type=float, default=0.0,
+                      help="closed loop: start the slots evenly over this many seconds (no lock-step herd)")
     load.add_argument("--seed", type=int, default=0)
     load.add_argument("--num-workers", type=int, default=1,
                       help="client processes that split the load (for thousands of streams)")
@@ -135,7 +137,8 @@ def plan_from_args(args: argparse.Namespace) -> BenchPlan:
         num_prompts = DEFAULT_NUM_PROMPTS
     load = LoadSpec(max_concurrency=args.max_concurrency, request_rate=args.request_rate,
                     burstiness=args.burstiness, num_prompts=num_prompts, duration_s=args.duration,
-                    warmup_requests=args.warmup_requests, request_timeout_s=args.request_timeout, seed=args.seed)
+                    warmup_requests=args.warmup_requests, request_timeout_s=args.request_timeout, seed=args.seed,
+                    ramp_up_s=args.ramp_up)
     capacity = None
     if args.slo:
         capacity = CapacitySpec(parse_slo(args.slo), args.capacity_search, args.capacity_start,

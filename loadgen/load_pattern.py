@@ -17,7 +17,11 @@ class LoadSpec:
     """One load point. request_rate=inf means "send as soon as a slot is free": with
     max_concurrency that is a closed loop; without it every request goes at once (vLLM's default).
     The run ends after num_prompts measured requests or duration_s seconds, whichever comes first;
-    the first warmup_requests are sent the same way but left out of every metric."""
+    the first warmup_requests are sent the same way but left out of every metric.
+    A closed loop whose slots all start at one instant stays in lock-step (every stream's tokens
+    fall due together, a thundering herd real users never make); ramp_up_s spreads the slots'
+    first sends evenly, and with enough warm-up requests the measured phase sees the full
+    concurrency with arrivals out of phase."""
 
     max_concurrency: int | None = None
     request_rate: float = math.inf
@@ -27,6 +31,7 @@ class LoadSpec:
     warmup_requests: int = 0
     request_timeout_s: float = 600.0
     seed: int = 0
+    ramp_up_s: float = 0.0            # closed loop: slot i starts at i * ramp_up_s / max_concurrency
 
     def __post_init__(self) -> None:
         if self.max_concurrency is not None and self.max_concurrency < 1:
@@ -43,6 +48,10 @@ class LoadSpec:
             raise BenchConfigError("--duration", f"must be > 0 seconds, got {self.duration_s}")
         if self.warmup_requests < 0:
             raise BenchConfigError("--warmup-requests", f"must be >= 0, got {self.warmup_requests}")
+        if self.ramp_up_s < 0:
+            raise BenchConfigError("--ramp-up", f"must be >= 0 seconds, got {self.ramp_up_s}")
+        if self.ramp_up_s and not (self.closed_loop and self.max_concurrency):
+            raise BenchConfigError("--ramp-up", "applies to a closed loop (--max-concurrency without --request-rate)")
         if not self.request_timeout_s > 0:
             raise BenchConfigError("--request-timeout", f"must be > 0 seconds, got {self.request_timeout_s}")
 

@@ -84,8 +84,8 @@ def summarize_run(records: list[RequestRecord], percentiles: tuple[float, ...],
     done = [r for r in measured if r.ok]
     failed = [r for r in measured if r.error is not None and not r.interrupted]
     times = [request_times(r) for r in done]
-    started = [r.scheduled for r in measured if r.sent]
-    duration = (max(r.end for r in measured if r.sent) - min(started)) if started else 0.0
+    sent = [r for r in measured if r.sent is not None]
+    duration = (max(r.end for r in sent) - min(r.scheduled for r in sent)) if sent else 0.0
     per_s = (lambda x: x / duration) if duration > 0 else (lambda x: 0.0)
 
     input_tokens = sum(r.prompt_len for r in done)
@@ -95,7 +95,7 @@ def summarize_run(records: list[RequestRecord], percentiles: tuple[float, ...],
     summary: dict = {
         "completed": len(done),
         "failed": len(failed),
-        "interrupted": sum(1 for r in measured if r.interrupted),
+        "interrupted_requests": sum(1 for r in measured if r.interrupted),
         "errors": dict(collections.Counter(r.error for r in failed).most_common()),
         "duration": duration,
         "total_input_tokens": input_tokens,
@@ -106,7 +106,7 @@ def summarize_run(records: list[RequestRecord], percentiles: tuple[float, ...],
         "request_goodput": per_s(good) if goodput is not None and goodput.active else None,
         "goodput_fraction": (good / (len(done) + len(failed)) if goodput is not None and goodput.active
                              and (done or failed) else None),
-        "max_concurrency_observed": max_overlap([(r.sent, r.end) for r in records if r.sent]),
+        "max_concurrency_observed": max_overlap([(r.sent, r.end) for r in records if r.sent is not None]),
     }
     summary.update(_token_agreement(done))
     for name in ("ttft", "ttst", "tpot", "e2el", "queue"):

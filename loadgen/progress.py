@@ -17,7 +17,7 @@ class ProgressLine:
         self.label = label
         self.total = total
         self.read_done = read_done
-        self.enabled = enabled
+        self.enabled = enabled and sys.stderr.isatty()     # no carriage-return litter in logs
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._t0 = time.monotonic()
@@ -27,11 +27,15 @@ class ProgressLine:
             self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         if self.enabled:
             self._stop.set()
             self._thread.join()
-            self._draw(final=True)
+            if exc_type is None:
+                self._draw(final=True)
+            else:
+                sys.stderr.write("\r\033[K")     # leave the error message alone on its line
+                sys.stderr.flush()
 
     def _loop(self) -> None:
         while not self._stop.wait(REFRESH_S):

@@ -27,7 +27,7 @@ class RequestRecord:
     output_len_requested: int
     warmup: bool = False
     scheduled: float = 0.0          # when the load pattern wanted it sent
-    sent: float = 0.0               # when the backend call started (sent - scheduled = queued)
+    sent: float | None = None       # when it left (sent - scheduled = queued); None: never sent
     end: float = 0.0                # when the stream ended, failed or was abandoned
     chunk_times: list[float] = field(default_factory=list)   # arrival of each content-bearing chunk
     chunk_tokens: list[int] = field(default_factory=list)    # tokens in each chunk, when the protocol says

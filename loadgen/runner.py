@@ -128,12 +128,15 @@ class LoadRunner:
 
     async def _closed_loop(self) -> None:
         slots = self.spec.max_concurrency or self._limit
+        origin, stagger = perf_counter(), self.spec.ramp_up_s / slots
 
-        async def slot() -> None:
+        async def slot(i: int) -> None:
+            if stagger:
+                await asyncio.sleep(max(0.0, origin + i * stagger - perf_counter()))
             while (claimed := self._claim(perf_counter())) is not None:
                 await self._send(*claimed)
 
-        await asyncio.gather(*(slot() for _ in range(slots)))
+        await asyncio.gather(*(slot(i) for i in range(slots)))
 
     async def _open_loop(self) -> None:
         gaps = arrival_gaps(self.spec.request_rate, self.spec.burstiness, np.random.default_rng(self.spec.seed))

@@ -88,16 +88,11 @@ def load_token_counter(name: str | None) -> TokenCounter:
 
 
 def _load_engine_tokenizer(name: str):
+    """Tandem's own tokenizer for a preset or checkpoint dir, without loading any weights."""
     from services.engine.errors import TandemError
     try:
         from services.engine.loader import load_tokenizer
-    except ImportError:
-        load_tokenizer = None
-    try:
-        if load_tokenizer is not None:
-            return load_tokenizer(name)
-        from services.engine.loader import load_model
-        return load_model(name).tokenizer
+        return load_tokenizer(name).tokenizer
     except ImportError as exc:
         raise BenchConfigError("--tokenizer", f"Tandem's engine is not available to load {name!r}: {exc}") from None
     except TandemError as exc:

@@ -29,8 +29,8 @@ def format_run(label: str, s: dict, percentiles: tuple[float, ...], token_count_
     out.append(_line("Failed requests:", s["failed"]))
     if s["errors"]:
         out.append("  errors: " + ", ".join(f"{code} x{n}" for code, n in s["errors"].items()))
-    if s["interrupted"]:
-        out.append(_line("Interrupted requests:", s["interrupted"]))
+    if s["interrupted_requests"]:
+        out.append(_line("Interrupted requests:", s["interrupted_requests"]))
     out.append(_line("Max concurrency observed:", s["max_concurrency_observed"]))
     out.append(_line("Benchmark duration (s):", s["duration"]))
     out.append(_line("Total input tokens:", s["total_input_tokens"]))

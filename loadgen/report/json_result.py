@@ -31,7 +31,7 @@ def request_rows(records: list[RequestRecord]) -> list[dict]:
                "finish_reason": r.finish_reason, "output_tokens": r.output_tokens,
                "server_prompt_tokens": r.server_prompt_tokens, "server_output_tokens": r.server_output_tokens,
                "client_output_tokens": r.client_output_tokens}
-        if r.sent:
+        if r.sent is not None:
             t = request_times(r)
             row.update(queue_ms=_ms(t.queue), ttft_ms=_ms(t.ttft), ttst_ms=_ms(t.ttst), tpot_ms=_ms(t.tpot),
                        e2el_ms=_ms(t.e2el), itls_ms=[round(float(x), 4) for x in t.itl])

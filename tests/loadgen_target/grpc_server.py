@@ -25,8 +25,7 @@ class TargetGeneration(pb_grpc.GenerationServicer):
     async def Generate(self, request, context):
         arrival = perf_counter()
         b = self.behaviour
-        if b.api_key and dict(context.invocation_metadata()).get("authorization") != f"Bearer {b.api_key}":
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad api key")
+        await self._authenticate(context)
         fate = b.fate(next(self.counter))
         if fate is Fate.ERROR:
             await context.abort(_STATUS_FOR_HTTP.get(b.error_status, grpc.StatusCode.INTERNAL), "injected error")
@@ -44,7 +43,13 @@ class TargetGeneration(pb_grpc.GenerationServicer):
                 message.usage.completion_tokens = n
             yield message
 
+    async def _authenticate(self, context) -> None:
+        key = self.behaviour.api_key
+        if key and dict(context.invocation_metadata()).get("authorization") != f"Bearer {key}":
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad api key")
+
     async def ListModels(self, request, context):
+        await self._authenticate(context)
         return pb.ListModelsResponse(models=[pb.ModelInfo(id=self.behaviour.model, max_model_len=1 << 20)])
 
 

@@ -25,7 +25,12 @@ def build_app(behaviour: TargetBehaviour, counter: itertools.count) -> web.Appli
     async def health(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    async def models(_request: web.Request) -> web.Response:
+    def unauthorized(request: web.Request) -> bool:
+        return bool(behaviour.api_key) and request.headers.get("Authorization") != f"Bearer {behaviour.api_key}"
+
+    async def models(request: web.Request) -> web.Response:
+        if unauthorized(request):
+            return web.json_response({"error": {"message": "bad api key"}}, status=401)
         return web.json_response({"object": "list", "data": [{"id": behaviour.model, "object": "model"}]})
 
     async def completions(request: web.Request) -> web.StreamResponse:
@@ -36,7 +41,7 @@ def build_app(behaviour: TargetBehaviour, counter: itertools.count) -> web.Appli
 
     async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
         arrival = perf_counter()
-        if behaviour.api_key and request.headers.get("Authorization") != f"Bearer {behaviour.api_key}":
+        if unauthorized(request):
             return web.json_response({"error": {"message": "bad api key"}}, status=401)
         body = await request.json()
         fate = behaviour.fate(next(counter))
@@ -46,15 +51,22 @@ def build_app(behaviour: TargetBehaviour, counter: itertools.count) -> web.Appli
         n = behaviour.num_tokens(body.get("max_tokens"))
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
+        try:
+            await _stream(request, resp, arrival, body, prompt, n, fate, chat)
+        except ConnectionResetError:
+            pass                               # the client left (timeout, Ctrl-C): nothing to send to
+        return resp
+
+    async def _stream(request, resp, arrival, body, prompt, n, fate, chat) -> None:
         sent = 0
         for k in range(n):
             if fate is Fate.STALL and k == behaviour.stall_after:
                 while not request.transport.is_closing():
                     await asyncio.sleep(0.05)
-                return resp
+                return
             if fate is Fate.CLOSE and k == behaviour.close_after:
                 request.transport.close()
-                return resp
+                return
             await sleep_until(behaviour.token_time(arrival, k))
             finish = "length" if k == n - 1 else None
             choice = ({"index": 0, "delta": {"content": TOKEN_TEXT}, "finish_reason": finish} if chat
@@ -67,7 +79,6 @@ def build_app(behaviour: TargetBehaviour, counter: itertools.count) -> web.Appli
             await resp.write(b"data: " + json.dumps({"choices": [], "usage": usage}).encode() + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
-        return resp
 
     app = web.Application()
     app.router.add_get("/health", health)

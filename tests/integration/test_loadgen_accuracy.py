@@ -1,0 +1,69 @@
+"""Measurement accuracy against the load-test target (its own process) with injected delays:
+reported TTFT, ITL and E2E within 1 ms of the injected values at 1,000 concurrent streams, and
+the client never caps concurrency below what was asked."""
+
+import numpy as np
+import pytest
+
+from loadgen.backends import BackendConfig
+from loadgen.datasets import DatasetSpec, load_requests
+from loadgen.load_pattern import LoadSpec
+from loadgen.metrics import count_client_tokens, request_times, summarize_run
+from loadgen.tokens import ApproximateCounter
+from loadgen.workers import execute
+from tests.loadgen_target.process import TargetProcess
+
+TTFT_MS = 200.0
+TOLERANCE_MS = 1.0
+# 1,000 streams at 250 ms per token is 4,000 tokens/s and ~500 new requests/s: a load the two
+# processes carry on two cores with room to spare, so what is measured is the client's accuracy.
+WIDE_ITL_MS = 250.0
+ITL_MS = 100.0
+
+
+@pytest.fixture(scope="module")
+def target():
+    with TargetProcess(ttft_ms=TTFT_MS, itl_ms=ITL_MS) as t:
+        yield t
+
+
+def run(target, kind: str, concurrency: int, rounds: int):
+    counter = ApproximateCounter()
+    # Output lengths 4..12 tokens; a ramp-up puts the streams out of phase, as real users are.
+    requests = load_requests(DatasetSpec(random_input_len=16, random_output_len=8, random_range_ratio=0.5),
+                             (rounds + 1) * concurrency, counter)
+    url = target.grpc_address if kind == "tandem" else target.http_url
+    spec = LoadSpec(max_concurrency=concurrency, num_prompts=rounds * concurrency, warmup_requests=concurrency,
+                    ramp_up_s=1.0, request_timeout_s=30.0)
+    outcome = execute(BackendConfig(kind, url), requests, spec, show_progress=False)
+    count_client_tokens(outcome.records, counter)
+    return outcome.records, summarize_run(outcome.records, (50.0, 99.0))
+
+
+def check_accuracy(records, s, concurrency, rounds, itl_ms=ITL_MS):
+    assert s["completed"] == rounds * concurrency and s["failed"] == 0
+    assert s["max_concurrency_observed"] == concurrency          # never silently capped
+    assert abs(s["median_ttft_ms"] - TTFT_MS) < TOLERANCE_MS, s["median_ttft_ms"]
+    assert abs(s["median_itl_ms"] - itl_ms) < TOLERANCE_MS, s["median_itl_ms"]
+    assert abs(s["mean_itl_ms"] - itl_ms) < TOLERANCE_MS, s["mean_itl_ms"]
+    done = [r for r in records if r.ok and not r.warmup]
+    e2e_error = [request_times(r).e2el - (TTFT_MS + (r.output_tokens - 1) * itl_ms) for r in done]
+    assert abs(float(np.median(e2e_error))) < TOLERANCE_MS, np.median(e2e_error)
+    assert s["output_token_mismatches"] == 0 and s["prompt_token_mismatches"] == 0
+
+
+@pytest.mark.slow
+def test_openai_http_accuracy_at_1000_streams():
+    with TargetProcess(ttft_ms=TTFT_MS, itl_ms=WIDE_ITL_MS) as wide:
+        records, s = run(wide, "openai", concurrency=1000, rounds=1)
+    check_accuracy(records, s, 1000, 1, WIDE_ITL_MS)
+
+
+def test_tandem_grpc_accuracy(target):
+    records, s = run(target, "tandem", concurrency=50, rounds=2)
+    check_accuracy(records, s, 50, 2)
+
+
+def test_openai_chat_accuracy(target):
+    records, s = run(target, "openai-chat", concurrency=50, rounds=2)
+    check_accuracy(records, s, 50, 2)
