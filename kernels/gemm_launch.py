@@ -20,12 +20,11 @@ class GemmLaunch:
     block_k: int
     num_warps: int = 4
     num_stages: int = 3
-    split_k: int = 1          # >1: K is cut into slices whose partial sums meet by atomic adds
+    split_k: int = 1          # >1: K is cut into slices whose partial sums meet by fp32 atomic adds
     group_m: int = 8          # row tiles that share a band of weight columns (L2 reuse)
-    # W8A16 with few rows: compute (W x^T)^T, so the dequantized weight tile is the MMA's left
-    # operand, which Hopper's wgmma reads from registers (no trip back through shared memory),
-    # and block_n weight rows (>= 64) fill its M side while block_m tokens only pad its N side.
-    swap_ab: bool = False
+    # W8A16: multiply in fp16 with weights converted by integer operations instead of the
+    # int-to-float unit, whose rate limits a bandwidth-bound weight stream.
+    fp16_dot: bool = True
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "block_k"):
@@ -47,7 +46,7 @@ def m_bucket(m: int) -> int:
 
 
 _W8A16_DEFAULTS = {
-    16: GemmLaunch(16, 64, 256, num_warps=4, num_stages=4),
+    16: GemmLaunch(16, 64, 128, num_warps=4, num_stages=4),
     64: GemmLaunch(64, 64, 128, num_warps=4, num_stages=4),
     256: GemmLaunch(128, 128, 64, num_warps=8, num_stages=3),
     257: GemmLaunch(128, 128, 64, num_warps=8, num_stages=3),
@@ -61,8 +60,8 @@ _W8A8_DEFAULTS = {
 
 # (kernel, M bucket, N, K) -> launch; Llama-3.1-8B projections first.
 GEMM_LAUNCHES: dict[tuple[str, int, int, int], GemmLaunch] = {
-    ("w8a16", 16, 14336, 4096): GemmLaunch(16, 32, 256, num_warps=4, num_stages=4),
-    ("w8a16", 16, 4096, 14336): GemmLaunch(16, 32, 512, num_warps=4, num_stages=4),
+    ("w8a16", 16, 14336, 4096): GemmLaunch(16, 64, 128, num_warps=4, num_stages=4),
+    ("w8a16", 16, 4096, 14336): GemmLaunch(16, 32, 256, num_warps=4, num_stages=4, split_k=2),
     # Few output tiles with a long K: narrower tiles keep more SMs busy.
     ("w8a8", 256, 4096, 14336): GemmLaunch(128, 64, 256, num_warps=4, num_stages=3),
 }

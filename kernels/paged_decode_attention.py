@@ -55,7 +55,7 @@ DECODE_LAUNCHES: dict[int, DecodeLaunch] = {
     128: DecodeLaunch(block_n=64, partition=1024, num_warps=4, num_stages=3),
 }
 _PARTITIONS_PER_REDUCE_STEP = 16
-_PROGRAMS_PER_SM = 4
+_PROGRAMS_PER_SM = 3
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,9 +1,9 @@
 """W8A16 GEMM: y = x @ (W * scale)^T + bias, with int8 weights W [N, K], one fp32 scale per
 output channel, and fp16/bf16 activations.
 
-The weights are dequantized inside the kernel (int8 -> activation dtype in registers, the scale
-applied once to the accumulator, since it is constant along K), so decode streams half the bytes
-of a bf16 weight. For decode's few rows the tile is 16 rows by a narrow band of columns with a
+The weights are dequantized inside the kernel (int8 -> fp16 in registers by integer operations,
+the scale applied once to the accumulator, since it is constant along K), so decode streams half
+the bytes of a bf16 weight. For decode's few rows the tile is 16 rows by a narrow band of columns with a
 long K step, so every SM keeps enough weight bytes in flight; split-K is there for weights with
 few output columns."""
 
@@ -42,10 +42,20 @@ def _tile_origin(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl
 
 
 @triton.jit
+def _int8_to_fp16(w):
+    """Exact int8 -> fp16 without the slow int-to-float conversion unit: the byte x + 128 is
+    placed in the mantissa of 1024.0 (0x6400; fp16 holds integers to 2048 exactly), so the
+    bits read as 1024 + (x + 128), and one subtraction leaves x."""
+    biased = (w.to(tl.uint8, bitcast=True) ^ 0x80).to(tl.uint16)
+    return (biased | 0x6400).to(tl.float16, bitcast=True) - 1152.0
+
+
+@triton.jit
 def _w8a16_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K,
                   stride_xm, stride_wn, stride_om,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, HAS_BIAS: tl.constexpr):
+                  SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, HAS_BIAS: tl.constexpr,
+                  FP16_DOT: tl.constexpr):
     m0, n0 = _tile_origin(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rm = m0 + tl.arange(0, BLOCK_M)
     rn = n0 + tl.arange(0, BLOCK_N)
@@ -62,46 +72,18 @@ def _w8a16_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K,
         k_mask = rk < k_end
         a = tl.load(x_rows + rk[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
         w = tl.load(w_cols + rk[:, None], mask=k_mask[:, None] & n_mask[None, :], other=0)
-        acc += tl.dot(a, w.to(a.dtype))
+        if FP16_DOT:
+            # bf16 activations are exact in fp16 (more mantissa; LLM activations stay far
+            # below fp16's 65504), and the small activation tile is cheap to convert.
+            acc += tl.dot(a.to(tl.float16), _int8_to_fp16(w))
+        else:
+            acc += tl.dot(a, w.to(a.dtype))
     acc *= tl.load(scale_ptr + rn, mask=n_mask, other=0.0)[None, :]
     if HAS_BIAS:
         if tl.program_id(1) == 0:
             acc += tl.load(bias_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     out = out_ptr + rm[:, None].to(tl.int64) * stride_om + rn[None, :]
     mask = m_mask[:, None] & n_mask[None, :]
-    if SPLIT_K == 1:
-        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
-    else:
-        tl.atomic_add(out, acc, mask=mask, sem="relaxed")
-
-
-@triton.jit
-def _w8a16_swapped_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K,
-                          stride_xm, stride_wn, stride_om,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                          SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr):
-    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rm = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_mask = rm < M
-    n_mask = rn < N
-    k_span = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
-    k_start = tl.program_id(1) * k_span
-    k_end = tl.minimum(K, k_start + k_span)
-    w_rows = w_ptr + rn[:, None].to(tl.int64) * stride_wn
-    x_cols = x_ptr + rm[None, :].to(tl.int64) * stride_xm
-    acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
-    for k0 in range(k_start, k_end, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
-        k_mask = rk < k_end
-        w = tl.load(w_rows + rk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0)
-        xt = tl.load(x_cols + rk[:, None], mask=k_mask[:, None] & m_mask[None, :], other=0.0)
-        acc += tl.dot(w.to(xt.dtype), xt)
-    acc *= tl.load(scale_ptr + rn, mask=n_mask, other=0.0)[:, None]
-    if HAS_BIAS:
-        if tl.program_id(1) == 0:
-            acc += tl.load(bias_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[:, None]
-    out = out_ptr + rm[None, :].to(tl.int64) * stride_om + rn[:, None]
-    mask = n_mask[:, None] & m_mask[None, :]
     if SPLIT_K == 1:
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
     else:
@@ -141,20 +123,12 @@ def w8a16_gemm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
         return acc.to(x.dtype)
     if k == 0:
         raise KernelArgumentError("x", "K must be > 0")
-    if launch.swap_ab:
-        _w8a16_swapped_kernel[(triton.cdiv(n, launch.block_n), launch.split_k,
-                               triton.cdiv(m, launch.block_m))](
-            x, weight, weight_scale, bias if bias is not None else weight_scale, acc, m, n, k,
-            x.stride(0), weight.stride(0), acc.stride(0),
-            BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, BLOCK_K=launch.block_k,
-            SPLIT_K=launch.split_k, HAS_BIAS=bias is not None,
-            num_warps=launch.num_warps, num_stages=launch.num_stages)
-        return acc if acc.dtype == x.dtype else acc.to(x.dtype)
     grid = (triton.cdiv(m, launch.block_m) * triton.cdiv(n, launch.block_n), launch.split_k)
     _w8a16_kernel[grid](
         x, weight, weight_scale, bias if bias is not None else weight_scale, acc, m, n, k,
         x.stride(0), weight.stride(0), acc.stride(0),
         BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, BLOCK_K=launch.block_k,
         SPLIT_K=launch.split_k, GROUP_M=launch.group_m, HAS_BIAS=bias is not None,
+        FP16_DOT=x.dtype != torch.float32 and launch.fp16_dot,
         num_warps=launch.num_warps, num_stages=launch.num_stages)
     return acc if acc.dtype == x.dtype else acc.to(x.dtype)

@@ -44,22 +44,32 @@ def test_quantize_rows_matches_reference_exactly(ops):
     assert ((q.float() * scale[:, None]) - x).abs().max() <= (scale.max() / 2) * 1.0001
 
 
-@pytest.mark.parametrize("dtype,m,split_k,with_bias,swap_ab", [
-    (torch.float16, 1, 1, False, False), (torch.float16, 5, 2, True, False),
-    (torch.float32, 33, 1, True, False), (torch.float16, 3, 1, True, True),
-    (torch.float32, 18, 2, False, True),
+@pytest.mark.parametrize("dtype,m,split_k,with_bias,fp16_dot", [
+    (torch.float16, 1, 1, False, True), (torch.float16, 5, 2, True, True),
+    (torch.float32, 33, 1, True, True), (torch.float16, 3, 1, True, False),
 ])
-def test_w8a16_gemm_matches_reference(ops, dtype, m, split_k, with_bias, swap_ab):
+def test_w8a16_gemm_matches_reference(ops, dtype, m, split_k, with_bias, fp16_dot):
     _, w8a16, _ = ops
     from kernels.gemm_launch import GemmLaunch
     n, k = 40, 72                                  # neither a multiple of the tile
     weight, scale = small_int_weights(n, k)
     x = torch.randn(m, k).to(dtype)
     bias = torch.randn(n).to(dtype) if with_bias else None
-    launch = GemmLaunch(16, 32, 32, split_k=split_k, swap_ab=swap_ab)
+    launch = GemmLaunch(16, 32, 32, split_k=split_k, fp16_dot=fp16_dot)
     with poisoned_allocations():
         out = w8a16.w8a16_gemm(x, weight, scale, bias, use_triton=True, launch=launch)
     assert_close(out, w8a16.w8a16_gemm_ref(x, weight, scale, bias))
+
+
+def test_w8a16_converts_every_int8_value_exactly(ops):
+    _, w8a16, _ = ops
+    from kernels.gemm_launch import GemmLaunch
+    weight = torch.arange(-128, 128, dtype=torch.int16).to(torch.int8).view(16, 16)
+    eye = torch.eye(16, dtype=torch.float16)
+    with poisoned_allocations():
+        out = w8a16.w8a16_gemm(eye, weight, torch.ones(16), use_triton=True,
+                               launch=GemmLaunch(16, 16, 16))
+    assert torch.equal(out, weight.t().half())      # row i of eye @ W^T is column i of W^T
 
 
 def test_w8a16_gemm_is_exact_on_small_integers(ops):
@@ -73,9 +83,10 @@ def test_w8a16_gemm_is_exact_on_small_integers(ops):
     assert torch.equal(out, (x @ weight.float().t()) * 0.5)
 
 
-@pytest.mark.parametrize("dtype,m,with_bias", [(torch.float16, 3, False),
-                                               (torch.float32, 21, True)])
-def test_w8a8_gemm_matches_reference(ops, dtype, m, with_bias):
+@pytest.mark.parametrize("dtype,m,with_bias,split_k", [(torch.float16, 3, False, 1),
+                                                       (torch.float32, 21, True, 1),
+                                                       (torch.float16, 9, True, 2)])
+def test_w8a8_gemm_matches_reference(ops, dtype, m, with_bias, split_k):
     _, _, w8a8 = ops
     from kernels.gemm_launch import GemmLaunch
     n, k = 40, 72
@@ -84,7 +95,7 @@ def test_w8a8_gemm_matches_reference(ops, dtype, m, with_bias):
     bias = torch.randn(n).to(dtype) if with_bias else None
     with poisoned_allocations():
         out = w8a8.w8a8_gemm(x, weight, scale, bias, use_triton=True,
-                             launch=GemmLaunch(16, 32, 32))
+                             launch=GemmLaunch(16, 32, 32, split_k=split_k))
     ref = w8a8.w8a8_gemm_ref(x, weight, scale, bias)
     assert_close(out, ref)
     # Quantizing the activations costs at most about 1% against the unquantized product.
