@@ -24,6 +24,7 @@ from services.worker.config import WorkerConfig
 from services.worker.edge import integrity_error, stream_edge, unary_edge
 from services.worker.prompt_counter import PromptTokenCounter
 from services.worker.server import start_server
+from services.worker.telemetry import WorkerTelemetry
 
 log = logging.getLogger("tandem.decode")
 
@@ -42,12 +43,15 @@ class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
         if self.engine is None:
             self.engine = await asyncio.to_thread(LLMEngine, self.config.engine)
         self.prompt_counter = PromptTokenCounter.install(self.engine)
-        self.loop = EngineLoop(self.engine, self.worker_id)
+        self.telemetry = WorkerTelemetry("decode", self.engine, self.prompt_counter,
+                                         lambda: self.reservations.num_reserved_blocks)
+        self.loop = EngineLoop(self.engine, self.worker_id, on_step=self.telemetry.on_step)
         aio_loop = asyncio.get_running_loop()
         self.receiver = KVReceiver(self.engine.kv.kv_cache, self.engine.kv.block_size,
                                    on_failed=lambda rid: self._cancel_soon(aio_loop, rid))
         self.reservations = ReservationBook(self.loop, self.receiver)
         self.loop.start()
+        self.metrics_port = await self.telemetry.start(host, self.config.metrics_port)
 
         self._kv_server = KVTransferServer(self.receiver, self.config.transfer)
         kv_port = self._kv_server.start(host, self.config.kv_port)
@@ -67,6 +71,7 @@ class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
         self._reaper.cancel()
         await self._server.stop(self.config.shutdown_grace_s)
         await asyncio.to_thread(self._kv_server.stop, self.config.shutdown_grace_s)
+        await self.telemetry.stop()
         await self.reservations.cancel_all()
         self.loop.stop()
         self._server = None
@@ -90,6 +95,7 @@ class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
                                       f"got {request.ttl_ms}")
         reservation = await self.reservations.reserve(request.request_id, request.num_tokens, ttl_s)
         if reservation is None:
+            self.telemetry.metrics.rejections.labels("kv_blocks").inc()
             return worker_pb2.ReserveResponse(
                 granted=False, kv_address=self.kv_address,
                 reason=f"{self.engine.kv.blocks_for(request.num_tokens)} blocks needed, "
@@ -135,6 +141,8 @@ class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
             raise
         except Exception as exc:
             raise ReservationError(f"request {rid!r}: its pages did not land: {exc}") from None
+        self.telemetry.transferred(
+            "received", self.engine.kv.blocks_for(num_tokens) * reservation.inbox.layout.page_bytes)
         expected = len(request.prompt_token_ids) + len(request.generated_token_ids) - 1
         if num_tokens != expected:
             await self.reservations.cancel(rid)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future
 from typing import Any, Callable, Sequence
@@ -58,9 +59,13 @@ class RequestStream:
 
 
 class EngineLoop:
-    def __init__(self, engine: Any, name: str = "engine") -> None:
+    """`on_step(seconds, outputs)`, if given, runs on the engine thread after every step (metrics)."""
+
+    def __init__(self, engine: Any, name: str = "engine",
+                 on_step: Callable[[float, list[RequestOutput]], None] | None = None) -> None:
         self.engine = engine
         self.name = name
+        self._on_step = on_step
         self.num_steps = 0
         self._wake = threading.Condition()
         self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
@@ -163,6 +168,7 @@ class EngineLoop:
             future.set_exception(EngineStoppedError(f"{self.name} stopped"))
 
     def _step(self) -> None:
+        start = time.perf_counter()
         try:
             outputs = self.engine.step()
         except Exception as exc:
@@ -173,6 +179,8 @@ class EngineLoop:
             self._fail_streams(error)
             return
         self.num_steps += 1
+        if self._on_step is not None:
+            self._on_step(time.perf_counter() - start, outputs)
         deliveries: dict[asyncio.AbstractEventLoop, list[tuple[RequestStream, RequestOutput]]] = {}
         for output in outputs:
             stream = (self._streams.pop(output.request_id, None) if output.finished

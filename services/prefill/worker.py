@@ -24,6 +24,7 @@ from services.worker.config import WorkerConfig
 from services.worker.edge import integrity_error, unary_edge
 from services.worker.prompt_counter import PromptTokenCounter
 from services.worker.server import start_server
+from services.worker.telemetry import WorkerTelemetry
 
 log = logging.getLogger("tandem.prefill")
 
@@ -44,9 +45,11 @@ class PrefillWorker(worker_pb2_grpc.PrefillWorkerServicer):
         if self.engine is None:
             self.engine = await asyncio.to_thread(LLMEngine, self.config.engine)
         self.prompt_counter = PromptTokenCounter.install(self.engine)
-        self.loop = EngineLoop(self.engine, self.worker_id)
+        self.telemetry = WorkerTelemetry("prefill", self.engine, self.prompt_counter)
+        self.loop = EngineLoop(self.engine, self.worker_id, on_step=self.telemetry.on_step)
         self.transports = KVTransports(self.config.transfer)
         self.loop.start()
+        self.metrics_port = await self.telemetry.start(host, self.config.metrics_port)
         self._server, self.address = await start_server(
             lambda server: worker_pb2_grpc.add_PrefillWorkerServicer_to_server(self, server),
             host, port, self.config.transfer,
@@ -61,6 +64,7 @@ class PrefillWorker(worker_pb2_grpc.PrefillWorkerServicer):
         for task in list(self._inflight.values()):
             task.cancel()
         await self.transports.close()
+        await self.telemetry.stop()
         self.loop.stop()
         self._server = None
 
@@ -115,6 +119,7 @@ class PrefillWorker(worker_pb2_grpc.PrefillWorkerServicer):
                 response.kv_bytes = receipt.num_bytes
                 response.transfer_seconds = time.perf_counter() - start
                 self.kv_bytes_sent += receipt.num_bytes
+                self.telemetry.transferred("sent", receipt.num_bytes, receipt.seconds)
             return response
         finally:
             self.queued_prompt_tokens -= counted

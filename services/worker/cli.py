@@ -76,6 +76,8 @@ def add_worker_arguments(p: argparse.ArgumentParser) -> None:
                    help="the host name others reach this worker by (default: --host)")
     p.add_argument("--kv-port", type=int, default=0,
                    help="decode: where KVTransfer listens for pages (0 picks a free port)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus /metrics on this port (0 picks a free one)")
     p.add_argument("--worker-id", default="")
     p.add_argument("--colocated", action="store_true", help="decode: also runs prefills (reported role)")
     p.add_argument("--kv-transport", default="", choices=("", *TRANSPORTS),
@@ -90,6 +92,7 @@ def add_worker_arguments(p: argparse.ArgumentParser) -> None:
 def worker_arguments(config: WorkerConfig) -> list[str]:
     args = ["--worker-id", config.worker_id, "--kv-transport", config.kv_transport,
             "--advertise-host", config.advertise_host, "--kv-port", str(config.kv_port),
+            *(["--metrics-port", str(config.metrics_port)] if config.metrics_port is not None else []),
             "--reservation-ttl", str(config.reservation_ttl_s)]
     if config.colocated:
         args.append("--colocated")
@@ -99,6 +102,7 @@ def worker_arguments(config: WorkerConfig) -> list[str]:
 def worker_config_from_args(args: argparse.Namespace) -> WorkerConfig:
     return WorkerConfig(engine=engine_config_from_args(args), worker_id=args.worker_id,
                         advertise_host=args.advertise_host, kv_port=args.kv_port,
+                        metrics_port=args.metrics_port,
                         colocated=args.colocated, kv_transport=args.kv_transport,
                         reservation_ttl_s=args.reservation_ttl)
 

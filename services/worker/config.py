@@ -24,6 +24,7 @@ class WorkerConfig:
                                          # host it binds (containers, multi-node: set it)
     kv_transport: str = ""
     kv_port: int = 0                     # decode: where KVTransfer listens (0: a free port)
+    metrics_port: int | None = None      # Prometheus /metrics (0: a free port; None: not served)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     reservation_ttl_s: float = 30.0
     max_reservation_ttl_s: float = 600.0
@@ -36,6 +37,8 @@ class WorkerConfig:
         if not 0 < self.reservation_ttl_s <= self.max_reservation_ttl_s:
             raise ConfigError(f"reservation_ttl_s must be in (0, max_reservation_ttl_s="
                               f"{self.max_reservation_ttl_s}], got {self.reservation_ttl_s}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics_port must be in [0, 65535], got {self.metrics_port}")
         if not 0 <= self.kv_port <= 65535:
             raise ConfigError(f"kv_port must be in [0, 65535], got {self.kv_port}")
         if self.reaper_interval_s <= 0:

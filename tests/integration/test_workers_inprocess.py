@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
+import aiohttp
 import grpc
 import pytest
 
@@ -27,8 +28,8 @@ CONFIG = engine_config()
 
 @pytest.fixture
 async def pair():
-    prefill = PrefillWorker(WorkerConfig(engine=CONFIG, reaper_interval_s=0.02))
-    decode = DecodeWorker(WorkerConfig(engine=CONFIG, reaper_interval_s=0.02))
+    prefill = PrefillWorker(WorkerConfig(engine=CONFIG, reaper_interval_s=0.02, metrics_port=0))
+    decode = DecodeWorker(WorkerConfig(engine=CONFIG, reaper_interval_s=0.02, metrics_port=0))
     clients = WorkerClients(await prefill.start("127.0.0.1"), await decode.start("127.0.0.1"))
     try:
         yield prefill, decode, clients
@@ -40,6 +41,12 @@ async def pair():
         await clients.close()
         await prefill.stop()
         await decode.stop()
+
+
+async def _scrape(port: int) -> str:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/metrics") as reply:
+            return await reply.text()
 
 
 async def load(clients: WorkerClients, which: str) -> worker_pb2.LoadReport:
@@ -61,6 +68,9 @@ async def test_disaggregated_tokens_equal_colocated(pair, transport, params) -> 
     assert prefill_load.kv_bytes_sent == decode_load.kv_bytes_received == 3 * page_bytes
     assert prefill_load.prompt_tokens_computed == len(PROMPT)
     assert decode_load.prompt_tokens_computed == 0
+    metrics = await _scrape(decode.metrics_port)
+    assert f'tandem_worker_kv_transfer_bytes_total{{direction="received"}} {float(3 * page_bytes)}' in metrics
+    assert 'tandem_worker_tokens_total{kind="prompt"} 0.0' in metrics
     # The same request run colocated on the decode worker gives the same tokens too.
     assert await clients.colocated("r-here", PROMPT, params) == expected
 
