@@ -1,22 +1,24 @@
-"""The gRPC transport's wire format: each `KVChunk.frame` is one msgpack map.
+"""The gRPC transport's wire format: each `KVChunk.frame` is one msgpack map, which a data frame
+follows with its raw payload.
 
     header  {"kind": "header", "request_id", "dtype", "page_shape", "num_tokens",
              "total_pages" (of the transfer), "first_page", "num_pages" (of this stream's stripe),
              "block_ids" (the stripe's blocks on the receiving side; may be empty),
              "checksum": "xxh3_64" | "crc32"}
-    data    {"kind": "data", "offset": byte offset in the concatenated pages, "data": bytes}
+    data    {"kind": "data", "offset": byte offset in the stripe's pages, "nbytes": n}, then n bytes
     end     {"kind": "end", "total_bytes", "checksums": [checksum of each page]}
 
 A transfer may be split into stripes of consecutive pages sent on parallel streams, each a
 complete header / data / end sequence. Data frames are at most `chunk_bytes` and may span page
 boundaries (small pages share a frame,
-large ones span several). Encoding skips protobuf's copy of the payload: a KVChunk with only
-field 1 set is exactly `0x0a, varint(len), frame`, so the bytes are the message's wire form and
-any protobuf client or server reads them."""
+large ones span several). The payload stays outside the msgpack map so that neither end copies
+it to (de)serialize: the receiver checksums and lands it straight from the message's buffer.
+Encoding also skips protobuf's copy: a KVChunk with only field 1 set is exactly
+`0x0a, varint(len), frame`, so the bytes are the message's wire form and any protobuf client or
+server reads them."""
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -57,9 +59,7 @@ def encode_header(run: PageRun, stripe: range | None = None, checksum: str = che
 def encode_data(offset: int, pieces: Sequence[memoryview]) -> bytes:
     """One data frame over pieces of consecutive pages; the payload is copied once, here."""
     size = sum(len(p) for p in pieces)
-    head = b"".join([b"\x83", msgpack.packb("kind"), msgpack.packb("data"),
-                     msgpack.packb("offset"), msgpack.packb(offset),
-                     msgpack.packb("data"), b"\xc6", struct.pack(">I", size)])
+    head = msgpack.packb({"kind": "data", "offset": offset, "nbytes": size})
     return _as_kvchunk([head, *pieces], len(head) + size)
 
 
@@ -86,13 +86,30 @@ def kvchunk_frame(wire: bytes) -> memoryview:
     return memoryview(worker_pb2.KVChunk.FromString(wire).frame)
 
 
+_DATA_HEAD_BYTES = 64     # a data frame's map is ~40 bytes; header and end maps may be longer
+
+
 def decode_frame(frame: memoryview) -> dict:
+    """The frame's map; a data frame's payload is under "data", a view of the frame (no copy)."""
     try:
-        msg = msgpack.unpackb(frame, raw=False)
-    except (ValueError, msgpack.UnpackException) as exc:
+        unpacker = msgpack.Unpacker(raw=False)
+        unpacker.feed(frame[:_DATA_HEAD_BYTES])
+        try:
+            msg = unpacker.unpack()
+        except msgpack.OutOfData:       # a long header or end map: all of it is msgpack
+            msg, end = msgpack.unpackb(frame, raw=False), len(frame)
+        else:
+            end = unpacker.tell()
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise KVTransferError(f"malformed frame: {exc}") from None
     if not isinstance(msg, dict) or msg.get("kind") not in ("header", "data", "end"):
         raise KVTransferError("malformed frame: not a header, data or end map")
+    if msg["kind"] == "data":
+        if msg.get("nbytes") != len(frame) - end:
+            raise KVTransferError(f"data frame announces {msg.get('nbytes')} bytes, carries {len(frame) - end}")
+        msg["data"] = frame[end:]
+    elif end != len(frame):
+        raise KVTransferError(f"malformed frame: {len(frame) - end} bytes after a {msg['kind']} map")
     return msg
 
 

@@ -68,11 +68,11 @@ class KVTransferService:
 
     @staticmethod
     def _land(inbox: PageInbox, checker: PageChecker, first_page: int, msg: dict) -> None:
-        data = msg.get("data")
-        if not isinstance(data, (bytes, bytearray)):
-            raise KVTransferError("data frame without bytes")
-        for page, offset, piece in checker.split(int(msg.get("offset", -1)), memoryview(data)):
-            inbox.write(first_page + page, offset, piece)
+        offset = msg.get("offset")
+        if not isinstance(offset, int):
+            raise KVTransferError("data frame without an integer offset")
+        for page, in_page, piece in checker.split(offset, msg["data"]):
+            inbox.write(first_page + page, in_page, piece)
 
 
 class KVTransferServer:

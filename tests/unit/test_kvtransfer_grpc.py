@@ -118,6 +118,7 @@ async def test_a_crc32_transfer_lands_too() -> None:
     ("drop_data", "truncated"),
     ("drop_end", "without an end frame"),
     ("garbage", "malformed frame"),
+    ("short_payload", "announces"),
 ])
 async def test_damaged_transfers_are_rejected_and_the_inbox_closed(damage, error) -> None:
     page_shape = (2, 2, 4, 2, 8)
@@ -132,8 +133,11 @@ async def test_damaged_transfers_are_rejected_and_the_inbox_closed(damage, error
             del messages[2]
         elif damage == "drop_end":
             del messages[-1]
-        else:
+        elif damage == "garbage":
             messages[1] = frames._as_kvchunk([b"\xc1\xc1"], 2)
+        else:
+            short = bytes(frames.kvchunk_frame(messages[1]))[:-10]
+            messages[1] = frames._as_kvchunk([short], len(short))
         ack = await push_raw(endpoint.address, messages)
         assert not ack.ok and error in ack.error
         with pytest.raises(KVTransferError):
