@@ -28,6 +28,8 @@ from services.worker.telemetry import WorkerTelemetry
 
 log = logging.getLogger("tandem.prefill")
 
+AFFINITY_SAMPLE = 4096      # block hashes per load report
+
 
 class PrefillWorker(worker_pb2_grpc.PrefillWorkerServicer):
     def __init__(self, config: WorkerConfig, engine: LLMEngine | None = None) -> None:
@@ -143,6 +145,9 @@ class PrefillWorker(worker_pb2_grpc.PrefillWorkerServicer):
             block_size=kv.block_size, num_blocks=kv.num_blocks, free_blocks=kv.num_free_blocks,
             running_requests=len(scheduler.running), waiting_requests=len(scheduler.waiting),
             queued_prompt_tokens=max(0, self.queued_prompt_tokens),
+            # The most recently cached blocks (a sample, bounded): for prefix-affinity routing.
+            cached_block_hashes=[wire.block_hash_to_wire(h)
+                                 for h in kv.cached_block_hashes()[-AFFINITY_SAMPLE:]],
             prompt_tokens_computed=self.prompt_counter.prompt_tokens,
             kv_bytes_sent=self.kv_bytes_sent,
             integrity_error=await integrity_error(self.loop) if request.check_integrity else "")

@@ -67,6 +67,7 @@ async def test_disaggregated_tokens_equal_colocated(pair, transport, params) -> 
     prefill_load, decode_load = await load(clients, "prefill"), await load(clients, "decode")
     assert prefill_load.kv_bytes_sent == decode_load.kv_bytes_received == 3 * page_bytes
     assert prefill_load.prompt_tokens_computed == len(PROMPT)
+    assert len(prefill_load.cached_block_hashes) == 2      # the prompt's two full blocks, for affinity
     assert decode_load.prompt_tokens_computed == 0
     metrics = await _scrape(decode.metrics_port)
     assert f'tandem_worker_kv_transfer_bytes_total{{direction="received"}} {float(3 * page_bytes)}' in metrics
