@@ -239,13 +239,14 @@ def bench_w8a16(bandwidth: float, do_sweep: bool) -> None:
         best = None
         if do_sweep:
             x = torch.randn(16, k, dtype=BF16, device="cuda")
-            candidates = [GemmLaunch(16, bn, bk, 4, 4, split_k=sk)
-                          for bn in (32, 64, 128) for bk in (128, 256, 512)
-                          for sk in ((1, 2) if n < 8192 else (1,)) if bn * bk <= 32768]
-            candidates += [GemmLaunch(16, 64, 128, 4, 3), GemmLaunch(16, 64, 256, 8, 4),
-                           GemmLaunch(16, 128, 128, 8, 4), GemmLaunch(16, 32, 256, 4, 3)]
-            candidates += [GemmLaunch(16, 64, 128, 4, 4, fp16_dot=False),
-                           GemmLaunch(16, 32, 256, 4, 4, split_k=2, fp16_dot=False)]
+            # Tile widths that spread the weight's columns evenly over the SMs (the stream is
+            # bound per SM: an SM with one more tile than its neighbours sets the time).
+            candidates = [GemmLaunch(16, bn, bk, wp, st, split_k=sk)
+                          for bn, bk, wp, st, sk in (
+                              (64, 128, 4, 4, 1), (32, 256, 4, 4, 2), (16, 512, 4, 4, 1),
+                              (16, 256, 4, 4, 1), (16, 1024, 4, 3, 1), (16, 512, 2, 4, 1),
+                              (16, 512, 4, 5, 1), (32, 256, 4, 4, 1), (32, 512, 4, 3, 1),
+                              (16, 512, 4, 4, 2), (16, 256, 2, 6, 1), (64, 128, 4, 5, 1))]
             reference = x @ w_bf16.t()
             best, best_ms = None, math.inf
             for launch in candidates:
@@ -277,11 +278,9 @@ def bench_w8a8(flops_ceiling: float, bandwidth: float, do_sweep: bool) -> None:
             if do_sweep and m == 256:
                 run = lambda cfg: int8_scaled_mm(xq, xs, w, scale, None, BF16, cfg)
                 candidates = [GemmLaunch(128, 128, 128, 8, 3), GemmLaunch(128, 64, 256, 4, 3),
-                              GemmLaunch(128, 128, 128, 8, 3, split_k=2),
-                              GemmLaunch(128, 64, 256, 4, 3, split_k=2),
-                              GemmLaunch(128, 128, 128, 8, 3, split_k=4),
-                              GemmLaunch(64, 128, 256, 4, 3, split_k=2),
-                              GemmLaunch(128, 256, 128, 8, 3), GemmLaunch(64, 64, 256, 4, 4)]
+                              GemmLaunch(128, 128, 64, 4, 4), GemmLaunch(64, 64, 512, 4, 3),
+                              GemmLaunch(128, 32, 256, 4, 4), GemmLaunch(64, 128, 256, 8, 3),
+                              GemmLaunch(128, 128, 128, 8, 2), GemmLaunch(128, 64, 128, 4, 5)]
                 found, _ = sweep(f"w8a8 M{m} {n}x{k}", candidates, run, run(launch))
                 launch = found or launch
             ours = time_ms(*[lambda w=w, s=s: kernels.w8a8_gemm(x, w, s, launch=launch)

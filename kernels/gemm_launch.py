@@ -22,9 +22,6 @@ class GemmLaunch:
     num_stages: int = 3
     split_k: int = 1          # >1: K is cut into slices whose partial sums meet by fp32 atomic adds
     group_m: int = 8          # row tiles that share a band of weight columns (L2 reuse)
-    # W8A16: multiply in fp16 with weights converted by integer operations instead of the
-    # int-to-float unit, whose rate limits a bandwidth-bound weight stream.
-    fp16_dot: bool = True
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "block_k"):

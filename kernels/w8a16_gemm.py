@@ -1,9 +1,9 @@
 """W8A16 GEMM: y = x @ (W * scale)^T + bias, with int8 weights W [N, K], one fp32 scale per
 output channel, and fp16/bf16 activations.
 
-The weights are dequantized inside the kernel (int8 -> fp16 in registers by integer operations,
-the scale applied once to the accumulator, since it is constant along K), so decode streams half
-the bytes of a bf16 weight. For decode's few rows the tile is 16 rows by a narrow band of columns with a
+The weights are dequantized inside the kernel (int8 -> activation dtype in registers, the scale
+applied once to the accumulator, since it is constant along K), so decode streams half the bytes
+of a bf16 weight. For decode's few rows the tile is 16 rows by a narrow band of columns with a
 long K step, so every SM keeps enough weight bytes in flight; split-K is there for weights with
 few output columns."""
 
@@ -42,20 +42,10 @@ def _tile_origin(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl
 
 
 @triton.jit
-def _int8_to_fp16(w):
-    """Exact int8 -> fp16 without the slow int-to-float conversion unit: the byte x + 128 is
-    placed in the mantissa of 1024.0 (0x6400; fp16 holds integers to 2048 exactly), so the
-    bits read as 1024 + (x + 128), and one subtraction leaves x."""
-    biased = (w.to(tl.uint8, bitcast=True) ^ 0x80).to(tl.uint16)
-    return (biased | 0x6400).to(tl.float16, bitcast=True) - 1152.0
-
-
-@triton.jit
 def _w8a16_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K,
                   stride_xm, stride_wn, stride_om,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, HAS_BIAS: tl.constexpr,
-                  FP16_DOT: tl.constexpr):
+                  SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, HAS_BIAS: tl.constexpr):
     m0, n0 = _tile_origin(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rm = m0 + tl.arange(0, BLOCK_M)
     rn = n0 + tl.arange(0, BLOCK_N)
@@ -72,12 +62,7 @@ def _w8a16_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K,
         k_mask = rk < k_end
         a = tl.load(x_rows + rk[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
         w = tl.load(w_cols + rk[:, None], mask=k_mask[:, None] & n_mask[None, :], other=0)
-        if FP16_DOT:
-            # bf16 activations are exact in fp16 (more mantissa; LLM activations stay far
-            # below fp16's 65504), and the small activation tile is cheap to convert.
-            acc += tl.dot(a.to(tl.float16), _int8_to_fp16(w))
-        else:
-            acc += tl.dot(a, w.to(a.dtype))
+        acc += tl.dot(a, w.to(a.dtype))
     acc *= tl.load(scale_ptr + rn, mask=n_mask, other=0.0)[None, :]
     if HAS_BIAS:
         if tl.program_id(1) == 0:
@@ -129,6 +114,5 @@ def w8a16_gemm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
         x.stride(0), weight.stride(0), acc.stride(0),
         BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, BLOCK_K=launch.block_k,
         SPLIT_K=launch.split_k, GROUP_M=launch.group_m, HAS_BIAS=bias is not None,
-        FP16_DOT=x.dtype != torch.float32 and launch.fp16_dot,
         num_warps=launch.num_warps, num_stages=launch.num_stages)
     return acc if acc.dtype == x.dtype else acc.to(x.dtype)

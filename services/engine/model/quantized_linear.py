@@ -1,0 +1,85 @@
+"""INT8 projections: the Projection contract of linear.py (shards, `load`), holding int8 weights
+[out, in] with one fp32 scale per output channel, multiplied through the INT8 kernels: W8A16
+(activations stay in the served dtype) or W8A8 (activations quantized per token at run time).
+
+A checkpoint written by `tandem quantize` declares its scheme in config.json's
+`quantization_config`; the loader puts it in ModelConfig.quantization, `linear.projection` then
+builds this class for every decoder projection, and the checkpoint's `*.weight` (int8) and
+`*.weight_scale` (fp32) tensors fill it by the usual names. Embeddings, norms and the LM head stay
+in the served dtype."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+import kernels
+from services.engine.errors import UnsupportedModelError
+
+SCHEMES = ("w8a16", "w8a8")
+QUANT_METHOD = "tandem-int8"
+# Checkpoint projections that are quantized (their HF names); everything else is kept as is.
+QUANTIZED_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                         "down_proj")
+
+
+def quantization_scheme(hf_config: dict[str, Any]) -> str | None:
+    """The scheme a checkpoint's config.json declares, None for an unquantized one."""
+    spec = hf_config.get("quantization_config")
+    if spec is None:
+        return None
+    if spec.get("quant_method") != QUANT_METHOD or spec.get("scheme") not in SCHEMES:
+        raise UnsupportedModelError(
+            f"quantization_config {spec!r} is not supported: expected quant_method "
+            f"{QUANT_METHOD!r} with scheme one of {SCHEMES} (write one with `tandem quantize`)")
+    return spec["scheme"]
+
+
+class Int8Linear(nn.Module):
+    """y = x (W * scale)^T + b with W int8. out_features is one size, or the sizes of the shards
+    (q|k|v, gate|up) laid end to end; each shard's weight and scale load separately."""
+
+    def __init__(self, in_features: int, out_features: int | Sequence[int], scheme: str,
+                 bias: bool = False, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        if scheme not in SCHEMES:
+            raise UnsupportedModelError(f"quantization must be one of {SCHEMES}, got {scheme!r}")
+        sizes = [out_features] if isinstance(out_features, int) else list(out_features)
+        self.scheme = scheme
+        self.in_features, self.out_features = in_features, sum(sizes)
+        self.shard_offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+        self.num_shards = len(sizes)
+        self.weight = nn.Parameter(torch.empty(self.out_features, in_features, dtype=torch.int8),
+                                   requires_grad=False)
+        self.weight_scale = nn.Parameter(torch.empty(self.out_features, dtype=torch.float32),
+                                         requires_grad=False)
+        self.bias = (nn.Parameter(torch.empty(self.out_features, dtype=dtype), requires_grad=False)
+                     if bias else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        gemm = kernels.w8a16_gemm if self.scheme == "w8a16" else kernels.w8a8_gemm
+        out = gemm(rows, self.weight, self.weight_scale, self.bias)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def load(self, param_name: str, tensor: torch.Tensor, shard: int = 0) -> None:
+        """Copy a checkpoint tensor into `weight`, `weight_scale` or `bias`, or one shard of it.
+        An unquantized weight (a float tensor) is refused: quantize the checkpoint first."""
+        param = getattr(self, param_name, None)
+        if not isinstance(param, nn.Parameter):
+            raise UnsupportedModelError(f"INT8 projection has no parameter {param_name!r}")
+        if param_name == "weight" and tensor.dtype != torch.int8:
+            raise UnsupportedModelError(f"weight shard {shard}: expected int8, got {tensor.dtype}")
+        start, end = self.shard_offsets[shard], self.shard_offsets[shard + 1]
+        target = param.data[start:end]
+        if tuple(tensor.shape) != tuple(target.shape):
+            raise UnsupportedModelError(f"{param_name} shard {shard}: checkpoint shape "
+                                        f"{tuple(tensor.shape)}, model expects {tuple(target.shape)}")
+        target.copy_(tensor)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, shards={self.num_shards}, scheme={self.scheme}")
