@@ -9,8 +9,9 @@ all counted against the gateway). The order alternates, prompts never share a pr
 the requests run one at a time, so neither path queues behind the other. Overhead = gateway TTFT
 minus direct TTFT, as a difference of percentiles and as percentiles of the paired differences.
 
-Then a concurrency phase opens N streams through the gateway at once and checks each one ends
-with all its tokens; the peak of the gateway's running-requests gauge is the number held at once.
+Then a concurrency phase opens N streams through the gateway (their starts spread over --ramp-s
+seconds, much less than a stream lasts) and checks each one ends with all its tokens; the peak of
+the gateway's running-requests gauge is the number it held at once.
 
     python -m benchmarks.gateway_overhead --requests 300 --streams 2000 --json /tmp/gw.json
 """
@@ -152,12 +153,17 @@ async def concurrency_phase(args, gateway_address: str, http_url: str) -> dict:
     async with grpc.aio.insecure_channel(gateway_address) as ch:
         stub = gen_grpc.GenerationStub(ch)
 
+        errors: dict[str, int] = {}
+
         async def one(i: int) -> int:
             n = 0
+            await asyncio.sleep(args.ramp_s * i / args.streams)
             try:
                 async for msg in stub.Generate(gen.GenerateRequest(text=f"stream {i} go", sampling=params)):
                     n += len(msg.token_ids)
-            except grpc.aio.AioRpcError:
+            except grpc.aio.AioRpcError as exc:
+                key = f"{exc.code().name}: {exc.details()}"
+                errors[key] = errors.get(key, 0) + 1
                 return -1
             return n
 
@@ -168,8 +174,8 @@ async def concurrency_phase(args, gateway_address: str, http_url: str) -> dict:
         done.set()
         await sampler
     complete = sum(1 for c in counts if c == args.stream_tokens)
-    return {"streams": args.streams, "tokens_each": args.stream_tokens, "complete": complete,
-            "failed": sum(1 for c in counts if c < 0), "peak_running_at_gateway": int(peak),
+    return {"streams": args.streams, "ramp_s": args.ramp_s, "tokens_each": args.stream_tokens, "complete": complete,
+            "failed": sum(1 for c in counts if c < 0), "errors": errors, "peak_running_at_gateway": int(peak),
             "seconds": round(elapsed, 2), "output_tokens_per_s": round(complete * args.stream_tokens / elapsed, 1)}
 
 
@@ -181,6 +187,7 @@ def main() -> int:
     p.add_argument("--max-tokens", type=int, default=4)
     p.add_argument("--streams", type=int, default=2000)
     p.add_argument("--stream-tokens", type=int, default=16)
+    p.add_argument("--ramp-s", type=float, default=2.0, help="stream starts spread over this long")
     p.add_argument("--num-blocks", type=int, default=16384)
     p.add_argument("--json", default=None)
     args = p.parse_args()

@@ -21,6 +21,13 @@ log = logging.getLogger(__name__)
 
 GENERATION_SERVICE = generation_pb2.DESCRIPTOR.services_by_name["Generation"].full_name
 
+# gRPC core cancels incoming calls beyond 1000 not yet picked up by the application (3000 hard):
+# a burst of new streams (thousands of clients connecting at once) must queue, not fail.
+# Admission control, not the transport, decides who is refused.
+SERVER_OPTIONS = (("grpc.server.max_pending_requests", 1 << 16),
+                  ("grpc.server.max_pending_requests_hard_limit", 1 << 16),
+                  ("grpc.so_reuseport", 0))
+
 
 def api_key_from_metadata(metadata) -> str | None:
     """`authorization: Bearer KEY` (as HTTP) or `x-api-key: KEY`."""
@@ -81,7 +88,7 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
 
 async def start_grpc_server(service: GenerationService, host: str, port: int) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A started server, the port it bound, and its health servicer (set NOT_SERVING on stop)."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(options=SERVER_OPTIONS)
     generation_pb2_grpc.add_GenerationServicer_to_server(GenerationServicer(service), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
