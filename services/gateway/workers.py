@@ -18,6 +18,7 @@ from services.rpc.tandem.v1 import worker_pb2, worker_pb2_grpc
 log = logging.getLogger(__name__)
 
 _NOT_CONFIRMED = math.inf
+_SLOW_POLLS_DOWN = 3
 
 
 @dataclass
@@ -36,6 +37,7 @@ class WorkerHandle:
     stub: object
     report: worker_pb2.LoadReport | None = None
     healthy: bool = False
+    failed_polls: int = 0
     # A colocated worker takes a request's blocks as it generates, not at Reserve: its bookings
     # stay for the request's life and count what the request will still grow into.
     keeps_bookings: bool = False
@@ -97,6 +99,7 @@ class WorkerHandle:
         blocks: it leaves the ledger."""
         self.report = report
         self.healthy = True
+        self.failed_polls = 0
         if self.keeps_bookings:
             return
         for rid in [rid for rid, b in self.bookings.items() if b.confirmed_at <= poll_started_at]:
@@ -162,9 +165,13 @@ class WorkerPool:
         try:
             report = await worker.stub.Load(worker_pb2.LoadRequest(), timeout=self._rpc_timeout_s)
         except grpc.aio.AioRpcError as exc:
-            if worker.healthy:
+            worker.failed_polls += 1
+            # Refused connection: the worker is gone. A slow answer may be a busy worker (its loop
+            # behind a long step): only several in a row take it out of routing.
+            gone = exc.code() == grpc.StatusCode.UNAVAILABLE or worker.failed_polls >= _SLOW_POLLS_DOWN
+            if gone and worker.healthy:
                 log.warning("worker %s stopped answering: %s", worker.address, exc.code().name)
-            worker.healthy = False
+                worker.healthy = False
             return
         worker.apply_report(report, started)
 
