@@ -1,12 +1,13 @@
 """KV page transfer throughput: the gRPC transport on loopback (sender and receiver in separate
-processes, as prefill and decode run) and the local transport (same process), against a plain
-copy of the same bytes measured in the same run.
+processes, as prefill and decode run) and the local transport (same process). Baselines from the
+same run: gRPC's own ceiling (the same bytes as ready-made messages, on the same number of
+streams, that the receiver only counts) and a plain copy of the bytes.
 
     python -m benchmarks.kv_transfer [--page-mib 2] [--pages 64] [--repeats 5] [--json out.json]
 
 Pages default to a Llama-3.1-8B bf16 page (32 layers x K/V x 16 tokens x 8 heads x 128 = 2 MiB),
 64 of them per transfer (a 1024-token prompt). The receiving process lands every page into a
-preallocated pool and checks each page's crc32, exactly as a decode worker does."""
+preallocated pool and checks each page's checksum (xxh3_64), exactly as a decode worker does."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import torch
 
 from services.kvtransfer import (KVReceiver, KVTransferServer, KVTransports, LocalEndpoints,
-                                 PageRun, TransferConfig)
+                                 PageRun, TransferConfig, channel_options)
 
 LAYERS, HEADS, HEAD_DIM, BLOCK = 32, 8, 128, 16
 
@@ -34,11 +37,46 @@ def page_shape(page_mib: float) -> tuple[int, ...]:
 
 
 # --- the receiving process -----------------------------------------------------------------------
+def _discard(messages, context) -> bytes:
+    return sum(len(m) for m in messages).to_bytes(8, "little")
+
+
+def _raw_server(config: TransferConfig) -> tuple[grpc.Server, int]:
+    """The ceiling: a stream of ready-made messages that the server only counts."""
+    server = grpc.server(ThreadPoolExecutor(16), options=channel_options(config))
+    handler = grpc.stream_unary_rpc_method_handler(_discard, request_deserializer=bytes,
+                                                   response_serializer=bytes)
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Raw", {"Push": handler})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
+
+
+def _raw_seconds(port: int, config: TransferConfig, nbytes: int, repeats: int) -> list[float]:
+    options = channel_options(config) + [("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.insecure_channel(f"127.0.0.1:{port}", options=options) for _ in range(config.streams)]
+    pushes = [c.stream_unary("/bench.Raw/Push", request_serializer=bytes, response_deserializer=bytes)
+              for c in channels]
+    message = os.urandom(config.chunk_bytes)
+    per_stream = nbytes // config.chunk_bytes // config.streams
+    seconds = []
+    with ThreadPoolExecutor(config.streams) as pool:
+        for i in range(repeats + 1):
+            start = time.perf_counter()
+            list(pool.map(lambda push: push(iter([message] * per_stream)), pushes))
+            if i:
+                seconds.append(time.perf_counter() - start)
+    for channel in channels:
+        channel.close()
+    return seconds
+
+
 def _receive(shape: tuple[int, ...], num_pages: int, config: TransferConfig) -> None:
     pool = torch.zeros((num_pages, *shape), dtype=torch.bfloat16)
     receiver = KVReceiver(pool, BLOCK)
     server = KVTransferServer(receiver, config)
-    print(f"PORT {server.start('127.0.0.1', 0)}", flush=True)
+    raw, raw_port = _raw_server(config)
+    print(f"PORT {server.start('127.0.0.1', 0)} {raw_port}", flush=True)
     # The parent drives the receiver over stdin: "expect <id>" opens an inbox, "done <id>" closes it.
     while line := sys.stdin.readline().strip():
         verb, request_id = line.split()
@@ -49,6 +87,7 @@ def _receive(shape: tuple[int, ...], num_pages: int, config: TransferConfig) -> 
             assert inbox is not None and inbox.landed.result() > 0
         print("ok", flush=True)
     server.stop(None)
+    raw.stop(None)
 
 
 # --- the sending side ----------------------------------------------------------------------------
@@ -58,7 +97,8 @@ class RemoteReceiver:
             [sys.executable, "-m", "benchmarks.kv_transfer", "--receive", "--page-mib", str(args.page_mib),
              "--pages", str(args.pages), "--chunk-mib", str(args.chunk_mib), "--streams", str(args.streams)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.address = f"127.0.0.1:{self.proc.stdout.readline().split()[1]}"
+        _, port, raw_port = self.proc.stdout.readline().split()
+        self.address, self.raw_port = f"127.0.0.1:{port}", int(raw_port)
 
     def say(self, verb: str, request_id: str) -> None:
         self.proc.stdin.write(f"{verb} {request_id}\n")
@@ -111,6 +151,8 @@ async def run(args: argparse.Namespace) -> dict:
         secs = await _timed_transfers(transports, remote.address, "grpc", src, args.repeats,
                                       lambda r: remote.say("expect", r), lambda r: remote.say("done", r))
         results["grpc"] = _summary(nbytes, secs)
+        raw = await asyncio.to_thread(_raw_seconds, remote.raw_port, config, nbytes, args.repeats)
+        results["grpc_ceiling_prebuilt_messages"] = _summary(nbytes, raw)
     finally:
         remote.close()
     local_pool = torch.zeros_like(src)
@@ -143,7 +185,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--page-mib", type=float, default=2.0)
     p.add_argument("--pages", type=int, default=64)
-    p.add_argument("--chunk-mib", type=float, default=4.0)
+    p.add_argument("--chunk-mib", type=float, default=TransferConfig().chunk_bytes / 2**20)
     p.add_argument("--streams", type=int, default=TransferConfig().streams)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", default=None)

@@ -23,11 +23,16 @@ from services.kvtransfer.transport import KVSender, TransferConfig, TransferRece
 from services.rpc.tandem.v1 import worker_pb2
 
 PUSH_PAGES = "/tandem.v1.KVTransfer/PushPages"
+_MAX_HTTP2_FRAME = 2**24 - 1        # the largest frame HTTP/2 allows
 
 
 def channel_options(config: TransferConfig) -> list[tuple[str, int]]:
+    """Both ends: messages of a chunk; a flow-control window and HTTP/2 frames large enough that
+    a chunk streams without waiting for window updates or being cut into 16 KiB frames."""
     return [("grpc.max_send_message_length", config.max_message_bytes),
-            ("grpc.max_receive_message_length", config.max_message_bytes)]
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.http2.lookahead_bytes", config.window_bytes),
+            ("grpc.http2.max_frame_size", _MAX_HTTP2_FRAME)]
 
 
 def _identity(wire: bytes) -> bytes:

@@ -22,17 +22,20 @@ class TransferConfig:
     """How pages travel. `chunk_bytes` bounds one gRPC message (max message size is set from it
     explicitly on both ends); at most `max_inflight_chunks` encoded chunks wait for the wire."""
 
-    chunk_bytes: int = 4 * 2**20
-    max_inflight_chunks: int = 4
-    streams: int = 4                        # parallel streams (connections) per transfer
+    # Measured best on a 16-core host (benchmarks/RESULTS.md, "KV transfer"): more streams or
+    # larger chunks only add contention for the GIL-held copies in gRPC's Python layer.
+    chunk_bytes: int = 2**20
+    max_inflight_chunks: int = 8
+    streams: int = 2                        # parallel streams (connections) per transfer
     min_stripe_bytes: int = 8 * 2**20       # smaller transfers use fewer streams
     max_concurrent_streams: int = 64        # receiving side: streams landing at once
+    window_bytes: int = 64 * 2**20          # HTTP/2 flow-control window per stream
     timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not 64 * 2**10 <= self.chunk_bytes <= 64 * 2**20:
             raise ConfigError(f"chunk_bytes must be in [64 KiB, 64 MiB], got {self.chunk_bytes}")
-        for name in ("streams", "min_stripe_bytes", "max_concurrent_streams"):
+        for name in ("streams", "min_stripe_bytes", "max_concurrent_streams", "window_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_inflight_chunks < 1:
