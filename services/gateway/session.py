@@ -32,6 +32,7 @@ from services.rpc.tandem.v1 import worker_pb2
 from services.telemetry.metrics import GatewayMetrics
 
 _CANCEL_TIMEOUT_S = 5.0
+_DEADLINE_SLACK_S = 0.05   # gRPC's deadline clock and ours differ by a little
 
 
 @dataclass
@@ -75,7 +76,7 @@ class WorkerSession:
                                 return
                     raise WorkerUnavailableError(f"worker stream for {req.request_id} ended early")
                 except grpc.aio.AioRpcError as exc:
-                    if time.monotonic() >= req.deadline:
+                    if time.monotonic() >= req.deadline - _DEADLINE_SLACK_S:
                         raise RequestTimeoutError(f"request timed out ({req.request_id})") from None
                     failed = attempt.calling
                     if streamed or not is_retryable(exc):

@@ -1,0 +1,72 @@
+"""Deadlines, authentication over HTTP, a prefill worker that dies (the request moves to another
+one), and prefix-cache affinity across prefill workers."""
+
+import asyncio
+
+import aiohttp
+import grpc
+import pytest
+
+from services.rpc.tandem.v1 import generation_pb2 as gen
+from services.rpc.tandem.v1 import generation_pb2_grpc as gen_grpc
+from tests.helpers.gateway_cluster import gateway_cluster
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def generate(address, request):
+    async with grpc.aio.insecure_channel(address) as ch:
+        return [m async for m in gen_grpc.GenerationStub(ch).Generate(request)]
+
+
+async def test_request_past_its_deadline_is_cancelled_everywhere():
+    async with gateway_cluster("disaggregated", request_timeout_s=0.5) as c:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await generate(c.gateway.grpc_address, gen.GenerateRequest(
+                text="slow", sampling=gen.SamplingParams(max_tokens=4000, ignore_eos=True)))
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert await c.blocks_all_free(within_s=1.0), c.free_blocks()
+
+
+async def test_http_api_keys():
+    async with gateway_cluster("colocated", api_keys=("sk-1",)) as c:
+        url = c.gateway.http_url + "/v1/completions"
+        async with aiohttp.ClientSession() as s:
+            for headers in ({}, {"Authorization": "Bearer nope"}):
+                async with s.post(url, json={"prompt": "x", "max_tokens": 2}, headers=headers) as r:
+                    assert r.status == 401
+                    assert (await r.json())["error"]["type"] == "authentication_error"
+            async with s.post(url, json={"prompt": "x", "max_tokens": 2},
+                              headers={"Authorization": "Bearer sk-1"}) as r:
+                assert r.status == 200
+            async with s.get(c.gateway.http_url + "/v1/models") as r:
+                assert r.status == 401
+
+
+async def test_dead_prefill_worker_is_routed_around():
+    async with gateway_cluster("disaggregated", num_prefill=2) as c:
+        await asyncio.to_thread(c.prefill[0].stop)       # the one routing would pick first
+        for i in range(3):
+            msgs = await generate(c.gateway.grpc_address, gen.GenerateRequest(
+                text=f"still served {i}", sampling=gen.SamplingParams(max_tokens=4, ignore_eos=True)))
+            assert msgs[-1].usage.completion_tokens == 4
+        c.prefill.pop(0)
+        assert await c.blocks_all_free(), c.free_blocks()
+
+
+async def test_prompt_sharing_a_prefix_goes_to_the_prefill_worker_that_caches_it():
+    async with gateway_cluster("disaggregated", num_prefill=2) as c:
+        pool = c.gateway.pool
+        prefix = "in the beginning there was the token, and the token was in the stream " * 2
+        # Make the first worker look busy so the prefix lands on the second one.
+        pool.prefill[0].inflight_prompt_tokens["busy"] = 10_000
+        await generate(c.gateway.grpc_address, gen.GenerateRequest(
+            text=prefix + "one", sampling=gen.SamplingParams(max_tokens=2)))
+        del pool.prefill[0].inflight_prompt_tokens["busy"]
+        await asyncio.sleep(0.2)                          # a load report carries the cached hashes
+        assert pool.prefill[1].cached_block_hashes and not pool.prefill[0].cached_block_hashes
+        msgs = await generate(c.gateway.grpc_address, gen.GenerateRequest(
+            text=prefix + "two", sampling=gen.SamplingParams(max_tokens=2)))
+        assert msgs[-1].usage.cached_prompt_tokens >= 16
+        assert not pool.prefill[0].cached_block_hashes    # the idle first worker was not used
+        assert await c.blocks_all_free(), c.free_blocks()
