@@ -4,7 +4,7 @@ What changes the best tile is the number of rows M (decode's 1-16 rows are a wei
 by bandwidth; prefill's hundreds of rows are bound by the tensor cores), then the weight's shape
 (how many output tiles there are to spread over the SMs, how long each K loop is). So a config is
 looked up by (kernel, M bucket, N, K), with a per-bucket default for shapes not in the table.
-The entries were chosen by the sweep in benchmarks/kernels.py on H100/H200."""
+The entries were chosen by the sweeps of benchmarks/kernels.py on an H200 (2026-11-26)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def m_bucket(m: int) -> int:
 
 
 _W8A16_DEFAULTS = {
-    16: GemmLaunch(16, 64, 128, num_warps=4, num_stages=4),
+    16: GemmLaunch(16, 64, 128, num_warps=4, num_stages=5),
     64: GemmLaunch(64, 64, 128, num_warps=4, num_stages=4),
     256: GemmLaunch(128, 128, 64, num_warps=8, num_stages=3),
     257: GemmLaunch(128, 128, 64, num_warps=8, num_stages=3),
@@ -57,10 +57,10 @@ _W8A8_DEFAULTS = {
 
 # (kernel, M bucket, N, K) -> launch; Llama-3.1-8B projections first.
 GEMM_LAUNCHES: dict[tuple[str, int, int, int], GemmLaunch] = {
-    ("w8a16", 16, 14336, 4096): GemmLaunch(16, 64, 128, num_warps=4, num_stages=4),
+    ("w8a16", 16, 14336, 4096): GemmLaunch(16, 64, 128, num_warps=4, num_stages=5),
     ("w8a16", 16, 4096, 14336): GemmLaunch(16, 32, 256, num_warps=4, num_stages=4, split_k=2),
     # Few output tiles with a long K: narrower tiles keep more SMs busy.
-    ("w8a8", 256, 4096, 14336): GemmLaunch(128, 64, 256, num_warps=4, num_stages=3),
+    ("w8a8", 256, 4096, 14336): GemmLaunch(64, 128, 256, num_warps=8, num_stages=3),
 }
 
 

@@ -49,7 +49,7 @@ class DecodeLaunch:
                                       f"must be a multiple of block_n ({self.block_n}), got {self.partition}")
 
 
-# Best launch per head dim, measured on H100/H200 by benchmarks/kernels.py (bf16, GQA 32/8).
+# Best launch per head dim, from the sweep of benchmarks/kernels.py on an H200 (bf16, GQA 32/8).
 DECODE_LAUNCHES: dict[int, DecodeLaunch] = {
     64: DecodeLaunch(block_n=64, partition=1024, num_warps=4, num_stages=3),
     128: DecodeLaunch(block_n=64, partition=1024, num_warps=4, num_stages=3),

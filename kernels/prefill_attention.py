@@ -68,7 +68,7 @@ class PrefillLaunch:
                 raise KernelArgumentError(f"launch.{name}", f"must be a power of two >= 16, got {size}")
 
 
-# Best launch per head dim, measured on H100/H200 by benchmarks/kernels.py (bf16, causal 8 x 2k).
+# Best launch per head dim, from the sweep of benchmarks/kernels.py on an H200 (bf16, causal 8 x 2k).
 PREFILL_LAUNCHES: dict[int, PrefillLaunch] = {
     64: PrefillLaunch(block_m=128, block_n=64, num_warps=4, num_stages=3),
     128: PrefillLaunch(block_m=128, block_n=128, num_warps=8, num_stages=3),
