@@ -4,6 +4,7 @@ front ends only translate their wire formats to and from these calls."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
@@ -116,7 +117,7 @@ class GenerationService:
                     if reason is not None:
                         outcome = reason
                         break
-        except GeneratorExit:
+        except (GeneratorExit, asyncio.CancelledError):
             outcome = "cancelled"
             raise
         finally:
