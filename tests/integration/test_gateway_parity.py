@@ -1,8 +1,10 @@
 """Disaggregated serving is token-identical to colocated serving through the gateway: greedy and
-seeded sampling, through the gRPC API and the HTTP API, over both KV transports. Every scenario
+seeded sampling, through the gRPC API and the HTTP API (completions, streamed chat), over both KV
+transports. Every scenario
 ends with every block free on every worker."""
 
 import asyncio
+import json
 
 import aiohttp
 import grpc
@@ -43,6 +45,22 @@ async def http_tokens(url: str, prompt: str, sampling: dict) -> tuple[list[str],
     return choice["logprobs"]["tokens"], choice["text"], choice["finish_reason"]
 
 
+async def http_chat_stream_tokens(url: str, prompt: str, sampling: dict) -> tuple[list[str], str, str]:
+    body = {"messages": [{"role": "user", "content": prompt}], "logprobs": True, "stream": True, **sampling}
+    tokens, text, reason = [], "", None
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{url}/v1/chat/completions", json=body) as resp:
+            assert resp.status == 200, await resp.text()
+            async for line in resp.content:
+                if not line.startswith(b"data: {"):
+                    continue
+                choice = json.loads(line[6:])["choices"][0]
+                tokens += [t["token"] for t in choice["logprobs"]["content"]]
+                text += choice["delta"].get("content", "")
+                reason = choice["finish_reason"] or reason
+    return tokens, text, reason
+
+
 async def run_all(cluster) -> dict:
     gw = cluster.gateway
     jobs = {}
@@ -50,6 +68,7 @@ async def run_all(cluster) -> dict:
         for i, prompt in enumerate(PROMPTS):
             jobs[("grpc", name, i)] = grpc_tokens(gw.grpc_address, prompt, sampling)
             jobs[("http", name, i)] = http_tokens(gw.http_url, prompt, sampling)
+            jobs[("chat", name, i)] = http_chat_stream_tokens(gw.http_url, prompt, sampling)
     results = dict(zip(jobs, await asyncio.gather(*jobs.values())))
     assert await cluster.blocks_all_free(), cluster.free_blocks()
     return results
