@@ -28,7 +28,7 @@ class RequestRecord:
     warmup: bool = False
     scheduled: float = 0.0          # when the load pattern wanted it sent
     sent: float | None = None       # when it left (sent - scheduled = queued); None: never sent
-    end: float = 0.0                # when the stream ended, failed or was abandoned
+    end: float = 0.0                # arrival of the stream's last event; else when it failed / was abandoned
     chunk_times: list[float] = field(default_factory=list)   # arrival of each content-bearing chunk
     chunk_tokens: list[int] = field(default_factory=list)    # tokens in each chunk, when the protocol says
     text_parts: list[str] = field(default_factory=list)

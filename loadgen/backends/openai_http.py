@@ -39,10 +39,10 @@ class OpenAIBackend(Backend):
             headers["Authorization"] = f"Bearer {self.config.api_key}"
         # limit=0: the connector must never cap concurrency below what the load asks for.
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, keepalive_timeout=60)
-        # The send time is taken when the request's headers reach the socket, so the client's own
-        # request-building time shows as queueing (record.sent - record.scheduled), not as TTFT.
+        # The send time is taken when the request's body has been written to the socket, so the
+        # client's own request building shows as queueing (sent - scheduled), not as TTFT.
         trace = aiohttp.TraceConfig()
-        trace.on_request_headers_sent.append(_mark_sent)
+        trace.on_request_chunk_sent.append(_mark_sent)
         self._session = aiohttp.ClientSession(connector=connector, headers=headers, trace_configs=[trace],
                                               timeout=aiohttp.ClientTimeout(total=None),
                                               auto_decompress=False)
@@ -108,6 +108,7 @@ class OpenAIBackend(Backend):
     def _on_event(self, payload: str, now: float, record: RequestRecord) -> bool:
         """Returns True at the end-of-stream marker."""
         if payload == "[DONE]":
+            record.end = now                   # the stream is complete when its last event arrives
             return True
         try:
             event = json.loads(payload)

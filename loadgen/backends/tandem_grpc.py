@@ -75,6 +75,7 @@ class TandemGrpcBackend(Backend):
                     record.text_parts.append(message.text)
                 if message.finish_reason:
                     record.finish_reason = _FINISH.get(message.finish_reason, "unspecified")
+                    record.end = now                   # the last message: the stream is complete
                 if message.HasField("usage"):
                     record.server_prompt_tokens = message.usage.prompt_tokens
                     record.server_output_tokens = message.usage.completion_tokens

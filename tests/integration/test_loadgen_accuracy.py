@@ -27,35 +27,41 @@ def target():
         yield t
 
 
-def run(target, kind: str, concurrency: int, rounds: int):
+def run(target, kind: str, concurrency: int, rounds: int, itl_ms: float = ITL_MS):
     counter = ApproximateCounter()
-    # Output lengths 4..12 tokens; a ramp-up puts the streams out of phase, as real users are.
-    requests = load_requests(DatasetSpec(random_input_len=16, random_output_len=8, random_range_ratio=0.5),
+    # Output lengths 6..10 tokens, and slots that start spread over one request's length: streams
+    # out of phase, as independent users are, instead of a herd that starts every round at once.
+    requests = load_requests(DatasetSpec(random_input_len=16, random_output_len=8, random_range_ratio=0.25),
                              (rounds + 1) * concurrency, counter)
     url = target.grpc_address if kind == "tandem" else target.http_url
     spec = LoadSpec(max_concurrency=concurrency, num_prompts=rounds * concurrency, warmup_requests=concurrency,
-                    ramp_up_s=1.0, request_timeout_s=30.0)
+                    ramp_up_s=(TTFT_MS + 7 * itl_ms) / 1e3, request_timeout_s=30.0)
     outcome = execute(BackendConfig(kind, url), requests, spec, show_progress=False)
     count_client_tokens(outcome.records, counter)
-    return outcome.records, summarize_run(outcome.records, (50.0, 99.0))
+    s = summarize_run(outcome.records, (50.0, 99.0))
+    s["target_emission"] = target.emission_stats()
+    return outcome.records, s
 
 
 def check_accuracy(records, s, concurrency, rounds, itl_ms=ITL_MS):
     assert s["completed"] == rounds * concurrency and s["failed"] == 0
     assert s["max_concurrency_observed"] == concurrency          # never silently capped
-    assert abs(s["median_ttft_ms"] - TTFT_MS) < TOLERANCE_MS, s["median_ttft_ms"]
-    assert abs(s["median_itl_ms"] - itl_ms) < TOLERANCE_MS, s["median_itl_ms"]
-    assert abs(s["mean_itl_ms"] - itl_ms) < TOLERANCE_MS, s["mean_itl_ms"]
+    # On failure the message shows how late the target itself was: on an oversubscribed machine
+    # the target's lateness, not the client's, is what breaks the bound.
+    context = f"target's own lateness: {s['target_emission']}"
+    assert abs(s["median_ttft_ms"] - TTFT_MS) < TOLERANCE_MS, (s["median_ttft_ms"], context)
+    assert abs(s["median_itl_ms"] - itl_ms) < TOLERANCE_MS, (s["median_itl_ms"], context)
+    assert abs(s["mean_itl_ms"] - itl_ms) < TOLERANCE_MS, (s["mean_itl_ms"], context)
     done = [r for r in records if r.ok and not r.warmup]
     e2e_error = [request_times(r).e2el - (TTFT_MS + (r.output_tokens - 1) * itl_ms) for r in done]
-    assert abs(float(np.median(e2e_error))) < TOLERANCE_MS, np.median(e2e_error)
+    assert abs(float(np.median(e2e_error))) < TOLERANCE_MS, (np.median(e2e_error), context)
     assert s["output_token_mismatches"] == 0 and s["prompt_token_mismatches"] == 0
 
 
 @pytest.mark.slow
 def test_openai_http_accuracy_at_1000_streams():
     with TargetProcess(ttft_ms=TTFT_MS, itl_ms=WIDE_ITL_MS) as wide:
-        records, s = run(wide, "openai", concurrency=1000, rounds=1)
+        records, s = run(wide, "openai", concurrency=1000, rounds=1, itl_ms=WIDE_ITL_MS)
     check_accuracy(records, s, 1000, 1, WIDE_ITL_MS)
 
 

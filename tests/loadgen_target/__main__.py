@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import itertools
 import json
 import signal
@@ -12,10 +13,10 @@ import sys
 
 from aiohttp import web
 
-from tests.loadgen_target.behaviour import TargetBehaviour
+from tests.loadgen_target.behaviour import EmissionLog, TargetBehaviour
 from tests.loadgen_target.grpc_server import build_grpc_server
 from tests.loadgen_target.http_server import build_app
-from tests.loadgen_target.precise_loop import run_precise
+from tests.loadgen_target.precise_loop import run_precise, tighten_timer_slack
 
 
 def parse_behaviour(argv: list[str]) -> tuple[TargetBehaviour, str]:
@@ -38,13 +39,16 @@ def parse_behaviour(argv: list[str]) -> tuple[TargetBehaviour, str]:
 
 
 async def serve(behaviour: TargetBehaviour) -> None:
-    counter = itertools.count(1)
-    runner = web.AppRunner(build_app(behaviour, counter), access_log=None, handle_signals=False)
+    # No full collections mid-test: a gen-2 pass over many connections would delay tokens.
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 1_000)
+    counter, log = itertools.count(1), EmissionLog()
+    runner = web.AppRunner(build_app(behaviour, counter, log), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
     await site.start()
     http_port = site._server.sockets[0].getsockname()[1]
-    grpc_server = build_grpc_server(behaviour, counter)
+    grpc_server = build_grpc_server(behaviour, counter, log)
     grpc_port = grpc_server.add_insecure_port("127.0.0.1:0")
     await grpc_server.start()
     print(json.dumps({"http_port": http_port, "grpc_port": grpc_port}), flush=True)
@@ -61,6 +65,7 @@ def main(argv: list[str]) -> None:
     behaviour, loop = parse_behaviour(argv)
     if loop == "uvloop":
         import uvloop
+        tighten_timer_slack()
         uvloop.run(serve(behaviour))
     elif loop == "asyncio":
         asyncio.run(serve(behaviour))

@@ -59,3 +59,22 @@ class TargetBehaviour:
 def prompt_tokens(text: str) -> int:
     """The target's own 'tokenizer': one token per whitespace-separated word."""
     return len(text.split())
+
+
+class EmissionLog:
+    """How late the target wrote each token against its schedule (both protocols): the target's
+    own accuracy, so a test can tell the target's lateness from the client's."""
+
+    def __init__(self) -> None:
+        self.first_token_late_s: list[float] = []
+        self.token_late_s: list[float] = []
+
+    def wrote(self, k: int, scheduled: float, written: float) -> None:
+        (self.first_token_late_s if k == 0 else self.token_late_s).append(written - scheduled)
+
+    def summary(self) -> dict:
+        def median_ms(values: list[float]) -> float | None:
+            return sorted(values)[len(values) // 2] * 1e3 if values else None
+        return {"tokens": len(self.first_token_late_s) + len(self.token_late_s),
+                "median_first_token_late_ms": median_ms(self.first_token_late_s),
+                "median_token_late_ms": median_ms(self.token_late_s)}

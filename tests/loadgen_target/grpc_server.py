@@ -10,7 +10,7 @@ import grpc
 
 from services.rpc.tandem.v1 import generation_pb2 as pb
 from services.rpc.tandem.v1 import generation_pb2_grpc as pb_grpc
-from tests.loadgen_target.behaviour import Fate, TargetBehaviour, prompt_tokens
+from tests.loadgen_target.behaviour import EmissionLog, Fate, TargetBehaviour, prompt_tokens
 from tests.loadgen_target.http_server import TOKEN_TEXT, sleep_until
 
 _STATUS_FOR_HTTP = {429: grpc.StatusCode.RESOURCE_EXHAUSTED, 503: grpc.StatusCode.UNAVAILABLE,
@@ -18,9 +18,10 @@ _STATUS_FOR_HTTP = {429: grpc.StatusCode.RESOURCE_EXHAUSTED, 503: grpc.StatusCod
 
 
 class TargetGeneration(pb_grpc.GenerationServicer):
-    def __init__(self, behaviour: TargetBehaviour, counter: itertools.count) -> None:
+    def __init__(self, behaviour: TargetBehaviour, counter: itertools.count, log: EmissionLog) -> None:
         self.behaviour = behaviour
         self.counter = counter
+        self.log = log
 
     async def Generate(self, request, context):
         arrival = perf_counter()
@@ -35,13 +36,15 @@ class TargetGeneration(pb_grpc.GenerationServicer):
                 await asyncio.sleep(3600)      # cancelled when the client gives up
             if fate is Fate.CLOSE and k == b.close_after:
                 return                         # stream ends OK but without finish_reason / usage
-            await sleep_until(b.token_time(arrival, k))
             message = pb.GenerateResponse(token_ids=[k % 256], text=TOKEN_TEXT)
             if k == n - 1:
                 message.finish_reason = pb.FINISH_REASON_LENGTH
                 message.usage.prompt_tokens = prompt_tokens(request.text)
                 message.usage.completion_tokens = n
+            due = b.token_time(arrival, k)
+            await sleep_until(due)
             yield message
+            self.log.wrote(k, due, perf_counter())
 
     async def _authenticate(self, context) -> None:
         key = self.behaviour.api_key
@@ -53,7 +56,7 @@ class TargetGeneration(pb_grpc.GenerationServicer):
         return pb.ListModelsResponse(models=[pb.ModelInfo(id=self.behaviour.model, max_model_len=1 << 20)])
 
 
-def build_grpc_server(behaviour: TargetBehaviour, counter: itertools.count) -> grpc.aio.Server:
+def build_grpc_server(behaviour: TargetBehaviour, counter: itertools.count, log: EmissionLog) -> grpc.aio.Server:
     server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 1 << 20)])
-    pb_grpc.add_GenerationServicer_to_server(TargetGeneration(behaviour, counter), server)
+    pb_grpc.add_GenerationServicer_to_server(TargetGeneration(behaviour, counter, log), server)
     return server

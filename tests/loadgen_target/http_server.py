@@ -10,7 +10,7 @@ from time import perf_counter
 
 from aiohttp import web
 
-from tests.loadgen_target.behaviour import Fate, TargetBehaviour, prompt_tokens
+from tests.loadgen_target.behaviour import EmissionLog, Fate, TargetBehaviour, prompt_tokens
 
 TOKEN_TEXT = " tok"
 
@@ -21,12 +21,15 @@ async def sleep_until(when: float) -> None:
         await asyncio.sleep(delay)
 
 
-def build_app(behaviour: TargetBehaviour, counter: itertools.count) -> web.Application:
+def build_app(behaviour: TargetBehaviour, counter: itertools.count, log: EmissionLog) -> web.Application:
     async def health(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     def unauthorized(request: web.Request) -> bool:
         return bool(behaviour.api_key) and request.headers.get("Authorization") != f"Bearer {behaviour.api_key}"
+
+    async def stats(_request: web.Request) -> web.Response:
+        return web.json_response(log.summary())
 
     async def models(request: web.Request) -> web.Response:
         if unauthorized(request):
@@ -67,11 +70,14 @@ def build_app(behaviour: TargetBehaviour, counter: itertools.count) -> web.Appli
             if fate is Fate.CLOSE and k == behaviour.close_after:
                 request.transport.close()
                 return
-            await sleep_until(behaviour.token_time(arrival, k))
             finish = "length" if k == n - 1 else None
             choice = ({"index": 0, "delta": {"content": TOKEN_TEXT}, "finish_reason": finish} if chat
                       else {"index": 0, "text": TOKEN_TEXT, "finish_reason": finish})
-            await resp.write(b"data: " + json.dumps({"choices": [choice]}).encode() + b"\n\n")
+            event = b"data: " + json.dumps({"choices": [choice]}).encode() + b"\n\n"
+            due = behaviour.token_time(arrival, k)
+            await sleep_until(due)
+            await resp.write(event)
+            log.wrote(k, due, perf_counter())
             sent += 1
         if (body.get("stream_options") or {}).get("include_usage"):
             usage = {"prompt_tokens": prompt_tokens(prompt), "completion_tokens": sent,
@@ -83,6 +89,7 @@ def build_app(behaviour: TargetBehaviour, counter: itertools.count) -> web.Appli
     app = web.Application()
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/stats", stats)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/chat/completions", chat_completions)
     return app

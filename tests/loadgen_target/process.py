@@ -40,6 +40,12 @@ class TargetProcess:
     def grpc_address(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
+    def emission_stats(self) -> dict:
+        """The target's own lateness against its schedule so far (GET /stats)."""
+        import urllib.request
+        with urllib.request.urlopen(self.http_url + "/stats", timeout=10) as resp:
+            return json.loads(resp.read())
+
     @property
     def pid(self) -> int:
         return self._proc.pid
