@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 
 import aiohttp
 import grpc
 import pytest
 
+from services import wire
 from services.decode.worker import DecodeWorker
 from services.engine.sampling_params import SamplingParams
 from services.kvtransfer import frames
@@ -197,3 +199,17 @@ async def test_bad_input_is_invalid_argument_naming_the_field(pair, make_call, f
     assert field in err.value.details()
     # ...and the workers keep serving.
     assert (await load(clients, "prefill")).num_blocks > 0
+
+
+async def test_a_failed_transfer_frees_the_prefill_blocks_and_says_unavailable(pair) -> None:
+    prefill, _, clients = pair
+    with socket.socket() as s:          # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        nowhere = f"127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await clients.prefill.Prefill(worker_pb2.PrefillRequest(
+            request_id="lost", prompt_token_ids=PROMPT, kv_address=nowhere, transport="grpc",
+            sampling=wire.sampling_to_proto(SamplingParams(temperature=0.0, max_tokens=4))))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "lost" in err.value.details()
+    report = await load(clients, "prefill")
+    assert report.free_blocks == report.num_blocks and report.queued_prompt_tokens == 0
