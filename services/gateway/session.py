@@ -4,8 +4,10 @@ Disaggregated: DecodeWorker.Reserve (the blocks are promised before any prefill 
 PrefillWorker.Prefill with the decode worker's kv_address (the first token comes back with it: TTFT),
 then DecodeWorker.Decode streams the rest. Colocated: Reserve, then Decode(prefill_here=True).
 
-Failures before anything was streamed are retried on another worker; after that, the client gets
-UNAVAILABLE. Whatever way the request ends (finished, client gone, deadline, error), every worker
+Failures before anything was streamed are retried on another worker. After tokens were streamed,
+a disaggregated request moves to another decode worker: a prefill of the prompt and the tokens
+already sent lands there, and decoding resumes after them (no duplicate, no missing token).
+Colocated, or with no worker left, the client gets UNAVAILABLE. Whatever way the request ends (finished, client gone, deadline, error), every worker
 still holding something for it gets a Cancel, so blocks and reservations never leak.
 """
 
@@ -22,6 +24,7 @@ import grpc
 from services import wire
 from services.engine.block_pool import block_hashes
 from services.engine.errors import CapacityError
+from services.engine.sampling_params import SamplingParams
 from services.gateway.admission import AdmissionController, Ticket
 from services.gateway.errors import RequestTimeoutError, WorkerUnavailableError
 from services.gateway.request import PreparedRequest
@@ -33,6 +36,7 @@ from services.telemetry.metrics import GatewayMetrics
 
 _CANCEL_TIMEOUT_S = 5.0
 _DEADLINE_SLACK_S = 0.05   # gRPC's deadline clock and ours differ by a little
+_RESUME_PREFILL = SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True)
 
 
 @dataclass
@@ -64,13 +68,14 @@ class WorkerSession:
 
     async def run(self, req: PreparedRequest, ticket: Ticket) -> AsyncIterator[wire.ChunkFields]:
         attempt = _Attempt()
-        streamed = False
+        streamed: list[int] = []          # every token the client has been sent
         try:
             while True:
                 try:
-                    async with contextlib.aclosing(self._attempt(req, ticket, attempt)) as chunks:
+                    chunks = self._attempt(req, ticket, attempt, tuple(streamed))
+                    async with contextlib.aclosing(chunks):
                         async for fields in chunks:
-                            streamed = True
+                            streamed += fields.token_ids
                             yield fields
                             if fields.finish_reason is not None:
                                 return
@@ -79,7 +84,10 @@ class WorkerSession:
                     if time.monotonic() >= req.deadline - _DEADLINE_SLACK_S:
                         raise RequestTimeoutError(f"request timed out ({req.request_id})") from None
                     failed = attempt.calling
-                    if streamed or not is_retryable(exc):
+                    # Nothing sent yet: any worker may start afresh. Tokens sent (disaggregated):
+                    # another decode worker resumes after them; seeded sampling draws by output
+                    # index, so the continuation is the one the failed worker would have sent.
+                    if not is_retryable(exc) or (streamed and not self._disaggregated):
                         raise worker_error(exc, failed) from None
                     await self._cancel_all(req.request_id, attempt)
                     if failed in {w.address for w in self._pool.prefill}:
@@ -87,6 +95,7 @@ class WorkerSession:
                     elif not self._admission.rebook(ticket):
                         raise WorkerUnavailableError(
                             f"no decode worker could take the request after {failed} failed") from None
+                    self._metrics.retries.labels("mid_stream" if streamed else "before_first_token").inc()
         finally:
             # Normal completion leaves nothing to cancel: the holders were cleared as they finished.
             if attempt.holders:
@@ -94,13 +103,16 @@ class WorkerSession:
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
 
-    async def _attempt(self, req: PreparedRequest, ticket: Ticket,
-                       attempt: _Attempt) -> AsyncIterator[wire.ChunkFields]:
+    async def _attempt(self, req: PreparedRequest, ticket: Ticket, attempt: _Attempt,
+                       resume: tuple[int, ...]) -> AsyncIterator[wire.ChunkFields]:
+        """One try on one decode worker; `resume` holds the tokens already sent (a retry)."""
         reserve = await self._reserve(req, ticket, attempt)
         decode = ticket.decode
-        generated: tuple[int, ...] = ()
-        if self._disaggregated:
-            first = await self._prefill(req, reserve, attempt)
+        generated = resume
+        if self._disaggregated and resume:
+            await self._prefill(req, reserve, attempt, resume)
+        elif self._disaggregated:
+            first = await self._prefill(req, reserve, attempt, ())
             yield first
             if first.finish_reason is not None:
                 # Ended on its first token: the reservation is not needed (holders keep decode,
@@ -142,15 +154,21 @@ class WorkerSession:
                                     f"({response.reason or 'refused'})")
 
     async def _prefill(self, req: PreparedRequest, reserve: worker_pb2.ReserveResponse,
-                       attempt: _Attempt) -> wire.ChunkFields:
-        prefill = self._pick_prefill(req, attempt)
+                       attempt: _Attempt, resume: tuple[int, ...]) -> wire.ChunkFields:
+        """The first token, its pages shipped to the reserved blocks. Resuming, the pages cover
+        the prompt and every sent token but the last (what Decode expects); the token sampled
+        here is not used, so it is drawn greedily and may not end the request."""
+        prompt, params = req.prompt_token_ids, req.params
+        if resume:
+            prompt, params = prompt + resume[:-1], _RESUME_PREFILL
+        prefill = self._pick_prefill(prompt, attempt)
         attempt.holders[prefill.address] = prefill
         attempt.calling = prefill.address
-        prefill.inflight_prompt_tokens[req.request_id] = len(req.prompt_token_ids)
+        prefill.inflight_prompt_tokens[req.request_id] = len(prompt)
         try:
             response = await prefill.stub.Prefill(worker_pb2.PrefillRequest(
-                request_id=req.request_id, prompt_token_ids=req.prompt_token_ids,
-                sampling=wire.sampling_to_proto(req.params), kv_address=reserve.kv_address,
+                request_id=req.request_id, prompt_token_ids=prompt,
+                sampling=wire.sampling_to_proto(params), kv_address=reserve.kv_address,
                 transport=self._kv_transport, kv_block_ids=reserve.block_ids),
                 timeout=_remaining(req))
         finally:
@@ -160,17 +178,17 @@ class WorkerSession:
         if response.kv_bytes:
             self._metrics.kv_transfer_bytes.observe(response.kv_bytes)
             self._metrics.kv_transfer_seconds.observe(response.transfer_seconds)
-        fields = wire.first_token_fields(response, want_logprobs=req.params.logprobs is not None)
+        fields = wire.first_token_fields(response, want_logprobs=params.logprobs is not None)
         if response.finish_reason:
             fields = wire.ChunkFields(fields.token_ids, fields.logprobs,
                                       wire.finish_reason_from_proto(response.finish_reason),
                                       fields.cached_prompt_tokens)
         return fields
 
-    def _pick_prefill(self, req: PreparedRequest, attempt: _Attempt) -> WorkerHandle:
+    def _pick_prefill(self, prompt: tuple[int, ...], attempt: _Attempt) -> WorkerHandle:
         block_size = next((w.block_size for w in self._pool.prefill if w.block_size), 0)
         hashes = [wire.block_hash_to_wire(h) for h in
-                  block_hashes(req.prompt_token_ids[:AFFINITY_BLOCKS * block_size], block_size)
+                  block_hashes(prompt[:AFFINITY_BLOCKS * block_size], block_size)
                   ] if block_size else []
         worker = pick_prefill_worker(self._pool.prefill, hashes, frozenset(attempt.prefill_tried))
         if worker is None:

@@ -45,6 +45,8 @@ class GatewayMetrics:
                                   ["path"], registry=r)             # path: immediate | queued
         self.rejections = Counter("tandem_rejections", "Requests refused, by reason",
                                   ["reason"], registry=r)
+        self.retries = Counter("tandem_request_retries", "Requests moved to another worker after one failed",
+                               ["stage"], registry=r)    # stage: before_first_token | mid_stream
         self.requests = Counter("tandem_requests", "Finished requests by API and outcome",
                                 ["api", "outcome"], registry=r)
         self.prompt_tokens = Counter("tandem_prompt_tokens", "Prompt tokens admitted", registry=r)

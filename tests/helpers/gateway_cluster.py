@@ -66,7 +66,7 @@ class GatewayCluster:
 async def gateway_cluster(mode: str = "disaggregated", *, kv_transport: str = "", num_prefill: int = 1,
                           num_decode: int = 1, engine: EngineConfig | None = None,
                           decode_engine: EngineConfig | None = None,
-                          admission: AdmissionConfig | None = None,
+                          admission: AdmissionConfig | None = None, shutdown_grace_s: float = 1.0,
                           **gateway_fields) -> AsyncIterator[GatewayCluster]:
     engine = engine or engine_config()
     decode_engine = decode_engine or engine
@@ -74,10 +74,12 @@ async def gateway_cluster(mode: str = "disaggregated", *, kv_transport: str = ""
     threads: list[WorkerThread] = []
     cluster = None
     try:
-        decode = [WorkerThread(DecodeWorker(WorkerConfig(engine=decode_engine, colocated=colocated)),
+        decode = [WorkerThread(DecodeWorker(WorkerConfig(engine=decode_engine, colocated=colocated,
+                                                         shutdown_grace_s=shutdown_grace_s)),
                                f"decode-{i}") for i in range(num_decode)]
-        prefill = [] if colocated else [WorkerThread(PrefillWorker(WorkerConfig(engine=engine)), f"prefill-{i}")
-                                        for i in range(num_prefill)]
+        prefill = [] if colocated else [
+            WorkerThread(PrefillWorker(WorkerConfig(engine=engine, shutdown_grace_s=shutdown_grace_s)),
+                         f"prefill-{i}") for i in range(num_prefill)]
         for t in decode + prefill:
             threads.append(t)
             await asyncio.to_thread(t.start, HOST, 0)

@@ -70,3 +70,28 @@ async def test_prompt_sharing_a_prefix_goes_to_the_prefill_worker_that_caches_it
         assert msgs[-1].usage.cached_prompt_tokens >= 16
         assert not pool.prefill[0].cached_block_hashes    # the idle first worker was not used
         assert await c.blocks_all_free(), c.free_blocks()
+
+
+async def test_decode_worker_dying_mid_stream_hands_the_request_to_another_one():
+    sampling = gen.SamplingParams(temperature=0.9, top_k=40, seed=99, max_tokens=300, ignore_eos=True)
+    request = gen.GenerateRequest(text="carry on where the other left off", sampling=sampling)
+    async with gateway_cluster("disaggregated", num_decode=2, shutdown_grace_s=0.0) as c:
+        reference = [t for m in await generate(c.gateway.grpc_address, request) for t in m.token_ids]
+        async with grpc.aio.insecure_channel(c.gateway.grpc_address) as ch:
+            call = gen_grpc.GenerationStub(ch).Generate(request)
+            tokens = []
+            async for msg in call:
+                tokens += msg.token_ids
+                if len(tokens) >= 20:
+                    break
+            serving = next(t for t in c.decode if t.worker.engine.scheduler.running)
+            await asyncio.to_thread(serving.stop)
+            async for msg in call:
+                tokens += msg.token_ids
+            assert msg.finish_reason == gen.FINISH_REASON_LENGTH and msg.usage.completion_tokens == 300
+        assert tokens == reference
+        retried = c.gateway.metrics.registry.get_sample_value("tandem_request_retries_total",
+                                                               {"stage": "mid_stream"})
+        assert retried == 1
+        c.decode.remove(serving)
+        assert await c.blocks_all_free(), c.free_blocks()
