@@ -1,0 +1,70 @@
+"""ClusterConfig validation and the mapping from `tandem serve` / `ray_main` flags to the
+cluster's and the gateway's configs."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from orchestration.cluster import ClusterConfig, ClusterHandle
+from orchestration.commands import serve
+from services.engine.errors import ConfigError
+from services.gateway.config import GatewayConfig
+
+
+def parse(argv: list[str], **defaults) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser, **defaults)
+    return parser.parse_args(argv)
+
+
+def test_serve_defaults_are_the_documented_ones() -> None:
+    args = parse([])
+    cluster = serve.cluster_config_from_args(args)
+    assert (cluster.launcher, cluster.mode, cluster.prefill_workers, cluster.decode_workers) == (
+        "ray", "disaggregated", 1, 1)
+    assert cluster.engine.model == "tiny-random" and cluster.host == "127.0.0.1"
+    assert cluster.ray_address is None
+    gateway = serve.gateway_config(args, ClusterHandle("disaggregated", "grpc", ("p:1",), ("d:2",)))
+    assert (gateway.host, gateway.grpc_port, gateway.http_port) == ("127.0.0.1", 50051, 8000)
+    assert gateway.prefill_workers == ("p:1",) and gateway.decode_workers == ("d:2",)
+
+
+def test_serve_flags_reach_the_engine_and_the_workers() -> None:
+    args = parse(["--mode", "colocated", "--decode-workers", "3", "--launcher", "process",
+                  "--num-kv-blocks", "77", "--max-num-seqs", "9", "--worker-host", "0.0.0.0",
+                  "--worker-base-port", "41000", "--api-key", "k1", "--model", "tiny-random"])
+    cluster = serve.cluster_config_from_args(args)
+    assert cluster.engine.cache.num_blocks == 77 and cluster.engine.scheduler.max_num_seqs == 9
+    specs = cluster.specs()
+    assert [s.role for s in specs] == ["decode"] * 3
+    assert [s.port for s in specs] == [41000, 41001, 41002]
+    assert all(s.config.colocated and s.host == "0.0.0.0" for s in specs)
+    handle = ClusterHandle("colocated", "grpc", (), ("a:1", "b:2", "c:3"))
+    assert serve.gateway_config(args, handle).api_keys == ("k1",)
+
+
+def test_ray_main_joins_the_jobs_cluster_by_default() -> None:
+    args = parse([], default_launcher="ray", default_ray_address="auto")
+    assert serve.cluster_config_from_args(args).ray_address == "auto"
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"mode": "both"}, "mode"),
+    ({"launcher": "slurm"}, "launcher"),
+    ({"kv_transport": "local", "launcher": "process"}, "inprocess"),
+    ({"decode_workers": 0}, "decode_workers"),
+    ({"prefill_workers": 0}, "prefill_workers"),
+    ({"base_port": 65535}, "base_port"),
+])
+def test_bad_cluster_configs_name_the_field(fields, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        ClusterConfig(**fields)
+
+
+def test_colocated_clusters_have_no_prefill_workers_and_handles_fill_a_gateway_config() -> None:
+    config = ClusterConfig(mode="colocated", prefill_workers=5, decode_workers=2)
+    assert config.num_prefill == 0 and [s.role for s in config.specs()] == ["decode", "decode"]
+    handle = ClusterHandle("colocated", "grpc", (), ("x:1", "y:2"))
+    assert GatewayConfig(**handle.gateway_fields()).decode_workers == ("x:1", "y:2")
