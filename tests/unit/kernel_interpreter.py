@@ -1,10 +1,12 @@
 """Running the Triton kernels on CPU tensors through Triton's interpreter.
 
-`@triton.jit` reads TRITON_INTERPRET when a kernel module is imported (the decorator picks the
-interpreted or the compiled function then), so setting the variable later has no effect on modules
-that are already loaded. This context sets it and reloads the named kernel modules, and on exit
-restores the variable and reloads them again, so tests elsewhere in the same process see the
-kernels as they were."""
+`@triton.jit` reads TRITON_INTERPRET when a function is decorated, at import: the decorator makes
+an interpreted or a compiled function then, and setting the variable later changes nothing for
+modules already loaded. That holds for triton.language itself (tl.zeros, tl.max, tl.cdiv are
+@triton.jit functions), and in a whole test session something imports triton before these tests
+run. So this context sets the variable, reloads the named kernel modules, and swaps triton's own
+compiled-mode library functions for interpreted ones; on exit it undoes all three, so tests
+elsewhere in the same process see the kernels as they were."""
 
 from __future__ import annotations
 
@@ -18,13 +20,34 @@ from types import ModuleType
 import torch
 
 
+def _interpret_triton_library() -> list[tuple[object, str, object]]:
+    """Replace the compiled-mode @triton.jit functions of triton.language (modules and the tensor
+    class) by interpreted ones; returns what to put back."""
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    owners = [m for name, m in list(sys.modules.items())
+              if name.startswith("triton.language") and m is not None] + [tl.tensor]
+    swapped = []
+    for owner in owners:
+        for name, value in list(vars(owner).items()):
+            if isinstance(value, JITFunction):
+                setattr(owner, name, InterpretedFunction(value.fn))
+                swapped.append((owner, name, value))
+    return swapped
+
+
 @contextlib.contextmanager
 def interpreted(*module_names: str) -> Iterator[list[ModuleType]]:
     previous = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"
+    swapped = _interpret_triton_library()
     try:
         yield [importlib.reload(importlib.import_module(name)) for name in module_names]
     finally:
+        for owner, name, value in swapped:
+            setattr(owner, name, value)
         if previous is None:
             os.environ.pop("TRITON_INTERPRET", None)
         else:
