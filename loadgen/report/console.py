@@ -68,7 +68,7 @@ def format_sweep(rows: list[tuple[str, dict]], percentiles: tuple[float, ...]) -
     hi = percentile_label(max(percentiles)) if percentiles else "median"
     columns = [("point", 22), ("ok", 6), ("fail", 5), ("req/s", 8), ("out tok/s", 10),
                (f"TTFT p50/{hi}", 17), (f"TPOT p50/{hi}", 15), (f"ITL p50/{hi}", 15),
-               (f"E2E p50", 9), (f"queue {hi}", 9), ("goodput", 8)]
+               ("E2E p50", 9), (f"queue {hi}", 10), ("goodput", 9)]
     lines = ["".join(f"{name:>{w}}" for name, w in columns)]
     for label, s in rows:
         def pair(m: str) -> str:
