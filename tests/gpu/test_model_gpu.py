@@ -8,7 +8,7 @@ import torch
 
 from services.engine.loader import load_model
 from tests.helpers.hf_checkpoints import FAMILIES, load_hf_model, make_hf_checkpoint
-from tests.helpers.paged_batch import PagedHarness, PagedSequence
+from tests.helpers.paged_batch import PagedHarness, PagedSequence, build_batch
 
 pytestmark = pytest.mark.gpu
 
@@ -52,3 +52,30 @@ def test_llama_31_8b_random_runs_on_cuda():
     ids = torch.randint(0, 128256, (64,), generator=torch.Generator().manual_seed(0)).tolist()
     logits = chunked_logits(loaded, ids)
     assert logits.shape == (64, 128256) and torch.isfinite(logits).all()
+
+
+def test_decode_forward_replays_in_a_cuda_graph():
+    """The forward has no host synchronisation: a captured decode step replays with new tokens."""
+    loaded = load_model("tiny-random", device="cuda")
+    model, tok = loaded.model, loaded.tokenizer
+    harness = PagedHarness(model, loaded.config, block_size=16, num_blocks=64)
+    seqs = [PagedSequence(tok.encode(p)) for p in ("hello the world", "你好世界 🙂", "a b c d e f")]
+    harness.step([(s, len(s.token_ids) - 1) for s in seqs])
+    input_ids, positions, meta = build_batch([(s, 1) for s in seqs], 16, "cuda")
+
+    def forward() -> torch.Tensor:
+        return model.compute_logits(model(input_ids, positions, harness.kv_cache, meta))
+
+    with torch.inference_mode():
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            forward()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = forward()
+        for new_tokens in ([5, 17, 250], [318, 99, 3]):
+            input_ids.copy_(torch.tensor(new_tokens))
+            graph.replay()
+            torch.testing.assert_close(captured, forward(), atol=0, rtol=0)
