@@ -100,3 +100,18 @@ def test_greedy_continuation_matches_hf_generate(pair):
         seq.token_ids.append(token)
         logits = harness.step([(seq, 1)])[-1]
     assert generated == expected
+
+
+def test_prefill_reads_a_prefix_shared_from_another_sequence(pair):
+    """A second prompt with the same first two blocks reuses their pages (a prefix-cache hit)
+    and only computes its own tail."""
+    ours, theirs = pair
+    block_size = 4
+    shared = ours.tokenizer.encode("the cat sat on the mat")[:2 * block_size]
+    first, second = shared + ours.tokenizer.encode(" and ran"), shared + ours.tokenizer.encode(" 你好")
+    harness = PagedHarness(ours.model, ours.config, block_size=block_size, seed=4)
+    owner = PagedSequence(first)
+    harness.step([(owner, len(first))])
+    hit = PagedSequence(second, num_computed=len(shared), block_ids=owner.block_ids[:2])
+    logits = harness.step([(hit, len(second) - len(shared))])
+    torch.testing.assert_close(logits, hf_logits(theirs, second)[len(shared):], atol=ATOL, rtol=0)
