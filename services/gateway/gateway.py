@@ -27,7 +27,8 @@ from services.telemetry.metrics import GatewayMetrics, render
 log = logging.getLogger(__name__)
 
 WORKER_READY_TIMEOUT_S = 60.0
-_LOAD_RPC_TIMEOUT_S = 2.0       # a worker slower than this to report its load counts as down
+_LOAD_RPC_TIMEOUT_S = 2.0
+SHUTDOWN_GRACE_S = 1.0          # open streams get this long to finish when the gateway stops       # a worker slower than this to report its load counts as down
 
 
 class Gateway:
@@ -76,22 +77,22 @@ class Gateway:
             self._grpc_server, self.grpc_port, self._health = await start_grpc_server(
                 self.service, cfg.host, cfg.grpc_port)
             api = HttpApi(self.service, self.render_metrics, self.is_healthy)
-            self._http_runner, self.http_port = await start_http_server(api, cfg.host, cfg.http_port)
+            self._http_runner, self.http_port = await start_http_server(api, cfg.host, cfg.http_port,
+                                                                        SHUTDOWN_GRACE_S)
         except BaseException:
             await self.stop()
             raise
         log.info("gateway serving %s (%s): gRPC %s, HTTP %s", cfg.model_id, cfg.mode,
                  self.grpc_address, self.http_url)
 
-    async def stop(self, grace_s: float = 1.0) -> None:
+    async def stop(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
-        if self._http_runner is not None:
-            await self._http_runner.cleanup()
-            self._http_runner = None
-        if self._grpc_server is not None:
-            await self._grpc_server.stop(grace_s)
-            self._grpc_server = None
+        http, self._http_runner = self._http_runner, None
+        grpc_server, self._grpc_server = self._grpc_server, None
+        # Both APIs drain at once: open streams get grace_s in all, then are cancelled.
+        await asyncio.gather(http.cleanup() if http else asyncio.sleep(0),
+                             grpc_server.stop(grace_s) if grpc_server else asyncio.sleep(0))
         if self._session is not None:
             await self._session.drain()
         if self.pool is not None:

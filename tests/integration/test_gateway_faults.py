@@ -95,3 +95,24 @@ async def test_decode_worker_dying_mid_stream_hands_the_request_to_another_one()
         assert retried == 1
         c.decode.remove(serving)
         assert await c.blocks_all_free(), c.free_blocks()
+
+
+async def test_stopping_the_gateway_ends_open_streams_and_frees_their_blocks():
+    import time
+    async with gateway_cluster("disaggregated") as c:
+        async with aiohttp.ClientSession() as s, grpc.aio.insecure_channel(c.gateway.grpc_address) as ch:
+            resp = await s.post(c.gateway.http_url + "/v1/completions",
+                                json={"prompt": "go", "max_tokens": 1500, "ignore_eos": True, "stream": True})
+            await resp.content.readline()
+            call = gen_grpc.GenerationStub(ch).Generate(gen.GenerateRequest(
+                text="x", sampling=gen.SamplingParams(max_tokens=1500, ignore_eos=True)))
+            async for _ in call:
+                break
+            start = time.monotonic()
+            await c.gateway.stop()
+            assert time.monotonic() - start < 3.0
+            with pytest.raises(grpc.aio.AioRpcError):
+                async for _ in call:
+                    pass
+            resp.close()
+        assert await c.blocks_all_free(), c.free_blocks()
