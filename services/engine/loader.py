@@ -30,6 +30,8 @@ SERVING_DTYPES = ("float32", "float16", "bfloat16")
 
 @dataclass(frozen=True)
 class LoadedModel:
+    """A model ready to serve: weights on their device, with its tokenizer and stop ids."""
+
     model: torch.nn.Module           # forward(input_ids, positions, kv_cache, meta) -> hidden [T, H]
     config: ModelConfig
     tokenizer: Tokenizer
@@ -38,6 +40,8 @@ class LoadedModel:
 
 def load_model(name_or_path: str, dtype: str | None = None,
                device: str | torch.device = "cpu") -> LoadedModel:
+    """A preset name or an HF checkpoint directory -> the model built on `device`. Raises
+    ModelNotFoundError, UnsupportedModelError or ConfigError (dtype) with the reason."""
     device = torch.device(device)
     source = model_source(name_or_path)
     served = serving_dtype(dtype, checkpoint_dtype(source.hf_config), device)
