@@ -35,6 +35,10 @@ class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
         self.worker_id = config.named("colocated" if config.colocated else "decode")
         self.engine = engine
         self.address: str | None = None
+        self.kv_address: str | None = None
+        self.loop: EngineLoop | None = None
+        self.telemetry: WorkerTelemetry | None = None
+        self._kv_server: KVTransferServer | None = None
         self._server: grpc.aio.Server | None = None
         self._reaper: asyncio.Task | None = None
 
@@ -51,30 +55,39 @@ class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
                                    on_failed=lambda rid: self._cancel_soon(aio_loop, rid))
         self.reservations = ReservationBook(self.loop, self.receiver)
         self.loop.start()
-        self.metrics_port = await self.telemetry.start(host, self.config.metrics_port)
-
-        self._kv_server = KVTransferServer(self.receiver, self.config.transfer)
-        kv_port = self._kv_server.start(host, self.config.kv_port)
-        self._server, self.address = await start_server(
-            lambda server: worker_pb2_grpc.add_DecodeWorkerServicer_to_server(self, server),
-            host, port, self.config.transfer, self.config.advertise_host)
+        try:
+            self.metrics_port = await self.telemetry.start(host, self.config.metrics_port)
+            self._kv_server = KVTransferServer(self.receiver, self.config.transfer)
+            kv_port = self._kv_server.start(host, self.config.kv_port)
+            self._server, self.address = await start_server(
+                lambda server: worker_pb2_grpc.add_DecodeWorkerServicer_to_server(self, server),
+                host, port, self.config.transfer, self.config.advertise_host)
+        except BaseException:
+            await self.stop()
+            raise
         self.kv_address = f"{self.address.rsplit(':', 1)[0]}:{kv_port}"
         LocalEndpoints.register(self.kv_address, self.receiver)
         self._reaper = asyncio.create_task(self.reservations.run_reaper(self.config.reaper_interval_s))
-        log.info("%s listening on %s", self.worker_id, self.address)
+        log.info("%s listening on %s (KV pages on %s)", self.worker_id, self.address, self.kv_address)
         return self.address
 
     async def stop(self) -> None:
-        if self._server is None:
-            return
-        LocalEndpoints.unregister(self.kv_address)
-        self._reaper.cancel()
-        await self._server.stop(self.config.shutdown_grace_s)
-        await asyncio.to_thread(self._kv_server.stop, self.config.shutdown_grace_s)
-        await self.telemetry.stop()
-        await self.reservations.cancel_all()
-        self.loop.stop()
-        self._server = None
+        """Stops serving and frees every reservation; also undoes a start that failed half-way.
+        Idempotent."""
+        if self.kv_address is not None:
+            LocalEndpoints.unregister(self.kv_address)
+        if self._reaper is not None:
+            self._reaper.cancel()
+        if self._server is not None:
+            await self._server.stop(self.config.shutdown_grace_s)
+        if self._kv_server is not None:
+            await asyncio.to_thread(self._kv_server.stop, self.config.shutdown_grace_s)
+        if self.telemetry is not None:
+            await self.telemetry.stop()
+        if self.loop is not None:
+            await self.reservations.cancel_all()
+            self.loop.stop()
+        self._reaper = self._server = self._kv_server = self.loop = self.kv_address = None
 
     def _cancel_soon(self, aio_loop: asyncio.AbstractEventLoop, request_id: str) -> None:
         """A transfer was rejected (called from the transport's thread): free the reservation."""

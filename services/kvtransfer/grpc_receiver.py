@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
-from services.engine.errors import KVTransferError
+from services.engine.errors import ConfigError, KVTransferError
 from services.kvtransfer import frames
 from services.kvtransfer.inbox import KVReceiver, PageChecker, PageInbox
 from services.kvtransfer.grpc_sender import channel_options
@@ -91,7 +91,7 @@ class KVTransferServer:
         except RuntimeError:
             bound = 0
         if bound == 0:
-            raise KVTransferError(f"cannot listen on {host}:{port} for KV pages")
+            raise ConfigError(f"cannot listen on {host}:{port} for KV pages")
         self._server.start()
         return bound
 

@@ -39,6 +39,7 @@ class PrefillWorker(worker_pb2_grpc.PrefillWorkerServicer):
         self.address: str | None = None
         self.kv_bytes_sent = 0
         self.queued_prompt_tokens = 0
+        self.loop: EngineLoop | None = None
         self._server: grpc.aio.Server | None = None
         self._inflight: dict[str, asyncio.Task] = {}
 
@@ -51,24 +52,30 @@ class PrefillWorker(worker_pb2_grpc.PrefillWorkerServicer):
         self.loop = EngineLoop(self.engine, self.worker_id, on_step=self.telemetry.on_step)
         self.transports = KVTransports(self.config.transfer)
         self.loop.start()
-        self.metrics_port = await self.telemetry.start(host, self.config.metrics_port)
-        self._server, self.address = await start_server(
-            lambda server: worker_pb2_grpc.add_PrefillWorkerServicer_to_server(self, server),
-            host, port, self.config.transfer,
-            self.config.advertise_host)
+        try:
+            self.metrics_port = await self.telemetry.start(host, self.config.metrics_port)
+            self._server, self.address = await start_server(
+                lambda server: worker_pb2_grpc.add_PrefillWorkerServicer_to_server(self, server),
+                host, port, self.config.transfer, self.config.advertise_host)
+        except BaseException:
+            await self.stop()
+            raise
         log.info("%s listening on %s", self.worker_id, self.address)
         return self.address
 
     async def stop(self) -> None:
-        if self._server is None:
+        """Stops serving; requests in flight are cancelled and free their blocks. Also undoes a
+        start that failed half-way. Idempotent."""
+        if self.loop is None:
             return
-        await self._server.stop(self.config.shutdown_grace_s)
+        if self._server is not None:
+            await self._server.stop(self.config.shutdown_grace_s)
         for task in list(self._inflight.values()):
             task.cancel()
         await self.transports.close()
         await self.telemetry.stop()
         self.loop.stop()
-        self._server = None
+        self._server = self.loop = None
 
     # --- RPCs ------------------------------------------------------------------------------------
     @unary_edge

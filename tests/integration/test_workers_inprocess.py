@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import socket
+import threading
 
 import aiohttp
 import grpc
@@ -14,6 +15,7 @@ import pytest
 
 from services import wire
 from services.decode.worker import DecodeWorker
+from services.engine.errors import ConfigError
 from services.engine.sampling_params import SamplingParams
 from services.kvtransfer import frames
 from services.kvtransfer.grpc_sender import PUSH_PAGES
@@ -213,3 +215,15 @@ async def test_a_failed_transfer_frees_the_prefill_blocks_and_says_unavailable(p
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "lost" in err.value.details()
     report = await load(clients, "prefill")
     assert report.free_blocks == report.num_blocks and report.queued_prompt_tokens == 0
+
+
+async def test_a_worker_that_cannot_bind_cleans_up_and_says_why() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for worker in (PrefillWorker(WorkerConfig(engine=CONFIG)), DecodeWorker(WorkerConfig(engine=CONFIG))):
+            with pytest.raises(ConfigError, match="cannot listen"):
+                await worker.start("127.0.0.1", port)
+            await worker.stop()                   # idempotent after a failed start
+            assert not [t for t in threading.enumerate() if t.name == f"{worker.worker_id}-loop"]
