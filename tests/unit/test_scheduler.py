@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import itertools
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from services.engine.config import CacheConfig, SchedulerConfig
 from services.engine.kv_cache import KVCacheManager
 from services.engine.request import Request, RequestStatus
@@ -180,3 +183,33 @@ def test_prefill_only_finishes_prefilled_and_keeps_its_blocks():
     assert len(sched.kv.block_ids(a.request_id)) == 2 and not sched.has_unfinished()
     assert sched.release(a.request_id) and not sched.release(a.request_id)
     assert sched.kv.num_free_blocks == sched.kv.num_blocks
+
+
+@settings(max_examples=60, deadline=None)
+@given(prompt_lens=st.lists(st.integers(1, 30), min_size=1, max_size=8),
+       max_tokens=st.integers(1, 12), num_blocks=st.integers(12, 40),
+       budget=st.integers(1, 40), max_seqs=st.integers(1, 6),
+       policy=st.sampled_from(["fcfs", "shortest_prompt_first"]),
+       gaps=st.lists(st.integers(0, 5), min_size=8, max_size=8))
+def test_random_workloads_always_finish_within_limits(prompt_lens, max_tokens, num_blocks, budget,
+                                                      max_seqs, policy, gaps):
+    """Any mix of prompts, arrival times, pool size and budget: every step respects the budget
+    and the sequence cap, the cache stays consistent, and every request gets all its tokens."""
+    sched = create_scheduler(num_blocks=num_blocks, block_size=4, budget=budget,
+                             max_seqs=max_seqs, policy=policy)
+    requests = create_requests(*prompt_lens, max_tokens=max_tokens)
+    for r in requests:
+        r.prompt_token_ids = [t % 3 + 1 for t in r.prompt_token_ids]   # shared prefixes
+    arrivals = list(itertools.accumulate(gaps[:len(requests)]))
+    for step_index in range(1000):
+        for r, at in zip(requests, arrivals):
+            if at == step_index:
+                sched.add(r)
+        if step_index > arrivals[-1] and not sched.has_unfinished():
+            break
+        batch = step(sched)
+        assert batch.num_tokens <= budget and len(batch.chunks) <= max_seqs
+        assert len({c.request.request_id for c in batch.chunks}) == len(batch.chunks)
+    assert not sched.has_unfinished()
+    assert all(len(r.output_token_ids) == max_tokens for r in requests)
+    assert sched.kv.num_free_blocks == num_blocks
