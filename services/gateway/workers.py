@@ -134,7 +134,8 @@ class WorkerPool:
         return self.prefill + self.decode
 
     async def start(self, ready_timeout_s: float) -> None:
-        """Returns once every worker has answered a load report (or raises TimeoutError)."""
+        """Returns once every worker has answered a load report, or, after `ready_timeout_s`, once
+        at least one of each kind has (the others join when they answer); else TimeoutError."""
         deadline = time.monotonic() + ready_timeout_s
         while True:
             await self.poll_once()
@@ -142,6 +143,10 @@ class WorkerPool:
             if not missing:
                 break
             if time.monotonic() > deadline:
+                kinds = [k for k in (self.prefill, self.decode) if k]
+                if all(any(w.report is not None for w in kind) for kind in kinds):
+                    log.warning("starting without workers that have not answered: %s", missing)
+                    break
                 raise TimeoutError(f"workers did not answer within {ready_timeout_s}s: {missing}")
             await asyncio.sleep(min(0.1, self._poll_interval_s))
         self._task = asyncio.create_task(self._poll_loop(), name="gateway-load-poll")
