@@ -62,6 +62,7 @@ def test_prefix_hit_shares_full_blocks_and_never_the_last_token():
     assert hit.num_tokens == 8 and hit.block_ids == tuple(kv.block_ids("a")[:2])
     assert kv.lookup_prefix(tokens[:8]).num_tokens == 4     # 8th token must be computed
     assert kv.lookup_prefix([99] + tokens[1:]).num_tokens == 0
+    assert kv.cached_block_hashes() == block_hashes(tokens, 4)
     kv.allocate("b", 10, hit)
     assert kv.block_ids("b")[:2] == kv.block_ids("a")[:2]
     assert kv.block_ids("b")[2] != kv.block_ids("a")[2]
