@@ -7,6 +7,7 @@ import torch
 
 from services.engine.errors import UnsupportedModelError
 from services.engine.model.linear import Linear, Projection, projection
+from services.engine.model.quantized_linear import Int8Linear
 
 
 def test_fused_shards_equal_separate_projections():
@@ -31,6 +32,9 @@ def test_load_errors_name_the_problem():
         layer.load("bias", torch.zeros(3))
 
 
-def test_unimplemented_quantization_is_refused():
-    with pytest.raises(UnsupportedModelError, match="w8a16"):
-        projection(4, 4, quantization="w8a16")
+def test_quantization_selects_the_int8_projection():
+    layer = projection(4, (4, 2), quantization="w8a16")
+    assert isinstance(layer, Int8Linear) and isinstance(layer, Projection)
+    assert layer.num_shards == 2 and layer.weight.dtype == torch.int8
+    with pytest.raises(UnsupportedModelError, match="w4a16"):
+        projection(4, 4, quantization="w4a16")

@@ -105,3 +105,11 @@ def test_cos_sin_cache_layout():
     inv = inverse_frequencies(8, 10000.0, None)
     torch.testing.assert_close(cache[7, :4], torch.cos(7 * inv))
     torch.testing.assert_close(cache[7, 4:], torch.sin(7 * inv))
+
+
+def test_quantization_config_is_read():
+    assert parse().quantization is None
+    spec = {"quant_method": "tandem-int8", "scheme": "w8a8"}
+    assert parse(quantization_config=spec).quantization == "w8a8"
+    with pytest.raises(UnsupportedModelError, match="quantization_config"):
+        parse(quantization_config={"quant_method": "gptq", "bits": 4})

@@ -10,6 +10,7 @@ from typing import Any
 
 from services.engine.config import ModelConfig, RopeScaling
 from services.engine.errors import ConfigError, UnsupportedModelError
+from services.engine.model.quantized_linear import quantization_scheme
 from services.engine.model.registry import MODEL_CLASSES
 
 DTYPE_NAMES = {"float32": "float32", "float": "float32", "float16": "float16", "half": "float16",
@@ -53,6 +54,7 @@ def model_config_from_hf(hf: dict[str, Any], dtype: str) -> ModelConfig:
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             attention_bias=arch == "Qwen2ForCausalLM",
             dtype=dtype,
+            quantization=quantization_scheme(hf),
         )
     except ConfigError as e:
         raise UnsupportedModelError(f"config.json: {e}") from e

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from services.engine.errors import UnsupportedModelError
+from services.engine.model.quantized_linear import Int8Linear
 
 
 @runtime_checkable
@@ -30,10 +31,11 @@ class Projection(Protocol):
 
 def projection(in_features: int, out_features: int | Sequence[int], *, bias: bool = False,
                dtype: torch.dtype | None = None, quantization: str | None = None) -> nn.Module:
-    """The projection for the model's quantization setting (ModelConfig.quantization)."""
+    """The projection for the model's quantization setting (ModelConfig.quantization): the plain
+    Linear, or an INT8 one (quantized_linear.py) for "w8a16" / "w8a8"."""
     if quantization is None:
         return Linear(in_features, out_features, bias=bias, dtype=dtype)
-    raise UnsupportedModelError(f"quantization {quantization!r} has no projection implementation")
+    return Int8Linear(in_features, out_features, quantization, bias=bias, dtype=dtype)
 
 
 class Linear(nn.Module):
