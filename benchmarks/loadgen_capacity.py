@@ -48,7 +48,7 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=20.0, help="measured seconds")
     p.add_argument("--backend", default="openai", choices=("openai", "openai-chat", "tandem"))
     p.add_argument("--num-workers", type=int, default=1)
-    p.add_argument("--target-loop", default="uvloop", choices=("uvloop", "precise", "asyncio"))
+    p.add_argument("--target-loop", default="precise", choices=("precise", "uvloop", "asyncio"))
     a = p.parse_args()
 
     counter = ApproximateCounter()
