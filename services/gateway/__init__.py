@@ -5,7 +5,8 @@ Interfaces:
 - `GatewayConfig` (config.py): frozen; host, grpc_port, http_port (0: a free port), model,
   served_model_name, mode ("disaggregated" | "colocated"), prefill_workers, decode_workers
   (host:port of the workers' gRPC services), api_keys (empty: no auth), kv_transport,
-  max_model_len, request_timeout_s, reservation_ttl_s, load_poll_interval_s, admission
+  max_model_len, request_timeout_s, reservation_ttl_s, load_poll_interval_s,
+  worker_ready_timeout_s, admission
   (AdmissionConfig: queue bound and timeout, running limit, prefill queue tokens, tenant rate).
 - `Gateway(config)` (gateway.py): `await gateway.start()`, then `gateway.grpc_port`,
   `gateway.http_port` (bound ports), `gateway.grpc_address`, `gateway.http_url`; `await gateway.stop()`.

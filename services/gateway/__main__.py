@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-transport", choices=KV_TRANSPORTS, default=_DEFAULTS.kv_transport)
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--request-timeout", type=float, default=_DEFAULTS.request_timeout_s)
+    p.add_argument("--worker-ready-timeout", type=float, default=_DEFAULTS.worker_ready_timeout_s,
+                   help="seconds to wait at start for the workers' first load reports")
     p.add_argument("--max-queued-requests", type=int, default=_ADMISSION.max_queued_requests)
     p.add_argument("--queue-timeout", type=float, default=_ADMISSION.queue_timeout_s)
     p.add_argument("--tenant-tokens-per-s", type=float, default=_ADMISSION.tenant_tokens_per_s)
@@ -52,7 +54,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         prefill_workers=tuple(args.prefill), decode_workers=tuple(args.decode), host=args.host,
         grpc_port=args.grpc_port, http_port=args.http_port, api_keys=tuple(args.api_key),
         kv_transport=args.kv_transport, max_model_len=args.max_model_len,
-        request_timeout_s=args.request_timeout,
+        request_timeout_s=args.request_timeout, worker_ready_timeout_s=args.worker_ready_timeout,
         admission=AdmissionConfig(max_queued_requests=args.max_queued_requests,
                                   queue_timeout_s=args.queue_timeout,
                                   tenant_tokens_per_s=args.tenant_tokens_per_s))
@@ -76,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     except TandemError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
+    except (TimeoutError, OSError) as exc:      # workers not answering, port taken
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -64,6 +64,7 @@ class GatewayConfig:
     reservation_ttl_s: float = 30.0         # a decode reservation lapses if no pages arrive
     load_poll_interval_s: float = 0.05      # load report staleness bound
     worker_rpc_timeout_s: float = 30.0      # Reserve / Load / Cancel / Prefill deadline
+    worker_ready_timeout_s: float = 60.0    # at start, how long to wait for the workers' first reports
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
 
     def __post_init__(self) -> None:
@@ -88,7 +89,7 @@ class GatewayConfig:
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ConfigError(f"max_model_len must be >= 2, got {self.max_model_len}")
         for name in ("request_timeout_s", "reservation_ttl_s", "load_poll_interval_s",
-                     "worker_rpc_timeout_s"):
+                     "worker_rpc_timeout_s", "worker_ready_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if any(not key for key in self.api_keys):

@@ -26,17 +26,15 @@ from services.telemetry.metrics import GatewayMetrics, render
 
 log = logging.getLogger(__name__)
 
-WORKER_READY_TIMEOUT_S = 60.0
 _LOAD_RPC_TIMEOUT_S = 2.0
 SHUTDOWN_GRACE_S = 1.0          # open streams get this long to finish when the gateway stops       # a worker slower than this to report its load counts as down
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, worker_ready_timeout_s: float = WORKER_READY_TIMEOUT_S) -> None:
+    def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self.metrics = GatewayMetrics()
         self._gpu = GpuGauges(self.metrics.registry)
-        self._ready_timeout_s = worker_ready_timeout_s
         self.pool: WorkerPool | None = None
         self.admission: AdmissionController | None = None
         self.service: GenerationService | None = None
@@ -73,7 +71,7 @@ class Gateway:
             api_keys=cfg.api_keys, request_timeout_s=cfg.request_timeout_s,
             admission=self.admission, session=self._session, metrics=self.metrics)
         try:
-            await self.pool.start(self._ready_timeout_s)
+            await self.pool.start(cfg.worker_ready_timeout_s)
             self._grpc_server, self.grpc_port, self._health = await start_grpc_server(
                 self.service, cfg.host, cfg.grpc_port)
             api = HttpApi(self.service, self.render_metrics, self.is_healthy)

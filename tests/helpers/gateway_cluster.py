@@ -86,8 +86,9 @@ async def gateway_cluster(mode: str = "disaggregated", *, kv_transport: str = ""
         config = GatewayConfig(mode=mode, decode_workers=tuple(t.address for t in decode),
                                prefill_workers=tuple(t.address for t in prefill), host=HOST,
                                grpc_port=0, http_port=0, kv_transport=kv_transport,
-                               admission=admission or AdmissionConfig(), **gateway_fields)
-        gateway = Gateway(config, worker_ready_timeout_s=30)
+                               admission=admission or AdmissionConfig(),
+                               **{"worker_ready_timeout_s": 30.0, **gateway_fields})
+        gateway = Gateway(config)
         await gateway.start()
         cluster = GatewayCluster(gateway, prefill, decode)
         yield cluster

@@ -127,11 +127,11 @@ async def test_gateway_starts_without_an_absent_worker_and_routes_around_it():
         absent = f"127.0.0.1:{sock.getsockname()[1]}"
     async with gateway_cluster("colocated") as c:
         config = GatewayConfig(mode="colocated", decode_workers=(absent, c.decode[0].address),
-                               grpc_port=0, http_port=0)
-        async with Gateway(config, worker_ready_timeout_s=0.5) as gateway:
+                               grpc_port=0, http_port=0, worker_ready_timeout_s=0.5)
+        async with Gateway(config) as gateway:
             msgs = await generate(gateway.grpc_address, gen.GenerateRequest(
                 text="one is enough", sampling=gen.SamplingParams(max_tokens=3)))
             assert msgs[-1].usage.completion_tokens == 3
         with pytest.raises(TimeoutError):
             await Gateway(GatewayConfig(mode="colocated", decode_workers=(absent,), grpc_port=0,
-                                        http_port=0), worker_ready_timeout_s=0.3).start()
+                                        http_port=0, worker_ready_timeout_s=0.3)).start()
