@@ -1,7 +1,8 @@
 """The projection every model layer goes through: y = x W^T (+ b).
 
-One module owns the weight (and optional bias) of a projection, so a quantized variant (INT8
-weights with per-channel scales) replaces this class without touching the model. Fused
+One module owns the weight (and optional bias) of a projection, and `projection` picks the variant
+(this plain one, or quantized_linear.Int8Linear) from the model's quantization setting, so the
+model never names a class. Fused
 projections (q|k|v, gate|up) are one weight made of named shards, filled from the checkpoint's
 separate tensors."""
 
