@@ -59,12 +59,17 @@ class AdmissionController:
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def largest_request_tokens(self) -> int:
+        """Prompt + max_tokens of the largest request a decode worker could ever hold."""
+        return largest_decode_pool_tokens(self._pool.decode)
+
     async def admit(self, request_id: str, tenant: str, prompt_tokens: int, num_tokens: int,
                     deadline: float) -> Ticket:
         """A ticket booked on a decode worker, or CapacityError. `deadline` is time.monotonic()."""
         ticket = Ticket(request_id, tenant, prompt_tokens, num_tokens)
         self._require_live_workers()
-        largest = largest_decode_pool_tokens(self._pool.decode)
+        largest = self.largest_request_tokens
         if num_tokens > largest:
             self._reject("never_fits")
             raise CapacityError(

@@ -90,7 +90,7 @@ class HttpApi:
             svc.check_model(oa.model)
             if chat:
                 ids = svc.encode_chat(list(oa.messages))
-                default_max = max(1, svc.max_model_len - len(ids))
+                default_max = svc.default_max_tokens(len(ids))
             else:
                 ids = list(oa.prompt_token_ids) if oa.prompt_token_ids else svc.encode_text(oa.prompt_text)
                 default_max = COMPLETIONS_DEFAULT_MAX_TOKENS

@@ -61,6 +61,12 @@ class GenerationService:
         # The template already placed BOS and the special markers.
         return self.tokenizer.encode(rendered, add_special_tokens=False)
 
+    def default_max_tokens(self, num_prompt_tokens: int) -> int:
+        """When a client sets no limit (chat): the rest of the context, as far as a decode worker's
+        KV pool can hold it (never below 1, so a too-long prompt is refused for its length)."""
+        room = min(self.max_model_len, self._admission.largest_request_tokens or self.max_model_len)
+        return max(1, room - num_prompt_tokens)
+
     def prepare(self, prompt_token_ids: Sequence[int], params: SamplingParams, tenant: str,
                 request_id: str = "", prompt_field: str = "prompt") -> PreparedRequest:
         ids = tuple(prompt_token_ids)

@@ -101,3 +101,15 @@ async def test_health_and_metrics(cluster):
                  "tandem_admissions_total", "tandem_kv_blocks", "tandem_kv_transfer_bytes_count",
                  "tandem_running_requests"):
         assert name in text, name
+
+
+async def test_chat_without_max_tokens_gets_what_a_decode_pool_can_hold():
+    from tests.helpers.gateway_cluster import engine_config
+    # Decode pools of 20 blocks x 16 tokens = 320 tokens, far below the model's 4096.
+    async with gateway_cluster("disaggregated", decode_engine=engine_config(num_blocks=20)) as c:
+        resp = await client(c).chat.completions.create(
+            model="tiny-random", messages=[{"role": "user", "content": "hi"}],
+            extra_body={"ignore_eos": True})
+        assert resp.choices[0].finish_reason == "length"
+        assert resp.usage.prompt_tokens + resp.usage.completion_tokens == 320
+        assert await c.blocks_all_free(), c.free_blocks()
