@@ -30,7 +30,7 @@ SCENARIOS = {
 }
 
 
-@pytest.fixture(scope="module", params=["llama3", "mistral", "qwen2"])
+@pytest.fixture(scope="module", params=["llama3", "llama2", "mistral", "qwen2"])
 def family(request, tmp_path_factory):
     path = make_hf_checkpoint(tmp_path_factory.mktemp(request.param), request.param)
     loaded = load_model(str(path), dtype="float32")
