@@ -4,6 +4,7 @@ with a retry-after, bad HTTP requests get 400 naming the field, and a dead worke
 UNAVAILABLE rather than a hang."""
 
 import asyncio
+import json
 import time
 
 import aiohttp
@@ -31,7 +32,24 @@ async def test_200_concurrent_streams_complete_without_loss():
                     last = msg
                 return n, last.usage.completion_tokens
 
-            results = await asyncio.gather(*(one(i) for i in range(200)))
+            async def one_http(session: aiohttp.ClientSession, i: int) -> tuple[int, int]:
+                body = {"prompt": f"request number {i}", "max_tokens": 8, "temperature": 0.8, "seed": i,
+                        "ignore_eos": True, "stream": True, "logprobs": 0,
+                        "stream_options": {"include_usage": True}}
+                n = usage = 0
+                async with session.post(c.gateway.http_url + "/v1/completions", json=body) as resp:
+                    async for line in resp.content:
+                        if line.startswith(b"data: {"):
+                            event = json.loads(line[6:])
+                            for choice in event["choices"]:
+                                n += len(choice["logprobs"]["tokens"])
+                            usage = (event.get("usage") or {}).get("completion_tokens", usage)
+                return n, usage
+
+            # 200 streams at once, half over gRPC and half over HTTP (SSE).
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+                results = await asyncio.gather(*(one(i) for i in range(100)),
+                                               *(one_http(session, i) for i in range(100, 200)))
         assert results == [(8, 8)] * 200
         assert await c.blocks_all_free(), c.free_blocks()
         assert c.gateway.admission.running == 0
