@@ -168,6 +168,11 @@ async def test_dead_decode_worker_gives_unavailable_not_a_hang():
                         pass
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
             assert time.monotonic() - start < 2.0
+        async with aiohttp.ClientSession() as s:
+            async with s.get(c.gateway.http_url + "/health") as r:
+                assert r.status == 503
+            async with s.post(c.gateway.http_url + "/v1/completions", json={"prompt": "x"}) as r:
+                assert r.status == 503 and r.headers.get("Retry-After")
         c.decode.clear()
         assert await c.blocks_all_free(), c.free_blocks()
 
