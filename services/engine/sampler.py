@@ -1,10 +1,10 @@
 """Turns a batch of logits into next tokens: greedy, temperature, top-k, top-p, seeds, logprobs.
 
 Sampling is the Gumbel-max trick, argmax(logits / T + G), with G drawn per row. A seeded row
-draws G from a generator seeded by (seed, index of the output token) alone, so its token is a pure
-function of (seed, index, logits): the same wherever and with whatever else it is batched, and a
-request resumed in another process continues identically. Unseeded rows share the engine's
-generator. Filtering and scaling are vectorised over the batch; only the seeded draws loop."""
+draws G from a counter-based generator keyed by (seed, index of the output token) alone, so its
+token is a pure function of (seed, index, logits): the same in any batch, on any device, and for a
+request resumed in another process. Unseeded rows share the engine's generator. Everything is
+vectorised over the batch."""
 
 from __future__ import annotations
 
@@ -28,6 +28,29 @@ def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def _row_values(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return to_device(torch.tensor(values, dtype=dtype), device)
+
+
+_M32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (xor-shift-multiply) on int64 lanes holding [0, 2**32). Every
+    product stays below 2**63, so the arithmetic is exact on every device."""
+    x = x ^ (x >> 16)
+    x = (x * 0x45D9F3B) & _M32
+    x = x ^ (x >> 16)
+    x = (x * 0x45D9F3B) & _M32
+    return x ^ (x >> 16)
+
+
+def counter_uniform(keys: torch.Tensor, width: int) -> torch.Tensor:
+    """u[r, j] in (0, 1), a hash of (keys[r], j): int64 keys in [0, 2**63) -> float32 [R, width].
+    Strictly inside (0, 1), so the Gumbel noise derived from it is always finite."""
+    low = _mix32(keys & _M32)[:, None]
+    high = _mix32((keys >> 32) ^ 0x9E3779B9)[:, None]
+    counters = (torch.arange(width, dtype=torch.int64, device=keys.device) * 0x9E3779B1) & _M32
+    bits = _mix32(_mix32(counters[None, :] ^ low) ^ high)
+    return ((bits >> 8).to(torch.float32) + 0.5) / 2**24     # 24 bits: exact in float32
 
 
 def row_seed(seed: int, output_index: int) -> int:
@@ -70,14 +93,16 @@ class Sampler:
         return self._with_logprobs(logits, rows, token_ids)
 
     def _gumbel(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
-        uniform = torch.rand(logits.shape, generator=self.generator, device=logits.device)
-        for i, row in enumerate(rows):
-            if row.params.seed is not None and not row.params.greedy:
-                gen = torch.Generator(device=logits.device)
-                gen.manual_seed(row_seed(row.params.seed, row.output_index))
-                uniform[i] = torch.rand(logits.shape[1], generator=gen, device=logits.device)
+        device = logits.device
         # Clamped away from 0 so that G is finite: a masked (-inf) token can never win.
-        return -torch.log(-torch.log(uniform.clamp_(min=torch.finfo(uniform.dtype).tiny)))
+        uniform = torch.rand(logits.shape, generator=self.generator, device=device)
+        uniform.clamp_(min=torch.finfo(uniform.dtype).tiny)
+        seeded = [i for i, r in enumerate(rows) if r.params.seed is not None and not r.params.greedy]
+        if seeded:
+            keys = [row_seed(rows[i].params.seed, rows[i].output_index) for i in seeded]
+            uniform[_row_values(seeded, torch.int64, device)] = counter_uniform(
+                _row_values(keys, torch.int64, device), logits.shape[1])
+        return -torch.log(-torch.log(uniform))
 
     def _with_logprobs(self, logits: torch.Tensor, rows: Sequence[SamplingRow],
                        token_ids: torch.Tensor) -> SamplerOutput:

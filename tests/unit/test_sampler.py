@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.engine.errors import InvalidRequestError
-from services.engine.sampler import Sampler, SamplingRow, filter_logits, row_seed
+from services.engine.sampler import Sampler, SamplingRow, counter_uniform, filter_logits, row_seed
 from services.engine.sampling_params import SamplingParams
 
 
@@ -139,3 +139,18 @@ def test_sampling_params_normalise_sequences():
     params = SamplingParams(stop=["x"], stop_token_ids=[3])
     assert params.stop == ("x",) and params.stop_token_ids == (3,)
     assert SamplingParams(top_k=-1).top_k_enabled is False
+
+
+def test_counter_uniform_is_uniform_and_independent_across_keys():
+    keys = torch.tensor([row_seed(s, i) for s in range(4) for i in range(25)])
+    u = counter_uniform(keys, 2000)
+    assert u.shape == (100, 2000) and u.dtype == torch.float32
+    assert 0 < u.min() and u.max() < 1
+    assert abs(u.mean().item() - 0.5) < 0.005
+    counts = torch.histc(u, bins=10, min=0, max=1)
+    expected = u.numel() / 10
+    chi2 = ((counts - expected) ** 2 / expected).sum().item()
+    assert chi2 < 30                      # 9 degrees of freedom: p < 0.001 beyond ~27.9
+    correlation = torch.corrcoef(u[:10])   # distinct keys: rows uncorrelated
+    assert (correlation - torch.eye(10)).abs().max() < 0.1
+    assert torch.equal(counter_uniform(keys[:3], 2000), u[:3])
