@@ -119,8 +119,8 @@ class WorkerPool:
         self._poll_interval_s = poll_interval_s
         self._rpc_timeout_s = rpc_timeout_s
         self._on_reports = on_reports
-        self._poll_now = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._poll_now: dict[str, asyncio.Event] = {}
+        self._tasks: list[asyncio.Task] = []
 
     @staticmethod
     def _handle(address: str, role: str) -> WorkerHandle:
@@ -149,17 +149,24 @@ class WorkerPool:
                     break
                 raise TimeoutError(f"workers did not answer within {ready_timeout_s}s: {missing}")
             await asyncio.sleep(min(0.1, self._poll_interval_s))
-        self._task = asyncio.create_task(self._poll_loop(), name="gateway-load-poll")
+        # One loop per worker: a slow worker delays only its own reports.
+        for w in self.all:
+            self._poll_now[w.address] = asyncio.Event()
+            self._tasks.append(asyncio.create_task(self._poll_loop(w), name=f"load-poll {w.address}"))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
         await asyncio.gather(*(w.channel.close() for w in self.all), return_exceptions=True)
 
     def request_poll(self) -> None:
-        """Poll now rather than at the next tick (a request finished: capacity came back)."""
-        self._poll_now.set()
+        """Poll the decode workers now rather than at the next tick (capacity came back)."""
+        for w in self.decode:
+            event = self._poll_now.get(w.address)
+            if event is not None:
+                event.set()
 
     async def poll_once(self) -> None:
         await asyncio.gather(*(self._poll(w) for w in self.all))
@@ -180,11 +187,13 @@ class WorkerPool:
             return
         worker.apply_report(report, started)
 
-    async def _poll_loop(self) -> None:
+    async def _poll_loop(self, worker: WorkerHandle) -> None:
+        poll_now = self._poll_now[worker.address]
         while True:
             try:
-                await asyncio.wait_for(self._poll_now.wait(), self._poll_interval_s)
+                await asyncio.wait_for(poll_now.wait(), self._poll_interval_s)
             except asyncio.TimeoutError:
                 pass
-            self._poll_now.clear()
-            await self.poll_once()
+            poll_now.clear()
+            await self._poll(worker)
+            self._on_reports()
