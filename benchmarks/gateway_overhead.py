@@ -5,8 +5,9 @@ Workers run as separate processes (process launcher), the gateway as another pro
 sent once straight to the workers (DecodeWorker.Reserve, PrefillWorker.Prefill: the first token is
 back when Prefill returns; the text is tokenized here, untimed) and once through the gateway
 (tandem.v1.Generation/Generate with text: tokenization, admission, routing and detokenization are
-all counted against the gateway). The order alternates, prompts never share a prefix block, and
-the requests run one at a time, so neither path queues behind the other. Overhead = gateway TTFT
+all counted against the gateway), and once through the HTTP API (/v1/completions, SSE: time to the
+first event). The order rotates, prompts never share a prefix block, and the requests run one at
+a time, so no path queues behind another. Overhead = gateway TTFT
 minus direct TTFT, as a difference of percentiles and as percentiles of the paired differences.
 
 Then a concurrency phase opens N streams through the gateway (their starts spread over --ramp-s
@@ -28,6 +29,7 @@ import sys
 import time
 import urllib.request
 
+import aiohttp
 import grpc
 
 from orchestration.cluster import Cluster, ClusterConfig
@@ -96,37 +98,59 @@ async def gateway_ttft(stub, text: str, params: SamplingParams) -> float:
     return ttft
 
 
-async def overhead_phase(args, handle, gateway_address: str) -> dict:
-    tokenizer = load_tokenizer("tiny-random").tokenizer
-    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
-    async with grpc.aio.insecure_channel(handle.prefill_addresses[0]) as pch, \
-            grpc.aio.insecure_channel(handle.decode_addresses[0]) as dch, \
-            grpc.aio.insecure_channel(gateway_address) as gch:
-        prefill, decode = worker_pb2_grpc.PrefillWorkerStub(pch), worker_pb2_grpc.DecodeWorkerStub(dch)
-        stub = gen_grpc.GenerationStub(gch)
-        direct, via = [], []
-        for i in range(args.warmup + args.requests):
-            d_text, g_text = prompt_text(i, "d", args.prompt_words), prompt_text(i, "g", args.prompt_words)
-            ids = tokenizer.encode(d_text)
-            runs = [lambda: direct_ttft(prefill, decode, f"bench-{i}", ids, params),
-                    lambda: gateway_ttft(stub, g_text, params)]
-            order = (0, 1) if i % 2 == 0 else (1, 0)
-            got = {}
-            for k in order:
-                got[k] = await runs[k]()
-            if i >= args.warmup:
-                direct.append(got[0])
-                via.append(got[1])
+async def http_ttft(session, url: str, text: str, params: SamplingParams) -> float:
+    """Time to the first SSE event carrying text, through /v1/completions."""
+    body = {"prompt": text, "max_tokens": params.max_tokens, "temperature": params.temperature,
+            "ignore_eos": params.ignore_eos, "stream": True}
+    start = time.perf_counter()
+    ttft = None
+    async with session.post(f"{url}/v1/completions", json=body) as resp:
+        async for line in resp.content:
+            if ttft is None and line.startswith(b"data: {"):
+                ttft = time.perf_counter() - start
+    return ttft
+
+
+def _summary(direct: list[float], via: list[float]) -> dict:
     diffs = [g - d for g, d in zip(via, direct)]
     ms = lambda s: round(s * 1000, 3)  # noqa: E731
     return {
-        "requests": len(direct), "prompt_tokens": len(ids), "max_tokens": args.max_tokens,
-        "direct_ttft_ms": {"p50": ms(percentile(direct, 50)), "p99": ms(percentile(direct, 99))},
-        "gateway_ttft_ms": {"p50": ms(percentile(via, 50)), "p99": ms(percentile(via, 99))},
+        "ttft_ms": {"p50": ms(percentile(via, 50)), "p99": ms(percentile(via, 99))},
         "overhead_ms_percentile_difference": {"p50": ms(percentile(via, 50) - percentile(direct, 50)),
                                               "p99": ms(percentile(via, 99) - percentile(direct, 99))},
         "overhead_ms_paired": {"p50": ms(percentile(diffs, 50)), "p99": ms(percentile(diffs, 99)),
                                "mean": ms(statistics.fmean(diffs))},
+    }
+
+
+async def overhead_phase(args, handle, gateway_address: str, http_url: str) -> dict:
+    tokenizer = load_tokenizer("tiny-random").tokenizer
+    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
+    async with grpc.aio.insecure_channel(handle.prefill_addresses[0]) as pch, \
+            grpc.aio.insecure_channel(handle.decode_addresses[0]) as dch, \
+            grpc.aio.insecure_channel(gateway_address) as gch, aiohttp.ClientSession() as session:
+        prefill, decode = worker_pb2_grpc.PrefillWorkerStub(pch), worker_pb2_grpc.DecodeWorkerStub(dch)
+        stub = gen_grpc.GenerationStub(gch)
+        times: list[list[float]] = [[], [], []]          # direct, gRPC gateway, HTTP gateway
+        for i in range(args.warmup + args.requests):
+            texts = [prompt_text(i, tag, args.prompt_words) for tag in ("d", "g", "h")]
+            ids = tokenizer.encode(texts[0])
+            runs = [lambda: direct_ttft(prefill, decode, f"bench-{i}", ids, params),
+                    lambda: gateway_ttft(stub, texts[1], params),
+                    lambda: http_ttft(session, http_url, texts[2], params)]
+            got = {}
+            for k in (i % 3, (i + 1) % 3, (i + 2) % 3):  # rotate the order
+                got[k] = await runs[k]()
+            if i >= args.warmup:
+                for k in range(3):
+                    times[k].append(got[k])
+    direct = times[0]
+    return {
+        "requests": len(direct), "prompt_tokens": len(ids), "max_tokens": args.max_tokens,
+        "direct_ttft_ms": {"p50": round(percentile(direct, 50) * 1000, 3),
+                           "p99": round(percentile(direct, 99) * 1000, 3)},
+        "grpc": _summary(direct, times[1]),
+        "http": _summary(direct, times[2]),
     }
 
 
@@ -199,7 +223,8 @@ def main() -> int:
     gateway = None
     try:
         gateway, grpc_address, http_url = start_gateway(handle.prefill_addresses, handle.decode_addresses)
-        result = {"date": time.strftime("%Y-%m-%d"), "overhead": asyncio.run(overhead_phase(args, handle, grpc_address))}
+        result = {"date": time.strftime("%Y-%m-%d"),
+                  "overhead": asyncio.run(overhead_phase(args, handle, grpc_address, http_url))}
         if args.streams:
             result["concurrency"] = asyncio.run(concurrency_phase(args, grpc_address, http_url))
     finally:
