@@ -3,7 +3,8 @@ processes, as prefill and decode run) and the local transport (same process). Ba
 same run: gRPC's own ceiling (the same bytes as ready-made messages, on the same number of
 streams, that the receiver only counts) and a plain copy of the bytes.
 
-    python -m benchmarks.kv_transfer [--page-mib 2] [--pages 64] [--repeats 5] [--json out.json]
+    python -m benchmarks.kv_transfer [--page-mib 2] [--pages 64] [--repeats 5] [--streams 2]
+                                     [--sender-processes N] [--json out.json]
 
 Pages default to a Llama-3.1-8B bf16 page (32 layers x K/V x 16 tokens x 8 heads x 128 = 2 MiB),
 64 of them per transfer (a 1024-token prompt). The receiving process lands every page into a
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -25,6 +27,8 @@ import torch
 
 from services.kvtransfer import (KVReceiver, KVTransferServer, KVTransports, LocalEndpoints,
                                  PageRun, TransferConfig, channel_options)
+from services.kvtransfer.grpc_sender import GrpcKVSender
+from services.kvtransfer.pages import stripes
 
 LAYERS, HEADS, HEAD_DIM, BLOCK = 32, 8, 128, 16
 
@@ -126,6 +130,44 @@ async def _timed_transfers(transports: KVTransports, address: str, transport: st
     return seconds
 
 
+def _stripe_sender_process(conn, address: str, stripe: range, pages: int, page_mib: float,
+                           chunk_mib: float) -> None:
+    """One sending process (a GIL of its own) pushing one stripe of every transfer."""
+    src = torch.randn((pages, *page_shape(page_mib))).to(torch.bfloat16)
+    sender = GrpcKVSender(address, TransferConfig(chunk_bytes=int(chunk_mib * 2**20), streams=1))
+    while (request_id := conn.recv()) is not None:
+        run = PageRun(request_id, src, tuple(range(pages)), pages * BLOCK)
+        encoder, call = sender.start_stripe(run, stripe)
+        conn.send(sender._result(call, run).bytes_received)
+        encoder.stop()
+
+
+def _process_seconds(args: argparse.Namespace, remote: "RemoteReceiver", processes: int) -> list[float]:
+    """Each stripe of the transfer sent from a process of its own, into the one receiver."""
+    ctx = multiprocessing.get_context("spawn")
+    parts = stripes(args.pages, 1, processes, 1)
+    links = []
+    for stripe in parts:
+        mine, theirs = ctx.Pipe()
+        ctx.Process(target=_stripe_sender_process, daemon=True,
+                    args=(theirs, remote.address, stripe, args.pages, args.page_mib, args.chunk_mib)).start()
+        links.append(mine)
+    seconds = []
+    for i in range(args.repeats + 1):
+        remote.say("expect", f"p{i}")
+        start = time.perf_counter()
+        for link in links:
+            link.send(f"p{i}")
+        assert all(link.recv() > 0 for link in links)
+        elapsed = time.perf_counter() - start
+        remote.say("done", f"p{i}")
+        if i:
+            seconds.append(elapsed)
+    for link in links:
+        link.send(None)
+    return seconds
+
+
 def _copy_seconds(src: torch.Tensor, repeats: int) -> list[float]:
     dst = torch.empty_like(src)
     out = []
@@ -153,6 +195,9 @@ async def run(args: argparse.Namespace) -> dict:
         results["grpc"] = _summary(nbytes, secs)
         raw = await asyncio.to_thread(_raw_seconds, remote.raw_port, config, nbytes, args.repeats)
         results["grpc_ceiling_prebuilt_messages"] = _summary(nbytes, raw)
+        if args.sender_processes:
+            secs = await asyncio.to_thread(_process_seconds, args, remote, args.sender_processes)
+            results[f"grpc_from_{args.sender_processes}_sender_processes"] = _summary(nbytes, secs)
     finally:
         remote.close()
     local_pool = torch.zeros_like(src)
@@ -188,6 +233,8 @@ def main() -> int:
     p.add_argument("--chunk-mib", type=float, default=TransferConfig().chunk_bytes / 2**20)
     p.add_argument("--streams", type=int, default=TransferConfig().streams)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--sender-processes", type=int, default=0,
+                   help="also send each transfer as this many stripes from as many processes")
     p.add_argument("--json", default=None)
     p.add_argument("--receive", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -122,9 +122,10 @@ class GrpcKVSender(KVSender):
         parts = stripes(len(run.block_ids), run.layout.page_bytes, self._config.streams,
                         self._config.min_stripe_bytes)
         calls, encoders = [], []
-        for push, stripe in zip(self._push, parts):
-            encoders.append(_StripeEncoder(run, stripe, self._config))
-            calls.append(push.future(iter(encoders[-1]), timeout=self._config.timeout_s))
+        for stream, stripe in enumerate(parts):
+            encoder, call = self.start_stripe(run, stripe, stream)
+            encoders.append(encoder)
+            calls.append(call)
         try:
             acks = await asyncio.gather(*(asyncio.to_thread(self._result, call, run) for call in calls))
         except BaseException:
@@ -139,6 +140,12 @@ class GrpcKVSender(KVSender):
             raise KVTransferError(f"request {run.request_id}: {received} bytes acknowledged, "
                                   f"{run.num_bytes} sent")
         return TransferReceipt(len(run.block_ids), run.num_bytes, time.perf_counter() - start)
+
+    def start_stripe(self, run: PageRun, stripe: range, stream: int = 0):
+        """Starts pushing one stripe of run's pages on one stream; returns (encoder, call).
+        `self._result(call, run)` waits for its acknowledgement."""
+        encoder = _StripeEncoder(run, stripe, self._config)
+        return encoder, self._push[stream].future(iter(encoder), timeout=self._config.timeout_s)
 
     def _result(self, call, run: PageRun) -> worker_pb2.PushAck:
         try:
