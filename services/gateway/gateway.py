@@ -15,7 +15,7 @@ import logging
 from services.engine.loader import load_tokenizer
 from services.gateway.admission import AdmissionController
 from services.gateway.config import GatewayConfig
-from services.gateway.grpc_api import start_grpc_server
+from services.gateway.grpc_api import bracket_host, start_grpc_server
 from services.gateway.http_api import HttpApi, start_http_server
 from services.gateway.service import GenerationService
 from services.gateway.session import WorkerSession
@@ -47,11 +47,11 @@ class Gateway:
 
     @property
     def grpc_address(self) -> str:
-        return f"{self.config.host}:{self.grpc_port}"
+        return f"{bracket_host(self.config.host)}:{self.grpc_port}"
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.config.host}:{self.http_port}"
+        return f"http://{bracket_host(self.config.host)}:{self.http_port}"
 
     async def start(self) -> None:
         cfg = self.config

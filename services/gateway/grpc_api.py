@@ -29,6 +29,11 @@ SERVER_OPTIONS = (("grpc.server.max_pending_requests", 1 << 16),
                   ("grpc.so_reuseport", 0))
 
 
+def bracket_host(host: str) -> str:
+    """An IPv6 literal in brackets, as host:port needs it."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def api_key_from_metadata(metadata) -> str | None:
     """`authorization: Bearer KEY` (as HTTP) or `x-api-key: KEY`."""
     for key, value in metadata or ():
@@ -94,7 +99,7 @@ async def start_grpc_server(service: GenerationService, host: str, port: int) ->
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (GENERATION_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound = server.add_insecure_port(f"{bracket_host(host)}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind gRPC on {host}:{port}")
     await server.start()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import time
 import uuid
 from typing import AsyncIterator, Sequence
@@ -43,7 +44,8 @@ class GenerationService:
             return api_key or ""
         if not api_key:
             raise UnauthenticatedError("missing API key (Authorization: Bearer <key>)")
-        if api_key not in self._api_keys:
+        # Compared in constant time: response timing must not reveal how much of a key matched.
+        if not any(hmac.compare_digest(api_key.encode(), k.encode()) for k in self._api_keys):
             raise UnauthenticatedError("invalid API key")
         return api_key
 
