@@ -1,7 +1,7 @@
 """Workers as Ray actors: one actor per worker, each running the worker's gRPC server on a thread
 of its own. One GPU per actor when the cluster has GPUs, else one CPU. All actors go in one
 placement group packed onto as few nodes as possible, so prefill and decode sit together and
-pages travel over the fastest link. Ray restarts a dead actor (max_restarts); it comes back on
+pages travel over the fastest link. (GPUs are used when the cluster has one for every worker.) Ray restarts a dead actor (max_restarts); it comes back on
 the same port, so the gateway's addresses stay valid. Ray is the control plane only: tokens and
 KV pages go over gRPC, never through the object store."""
 
@@ -74,8 +74,12 @@ class RayLauncher:
         bundle = {"GPU": 1, "CPU": 1} if use_gpu else {"CPU": 1}
         group = placement_group([dict(bundle) for _ in specs], strategy="PACK")
         self._groups.append(group)
-        if not ray.get(group.ready(), timeout=self._start_timeout_s):
-            raise ConfigError(f"Ray could not place {len(specs)} workers of {bundle}")
+        try:
+            ray.get(group.ready(), timeout=self._start_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise ConfigError(f"Ray could not place {len(specs)} workers of {bundle} within "
+                              f"{self._start_timeout_s}s (cluster resources: "
+                              f"{ray.cluster_resources()})") from None
         actor_class = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0,
                                  max_restarts=self._max_restarts, max_task_retries=0)(WorkerActor)
         local = not self._ray_address
