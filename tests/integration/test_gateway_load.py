@@ -93,7 +93,7 @@ async def test_request_that_cannot_fit_is_refused_at_once_with_retry_after():
                 async for _ in gen_grpc.GenerationStub(ch).Generate(gen.GenerateRequest(
                         text="x", sampling=gen.SamplingParams(max_tokens=500))):
                     pass
-            assert time.monotonic() - start < 0.5
+            assert time.monotonic() - start < 2.0         # at once: not after the 5 s queue wait
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert dict(info.value.trailing_metadata()).get("retry-after")
         async with aiohttp.ClientSession() as s:
