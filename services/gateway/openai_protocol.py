@@ -11,6 +11,9 @@ from services.engine.errors import InvalidRequestError
 from services.engine.sampling_params import SamplingParams
 
 MAX_STOP_STRINGS = 16
+# The widths of the wire fields these values travel in (proto SamplingParams).
+_INT32_MAX = 2**31 - 1
+_INT_LIMITS = {"max_tokens": 2**32 - 1, "max_completion_tokens": 2**32 - 1, "seed": 2**64 - 1}
 _UNSUPPORTED_IF_SET = ("tools", "functions", "tool_choice", "response_format", "suffix", "logit_bias")
 
 
@@ -154,6 +157,9 @@ def _int(body: dict, name: str, default, label: str | None = None):
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidRequestError(label or name, f"must be an integer, got {type(value).__name__}")
+    limit = _INT_LIMITS.get(name, _INT32_MAX)
+    if not -limit <= value <= limit:
+        raise InvalidRequestError(label or name, f"must be at most {limit} in magnitude, got {value}")
     return value
 
 

@@ -3,6 +3,7 @@
 import pytest
 
 from services.engine.errors import InvalidRequestError
+from services import wire
 from services.gateway.openai_protocol import parse_request
 
 
@@ -61,6 +62,10 @@ def test_chat_messages_and_logprobs():
     ({"prompt": "x", "echo": True}, False, "echo"),
     ({"prompt": "x", "logprobs": 99}, False, "logprobs"),
     ({"prompt": "x", "model": 5}, False, "model"),
+    ({"prompt": "x", "top_k": 2**40}, False, "top_k"),
+    ({"prompt": "x", "seed": 2**64}, False, "seed"),
+    ({"prompt": "x", "seed": 2**63}, False, "seed"),
+    ({"prompt": "x", "max_tokens": 2**33}, False, "max_tokens"),
     ({"messages": []}, True, "messages"),
     ({"messages": [{"content": "x"}]}, True, "messages[0].role"),
     ({"messages": [{"role": "user", "content": 5}]}, True, "messages[0].content"),
@@ -73,3 +78,26 @@ def test_bad_requests_name_the_field(body, chat, field):
     with pytest.raises(InvalidRequestError) as info:
         run()
     assert info.value.field == field
+
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True)
+                     | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                     max_leaves=8)
+_FIELDS = ("model", "prompt", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p",
+           "top_k", "seed", "stop", "logprobs", "top_logprobs", "n", "stream", "stream_options", "ignore_eos",
+           "echo", "best_of", "presence_penalty", "frequency_penalty", "user", "tools")
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.dictionaries(st.sampled_from(_FIELDS), _JSON, max_size=8) | _JSON, chat=st.booleans())
+def test_any_json_body_is_accepted_or_refused_with_a_field(body, chat):
+    try:
+        params = parse_request(body, chat).params(16)
+    except InvalidRequestError as exc:
+        assert exc.field
+        return
+    wire.sampling_to_proto(params)      # whatever is accepted fits the wire
