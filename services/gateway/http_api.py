@@ -84,7 +84,7 @@ class HttpApi:
             tenant = svc.authenticate(_bearer(request))
             try:
                 body = json.loads(await request.read())
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            except (ValueError, RecursionError) as exc:    # bad JSON, bad UTF-8, absurd nesting
                 raise InvalidRequestError("body", f"malformed JSON: {exc}") from None
             oa = parse_request(body, chat)
             svc.check_model(oa.model)

@@ -125,6 +125,9 @@ async def test_overload_queues_then_refuses_with_429():
 
 @pytest.mark.parametrize("body,field", [
     (b"{not json", "body"),
+    (b"[" * 100_000 + b"]" * 100_000, "body"),
+    (b'{"prompt": "x", "seed": 1' + b"0" * 5000 + b"}", "body"),
+    (b"\xff\xfe", "body"),
     (b'{"prompt": ""}', "prompt"),
     (b'{"prompt": "x", "max_tokens": "ten"}', "max_tokens"),
     (b'{"prompt": "x", "temperature": -0.5}', "temperature"),
