@@ -31,6 +31,8 @@ class ReservationBook:
         self._receiver = receiver
         self._reservations: dict[str, Reservation] = {}
         self.num_expired = 0
+        # Kept as a running total: the engine thread reads it for metrics while this book changes.
+        self.num_reserved_blocks = 0
 
     async def reserve(self, request_id: str, num_tokens: int, ttl_s: float) -> Reservation | None:
         engine = self._engine_loop.engine
@@ -40,6 +42,7 @@ class ReservationBook:
         inbox = self._receiver.expect(request_id, block_ids)
         reservation = Reservation(request_id, tuple(block_ids), inbox, ttl_s, time.monotonic() + ttl_s)
         self._reservations[request_id] = reservation
+        self.num_reserved_blocks += len(block_ids)
         return reservation
 
     def get(self, request_id: str) -> Reservation:
@@ -54,6 +57,7 @@ class ReservationBook:
         the batch, so neither the reaper nor a cancel frees them from here."""
         reservation = self.get(request_id)
         del self._reservations[request_id]
+        self.num_reserved_blocks -= len(reservation.block_ids)
         self._receiver.discard(request_id)
         return reservation
 
@@ -62,6 +66,7 @@ class ReservationBook:
         reservation = self._reservations.pop(request_id, None)
         if reservation is None:
             return False
+        self.num_reserved_blocks -= len(reservation.block_ids)
         self._receiver.discard(request_id)      # after this no transport writes into the blocks
         await self._engine_loop.call(self._engine_loop.engine.cancel_reservation, request_id)
         return True
@@ -90,7 +95,3 @@ class ReservationBook:
 
     def __contains__(self, request_id: str) -> bool:
         return request_id in self._reservations
-
-    @property
-    def num_reserved_blocks(self) -> int:
-        return sum(len(r.block_ids) for r in self._reservations.values())

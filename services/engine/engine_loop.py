@@ -9,6 +9,7 @@ iterator fed from the engine thread through its event loop's thread-safe callbac
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import deque
@@ -23,6 +24,8 @@ from services.engine.sampling_params import SamplingParams
 class EngineStoppedError(TandemError):
     """The engine loop stopped (the worker is shutting down) or its step failed."""
 
+
+log = logging.getLogger("tandem.engine")
 
 _ABORTED = object()     # ends a stream whose request was aborted through the loop
 
@@ -180,7 +183,10 @@ class EngineLoop:
             return
         self.num_steps += 1
         if self._on_step is not None:
-            self._on_step(time.perf_counter() - start, outputs)
+            try:
+                self._on_step(time.perf_counter() - start, outputs)
+            except Exception:
+                log.exception("%s: on_step failed (the outputs are still delivered)", self.name)
         deliveries: dict[asyncio.AbstractEventLoop, list[tuple[RequestStream, RequestOutput]]] = {}
         for output in outputs:
             stream = (self._streams.pop(output.request_id, None) if output.finished
