@@ -22,7 +22,9 @@ from services.telemetry.metrics import CONTENT_TYPE_LATEST
 log = logging.getLogger(__name__)
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16      # the OpenAI default for /v1/completions
-MAX_BODY_BYTES = 32 * 2**20
+# A whole 128k-token prompt is well under this; tokenizing more would hold the event loop (every
+# open stream) for seconds. Larger bodies get 413. The gRPC API's own limit is 4 MiB too.
+MAX_BODY_BYTES = 4 * 2**20
 
 
 def error_response(exc: BaseException) -> web.Response:
