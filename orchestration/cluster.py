@@ -11,7 +11,11 @@ In colocated mode there are no prefill workers and each decode worker runs whole
 (`DecodeRequest.prefill_here`). Launchers: `inprocess` (threads of this process; tests, and the
 `local` KV transport), `process` (one subprocess per worker), `ray` (one actor per worker;
 restarted on death; the default for `tandem serve`). Workers bind port 0 unless `base_port` is
-set: worker i then listens on base_port + i (decode workers first)."""
+set: worker i then listens on base_port + i (decode workers first). With the in-process launcher,
+`cluster.launcher.threads[i].worker` is worker i itself (its engine, its loop), for tests.
+
+Each decode worker also listens for KV pages on a port of its own; its ReserveResponse and
+LoadReport carry that `kv_address`, which the gateway passes on to Prefill."""
 
 from __future__ import annotations
 
