@@ -53,7 +53,8 @@ def main() -> None:
 
     counter = ApproximateCounter()
     requests = load_requests(DatasetSpec(random_input_len=16, random_output_len=a.tokens), 1000, counter)
-    with TargetProcess(ttft_ms=a.ttft_ms, itl_ms=a.itl_ms, loop=a.target_loop) as target:
+    with TargetProcess(ttft_ms=a.ttft_ms, itl_ms=a.itl_ms, loop=a.target_loop,
+                       no_grpc=a.backend != "tandem") as target:
         url = target.grpc_address if a.backend == "tandem" else target.http_url
         # The ramp spreads the slots' first sends over one request's length, so requests start
         # (and tokens fall due) evenly, as independent users' would, not as a herd every round.

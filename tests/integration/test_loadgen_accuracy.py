@@ -60,7 +60,7 @@ def check_accuracy(records, s, concurrency, rounds, itl_ms=ITL_MS):
 
 @pytest.mark.slow
 def test_openai_http_accuracy_at_1000_streams():
-    with TargetProcess(ttft_ms=TTFT_MS, itl_ms=WIDE_ITL_MS) as wide:
+    with TargetProcess(ttft_ms=TTFT_MS, itl_ms=WIDE_ITL_MS, no_grpc=True) as wide:
         records, s = run(wide, "openai", concurrency=1000, rounds=1, itl_ms=WIDE_ITL_MS)
     check_accuracy(records, s, 1000, 1, WIDE_ITL_MS)
 

@@ -17,7 +17,9 @@ class TargetProcess:
     def __init__(self, **flags) -> None:
         self.argv = [sys.executable, "-m", "tests.loadgen_target"]
         for name, value in flags.items():
-            if value is not None:
+            if value is True:
+                self.argv.append(f"--{name.replace('_', '-')}")
+            elif value is not None and value is not False:
                 self.argv += [f"--{name.replace('_', '-')}", str(value)]
         self._proc: subprocess.Popen | None = None
         self.http_port = self.grpc_port = 0
