@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from services.engine.errors import CapacityError
 from services.gateway.config import AdmissionConfig
 from services.gateway.errors import WorkerUnavailableError
-from services.gateway.routing import blocks_for, largest_decode_pool_tokens, rank_decode_workers
+from services.gateway.routing import blocks_for, largest_pool_tokens, rank_decode_workers
 from services.gateway.token_bucket import TenantBuckets
 from services.gateway.workers import WorkerHandle, WorkerPool
 from services.telemetry.metrics import GatewayMetrics
@@ -62,7 +62,7 @@ class AdmissionController:
     @property
     def largest_request_tokens(self) -> int:
         """Prompt + max_tokens of the largest request a decode worker could ever hold."""
-        return largest_decode_pool_tokens(self._pool.decode)
+        return largest_pool_tokens(self._pool.decode)
 
     async def admit(self, request_id: str, tenant: str, prompt_tokens: int, num_tokens: int,
                     deadline: float) -> Ticket:
@@ -76,6 +76,14 @@ class AdmissionController:
                 f"prompt + max_tokens is {num_tokens} tokens; the largest decode KV pool holds "
                 f"{largest} tokens: lower max_tokens or shorten the prompt",
                 retry_after_s=self._config.retry_after_s)
+        if self._disaggregated:
+            largest_prefill = largest_pool_tokens(self._pool.prefill)
+            # The prefill side holds the prompt (plus its first token) until the pages are shipped.
+            if prompt_tokens + 1 > largest_prefill:
+                self._reject("never_fits")
+                raise CapacityError(f"the prompt is {prompt_tokens} tokens; the largest prefill KV pool "
+                                    f"holds {largest_prefill} tokens: shorten the prompt",
+                                    retry_after_s=self._config.retry_after_s)
         wait = self._buckets.try_take(tenant, num_tokens)
         if wait:
             self._reject("tenant_rate")

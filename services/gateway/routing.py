@@ -32,8 +32,8 @@ def rank_decode_workers(workers: Sequence[WorkerHandle], num_tokens: int,
     return sorted(fitting, key=lambda w: (-w.available_blocks, w.running_requests))
 
 
-def largest_decode_pool_tokens(workers: Sequence[WorkerHandle]) -> int:
-    """The most tokens any one decode worker can ever hold: beyond this a request never fits."""
+def largest_pool_tokens(workers: Sequence[WorkerHandle]) -> int:
+    """The most tokens any one of these workers can ever hold: beyond this a request never fits."""
     return max((w.num_blocks * w.block_size for w in workers if w.report is not None), default=0)
 
 

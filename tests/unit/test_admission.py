@@ -23,7 +23,8 @@ def make_pool(decode_free=(100,), prefill_queued=(0,), num_blocks=100) -> Worker
         w.apply_report(worker_pb2.LoadReport(block_size=BLOCK, num_blocks=num_blocks, free_blocks=free,
                                              role=worker_pb2.WORKER_ROLE_DECODE), time.monotonic())
     for w, queued in zip(pool.prefill, prefill_queued):
-        w.apply_report(worker_pb2.LoadReport(block_size=BLOCK, queued_prompt_tokens=queued,
+        w.apply_report(worker_pb2.LoadReport(block_size=BLOCK, num_blocks=num_blocks, free_blocks=num_blocks,
+                                             queued_prompt_tokens=queued,
                                              role=worker_pb2.WORKER_ROLE_PREFILL), time.monotonic())
     return pool
 
@@ -191,3 +192,14 @@ async def test_no_live_decode_worker_is_unavailable_at_once():
     with pytest.raises(WorkerUnavailableError):
         await adm.admit("a", "", 1, 2, far())
     assert sample(metrics, "tandem_rejections_total", reason="no_workers") == 1
+
+
+async def test_prompt_beyond_every_prefill_pool_never_fits():
+    pool = make_pool(decode_free=(1000,), num_blocks=1000)
+    for w in pool.prefill:
+        w.report.num_blocks = 4                             # 64 tokens
+    adm, metrics = make_admission(pool)
+    with pytest.raises(CapacityError) as info:
+        await adm.admit("a", "", 64, 80, far())
+    assert "prefill" in str(info.value)
+    adm.release(await adm.admit("b", "", 63, 80, far()))

@@ -2,7 +2,7 @@
 
 import time
 
-from services.gateway.routing import (largest_decode_pool_tokens, pick_prefill_worker,
+from services.gateway.routing import (largest_pool_tokens, pick_prefill_worker,
                                       rank_decode_workers)
 from services.gateway.workers import WorkerPool
 from services.rpc.tandem.v1 import worker_pb2
@@ -41,7 +41,7 @@ async def test_unhealthy_decode_worker_is_skipped():
 
 async def test_largest_pool():
     pool = pool_with(decode=[decode_report(1, num_blocks=10), decode_report(1, num_blocks=20)])
-    assert largest_decode_pool_tokens(pool.decode) == 320
+    assert largest_pool_tokens(pool.decode) == 320
 
 
 async def test_prefill_least_queued_tokens():
