@@ -122,6 +122,8 @@ class Gateway:
             r = w.report
             if r is None:
                 continue
+            m.worker_requests.labels(w.address, "running").set(r.running_requests)
+            m.worker_requests.labels(w.address, "waiting").set(r.waiting_requests)
             if w.role == "decode" or r.role == worker_pb2.WORKER_ROLE_COLOCATED:
                 m.kv_blocks.labels(w.address, "free").set(r.free_blocks)
                 m.kv_blocks.labels(w.address, "reserved").set(r.reserved_blocks)

@@ -54,6 +54,8 @@ class GatewayMetrics:
                                          registry=r)
         self.kv_blocks = Gauge("tandem_kv_blocks", "KV blocks per worker from its load report",
                                ["worker", "state"], registry=r)   # state: used | reserved | free
+        self.worker_requests = Gauge("tandem_worker_requests", "Requests per worker from its load report",
+                                     ["worker", "state"], registry=r)   # state: running | waiting
         self.prefill_queue_tokens = Gauge("tandem_prefill_queued_tokens",
                                           "Prompt tokens queued per prefill worker", ["worker"], registry=r)
         self.kv_transfer_bytes = Histogram("tandem_kv_transfer_bytes", "KV bytes shipped per request",

@@ -99,7 +99,7 @@ async def test_health_and_metrics(cluster):
     assert r.status == 200
     for name in ("tandem_time_to_first_token_seconds_bucket", "tandem_e2e_request_latency_seconds_count",
                  "tandem_admissions_total", "tandem_kv_blocks", "tandem_kv_transfer_bytes_count",
-                 "tandem_running_requests"):
+                 "tandem_running_requests", "tandem_worker_requests"):
         assert name in text, name
 
 
