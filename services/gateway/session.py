@@ -7,8 +7,10 @@ then DecodeWorker.Decode streams the rest. Colocated: Reserve, then Decode(prefi
 Failures before anything was streamed are retried on another worker. After tokens were streamed,
 a disaggregated request moves to another decode worker: a prefill of the prompt and the tokens
 already sent lands there, and decoding resumes after them (no duplicate, no missing token).
-Colocated, or with no worker left, the client gets UNAVAILABLE. Whatever way the request ends (finished, client gone, deadline, error), every worker
-still holding something for it gets a Cancel, so blocks and reservations never leak.
+Colocated, or with no worker left, the client gets UNAVAILABLE.
+
+Whatever way the request ends (finished, client gone, deadline, error), every worker still holding
+something for it gets a Cancel, so blocks and reservations never leak.
 """
 
 from __future__ import annotations
