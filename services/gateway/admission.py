@@ -161,8 +161,10 @@ class AdmissionController:
         return True
 
     def _try_book(self, ticket: Ticket) -> bool:
-        if not self._has_room(ticket):
-            return False
+        return self._has_room(ticket) and self._book_best(ticket)
+
+    def _book_best(self, ticket: Ticket) -> bool:
+        """Books the best decode worker not tried yet for this request, if one can hold it."""
         ranked = rank_decode_workers(self._pool.decode, ticket.num_tokens, frozenset(ticket.tried))
         if not ranked:
             return False
@@ -176,12 +178,7 @@ class AdmissionController:
             ticket.tried.add(ticket.decode.address)
             ticket.decode.unbook(ticket.request_id)
             ticket.decode = None
-        ranked = rank_decode_workers(self._pool.decode, ticket.num_tokens, frozenset(ticket.tried))
-        if not ranked:
-            return False
-        ticket.decode = ranked[0]
-        ticket.decode.book(ticket.request_id, blocks_for(ticket.num_tokens, ticket.decode.block_size))
-        return True
+        return self._book_best(ticket)
 
     def release(self, ticket: Ticket) -> None:
         """The request is over (any path): its booking leaves the ledger, queued requests may fit."""
