@@ -11,7 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services import wire
-from services.engine.errors import TandemError
+from services.engine.errors import InvalidRequestError, TandemError
 from services.gateway.request import GenerationDelta
 from services.gateway.service import GenerationService
 from services.gateway.status import client_error
@@ -67,6 +67,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
             svc.check_model(request.model)
             params = wire.sampling_from_proto(request.sampling if request.HasField("sampling") else None)
             kind = request.WhichOneof("prompt")
+            if kind is None:
+                raise InvalidRequestError("prompt", "set text or token_ids")
             if kind == "text":
                 ids, field = svc.encode_text(request.text, "text"), "text"
             else:

@@ -60,7 +60,8 @@ async def test_reflection_lists_services_and_health_is_serving(cluster):
 
 @pytest.mark.parametrize("request_,field", [
     (gen.GenerateRequest(text=""), "text"),
-    (gen.GenerateRequest(), "token_ids"),
+    (gen.GenerateRequest(), "prompt"),
+    (gen.GenerateRequest(token_ids=gen.TokenIds()), "token_ids"),
     (gen.GenerateRequest(token_ids=gen.TokenIds(ids=[999_999])), "token_ids"),
     (gen.GenerateRequest(text="x", sampling=gen.SamplingParams(top_p=1.5)), "top_p"),
     (gen.GenerateRequest(text="x", sampling=gen.SamplingParams(temperature=-1)), "temperature"),
