@@ -10,6 +10,8 @@ first event). The order rotates, prompts never share a prefix block, and the req
 a time, so no path queues behind another. Overhead = gateway TTFT
 minus direct TTFT, as a difference of percentiles and as percentiles of the paired differences.
 
+The admission decision alone is timed in-process first (admit + release, no I/O).
+
 Then a concurrency phase opens N streams through the gateway (their starts spread over --ramp-s
 seconds, much less than a stream lasts) and checks each one ends with all its tokens; the peak of
 the gateway's running-requests gauge is the number it held at once.
@@ -37,9 +39,13 @@ from services import wire
 from services.engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from services.engine.loader import load_tokenizer
 from services.engine.sampling_params import SamplingParams
+from services.gateway.admission import AdmissionController
+from services.gateway.config import AdmissionConfig
+from services.gateway.workers import WorkerPool
 from services.rpc.tandem.v1 import generation_pb2 as gen
 from services.rpc.tandem.v1 import generation_pb2_grpc as gen_grpc
 from services.rpc.tandem.v1 import worker_pb2, worker_pb2_grpc
+from services.telemetry.metrics import GatewayMetrics
 
 WORDS = "the quick brown fox jumps over the lazy dog and then the cat sat on the mat".split()
 
@@ -154,6 +160,31 @@ async def overhead_phase(args, handle, gateway_address: str, http_url: str) -> d
     }
 
 
+async def admission_phase(num: int = 20000) -> dict:
+    """The admission decision alone, in-process: AdmissionController.admit + release on four
+    decode and two prefill workers fed load reports (no I/O, as in the gateway)."""
+    pool = WorkerPool(("p0:1", "p1:1"), tuple(f"d{i}:1" for i in range(4)), 0.05, 1.0)
+    for i, w in enumerate(pool.decode):
+        w.apply_report(worker_pb2.LoadReport(block_size=16, num_blocks=4096, free_blocks=4000 - i),
+                       time.monotonic())
+    for w in pool.prefill:
+        w.apply_report(worker_pb2.LoadReport(block_size=16, num_blocks=4096, free_blocks=4096,
+                                             queued_prompt_tokens=100), time.monotonic())
+    admission = AdmissionController(AdmissionConfig(tenant_tokens_per_s=1e9), pool, GatewayMetrics(),
+                                    disaggregated=True)
+    deadline = time.monotonic() + 3600
+    samples = []
+    for i in range(num):
+        start = time.perf_counter()
+        ticket = await admission.admit(f"r{i}", "tenant", 200, 456, deadline)
+        samples.append(time.perf_counter() - start)
+        admission.release(ticket)
+    await pool.stop()
+    us = lambda s: round(s * 1e6, 2)  # noqa: E731
+    return {"decisions": num, "admit_us": {"p50": us(percentile(samples, 50)),
+                                           "p99": us(percentile(samples, 99))}}
+
+
 def running_gauge(http_url: str) -> float:
     with urllib.request.urlopen(f"{http_url}/metrics", timeout=5) as resp:
         for line in resp.read().decode().splitlines():
@@ -224,6 +255,7 @@ def main() -> int:
     try:
         gateway, grpc_address, http_url = start_gateway(handle.prefill_addresses, handle.decode_addresses)
         result = {"date": time.strftime("%Y-%m-%d"),
+                  "admission": asyncio.run(admission_phase()),
                   "overhead": asyncio.run(overhead_phase(args, handle, grpc_address, http_url))}
         if args.streams:
             result["concurrency"] = asyncio.run(concurrency_phase(args, grpc_address, http_url))
