@@ -1,6 +1,7 @@
 """The gateway in front of workers in their own processes (process launcher): the same tokens as
 colocated serving, the prompts' KV crossing the gRPC transport, the decode worker never running
-a prefill, and every block free on both workers at the end (from their load reports)."""
+a prefill, and every block free on both workers at the end, their pools' integrity checks passing
+(from their load reports)."""
 
 import asyncio
 import time
@@ -35,7 +36,7 @@ async def run_prompts(address: str) -> list[list[int]]:
 
 async def load_report(address: str, stub_type) -> worker_pb2.LoadReport:
     async with grpc.aio.insecure_channel(address) as ch:
-        return await stub_type(ch).Load(worker_pb2.LoadRequest())
+        return await stub_type(ch).Load(worker_pb2.LoadRequest(check_integrity=True))
 
 
 async def test_separate_processes_match_colocated_and_free_everything():
@@ -60,5 +61,6 @@ async def test_separate_processes_match_colocated_and_free_everything():
             decode = await load_report(handle.decode_addresses[0], worker_pb2_grpc.DecodeWorkerStub)
             prefill = await load_report(handle.prefill_addresses[0], worker_pb2_grpc.PrefillWorkerStub)
         assert decode.reserved_blocks == 0
+        assert decode.integrity_error == "" and prefill.integrity_error == ""
     finally:
         await asyncio.to_thread(cluster.stop)
