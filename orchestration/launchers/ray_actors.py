@@ -52,7 +52,7 @@ class RayLauncher:
         self._num_cpus = num_cpus
         self._max_restarts = max_restarts
         self._started_ray = False
-        self._actors: list = []
+        self.actors: list = []
         self._groups: list = []
 
     def _ensure_ray(self):
@@ -89,7 +89,7 @@ class RayLauncher:
                 spec = WorkerSpec(spec.role, spec.config, spec.host, free_port(spec.host))
             actors.append(actor_class.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
                 placement_group=group, placement_group_bundle_index=index)).remote(spec))
-        self._actors += actors
+        self.actors += actors
         try:
             return ray.get([a.address.remote() for a in actors], timeout=self._start_timeout_s)
         except Exception as exc:
@@ -99,7 +99,7 @@ class RayLauncher:
         import ray
         if not ray.is_initialized():
             return
-        actors, self._actors = self._actors, []
+        actors, self.actors = self.actors, []
         for actor in actors:
             try:
                 ray.get(actor.stop.remote(), timeout=30)
