@@ -25,9 +25,9 @@ DISTRIBUTIONS = {
 SCALARS = {
     "completed": "Measured requests that ended normally (stream finished, no error).",
     "failed": "Measured requests that ended in an error: error status, timeout, stream closed early, "
-              "connection failure. Counted by code in `errors`.",
+              "connection failure. Counted by code in `errors_by_code`.",
     "interrupted_requests": "Requests cancelled by Ctrl-C; neither completed nor failed.",
-    "errors": "Failed requests by code: the HTTP status, the gRPC status name, or timeout, "
+    "errors_by_code": "Failed requests by code: the HTTP status, the gRPC status name, or timeout, "
               "stream_closed, stream_error, connection_error, bad_event, client_error.",
     "duration": "Seconds from the first measured request's scheduled time to the end of the last one.",
     "request_throughput": "completed / duration, requests per second.",

@@ -27,8 +27,8 @@ def format_run(label: str, s: dict, percentiles: tuple[float, ...], token_count_
     out = [f" Serving Benchmark Result: {label}{' (interrupted)' if interrupted else ''} ".center(WIDTH, "=")]
     out.append(_line("Successful requests:", s["completed"]))
     out.append(_line("Failed requests:", s["failed"]))
-    if s["errors"]:
-        out.append("  errors: " + ", ".join(f"{code} x{n}" for code, n in s["errors"].items()))
+    if s["errors_by_code"]:
+        out.append("  errors: " + ", ".join(f"{code} x{n}" for code, n in s["errors_by_code"].items()))
     if s["interrupted_requests"]:
         out.append(_line("Interrupted requests:", s["interrupted_requests"]))
     out.append(_line("Max concurrency observed:", s["max_concurrency_observed"]))

@@ -40,11 +40,11 @@ def render_html(result: BenchResult, png: bytes | None) -> str:
     for point in result.points:
         s = point.summary
         parts.append(f"<h3>{html.escape(point.label)}{' (interrupted)' if point.interrupted else ''}</h3>")
-        if s["errors"]:
-            parts.append("<p class='bad'>Errors: " + html.escape(", ".join(f"{c} x{n}" for c, n in s["errors"].items()))
+        if s["errors_by_code"]:
+            parts.append("<p class='bad'>Errors: " + html.escape(", ".join(f"{c} x{n}" for c, n in s["errors_by_code"].items()))
                          + "</p>")
         parts.append(_table(["metric", "value"], [[k, _num(v) if not isinstance(v, dict) else v]
-                                                   for k, v in s.items() if k != "errors"]))
+                                                   for k, v in s.items() if k != "errors_by_code"]))
     parts.append("<h2>Metric definitions</h2>" + _table(["metric", "definition"],
                                                          [[k, v] for k, v in definitions().items()]))
     parts.append("</body></html>")

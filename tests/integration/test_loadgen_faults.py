@@ -34,7 +34,7 @@ def errors_target():
 @pytest.mark.parametrize("kind, code", [("openai", "503"), ("openai-chat", "503"), ("tandem", "UNAVAILABLE")])
 def test_error_statuses_are_counted_by_code(errors_target, kind, code):
     s = run(errors_target, kind, goodput=GoodputSpec(ttft_ms=1000))
-    assert s["failed"] == N // 5 and s["errors"] == {code: N // 5}
+    assert s["failed"] == N // 5 and s["errors_by_code"] == {code: N // 5}
     assert s["completed"] == N - N // 5
     assert s["goodput_fraction"] == pytest.approx((N - N // 5) / N)     # failures in the denominator
 
@@ -43,14 +43,14 @@ def test_error_statuses_are_counted_by_code(errors_target, kind, code):
 def test_stalled_streams_time_out(kind):
     with TargetProcess(ttft_ms=5, itl_ms=2, stall_every=10, stall_after=2) as t:
         s = run(t, kind, timeout_s=0.5)
-    assert s["errors"] == {"timeout": N // 10} and s["completed"] == N - N // 10
+    assert s["errors_by_code"] == {"timeout": N // 10} and s["completed"] == N - N // 10
 
 
 @pytest.mark.parametrize("kind", ["openai", "openai-chat", "tandem"])
 def test_early_closed_streams_are_failures(kind):
     with TargetProcess(ttft_ms=5, itl_ms=2, close_every=4, close_after=1) as t:
         s = run(t, kind)
-    assert s["errors"] == {"stream_closed": N // 4} and s["completed"] == N - N // 4
+    assert s["errors_by_code"] == {"stream_closed": N // 4} and s["completed"] == N - N // 4
 
 
 @pytest.mark.parametrize("kind", ["openai", "tandem"])

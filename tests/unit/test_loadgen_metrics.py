@@ -56,7 +56,7 @@ def test_summary_excludes_warmup_and_counts_failures():
     count_client_tokens(records, ApproximateCounter())
     s = summarize_run(records, (50.0, 99.0), GoodputSpec(ttft_ms=150))
     assert (s["completed"], s["failed"]) == (2, 3)
-    assert s["errors"] == {"500": 2, "timeout": 1}
+    assert s["errors_by_code"] == {"500": 2, "timeout": 1}
     assert s["duration"] == pytest.approx(1.0)                  # 1.0 -> 2.0
     assert s["request_throughput"] == pytest.approx(2.0)
     assert s["total_output_tokens"] == 4 and s["output_throughput"] == pytest.approx(4.0)

@@ -47,13 +47,13 @@ def test_files(tmp_path):
     doc = json.loads((tmp_path / "r.json").read_text())
     run = doc["runs"][0]
     for key in ("mean_ttft_ms", "median_tpot_ms", "p99_itl_ms", "output_throughput", "request_throughput",
-                "completed", "total_input_tokens", "mean_e2el_ms", "mean_queue_ms", "errors"):
+                "completed", "total_input_tokens", "mean_e2el_ms", "mean_queue_ms", "errors_by_code"):
         assert key in run
-    assert run["completed"] == 19 and run["failed"] == 1 and run["errors"] == {"503": 1}
+    assert run["completed"] == 19 and run["failed"] == 1 and run["errors_by_code"] == {"503": 1}
     assert len(run["requests"]) == 20 and run["requests"][0]["ttft_ms"] == 100.0
     assert set(definitions()) <= set(doc["metric_definitions"])
     rows = list(csv.DictReader(open(tmp_path / "r.csv")))
-    assert [r["max_concurrency"] for r in rows] == ["1", "4"] and rows[0]["errors"] == "503:1"
+    assert [r["max_concurrency"] for r in rows] == ["1", "4"] and rows[0]["errors_by_code"] == "503:1"
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = (tmp_path / "r.html").read_text()
     assert "data:image/png;base64," in html and "concurrency=4" in html
