@@ -31,6 +31,9 @@ class CapacitySpec:
     maximum: float = 1024.0
     max_runs: int = 10
 
+    def __post_init__(self) -> None:
+        CapacitySearch(self.dimension, self.start, self.maximum, self.max_runs)   # validates the flags
+
 
 @dataclass(frozen=True)
 class OutputSpec:

@@ -63,8 +63,8 @@ class OpenAIBackend(Backend):
             try:
                 self.model = json.loads(body)["data"][0]["id"]
             except (ValueError, KeyError, IndexError, TypeError):
-                raise TargetUnreachableError(f"--model not given and {self.models_url} lists no model "
-                                             f"(HTTP {status})") from None
+                raise TargetUnreachableError(f"{self.models_url} answered HTTP {status} without a model "
+                                             f"list; pass --model") from None
 
     def _payload(self, request: BenchRequest) -> bytes:
         body: dict = {"model": self.model, "max_tokens": request.output_len, "stream": True,

@@ -34,6 +34,9 @@ def bench(capsys, *argv):
     (["--random-range-ratio", "1.5"], "--random-range-ratio"),
     (["--num-workers", "0"], "--num-workers"),
     (["--tokenizer", "/no/such/tokenizer.json"], "--tokenizer"),
+    (["--slo", "ttft_ms:100", "--capacity-start", "0"], "--capacity-start"),
+    (["--slo", "ttft_ms:100", "--capacity-max-runs", "0"], "--capacity-max-runs"),
+    (["--ramp-up", "1", "--request-rate", "5"], "--ramp-up"),
 ])
 def test_bad_flags_are_one_line_exit_2(capsys, argv, needle):
     code, err = bench(capsys, *argv)
