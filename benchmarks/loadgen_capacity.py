@@ -75,7 +75,7 @@ def main() -> None:
     print(f"cores: {os.cpu_count()}  backend: {a.backend}  client workers: {outcome.num_workers}  "
           f"target loop: {a.target_loop}")
     print(f"streams asked {a.streams}, max in flight observed {s['max_concurrency_observed']}")
-    print(f"completed {s['completed']} failed {s['failed']} {s['errors'] or ''}")
+    print(f"completed {s['completed']} failed {s['failed']} {s['errors_by_code'] or ''}")
     print(f"streamed tokens/s received, steady {a.duration:g} s window: {tokens_in_window / a.duration:,.0f}")
     print(f"output_throughput (tok/s, completed measured requests): {s['output_throughput']:,.0f}")
     print(f"TTFT injected {a.ttft_ms:g} ms: median {s['median_ttft_ms']:.2f}  p99 {s['p99_ttft_ms']:.2f}")
