@@ -13,5 +13,7 @@ Map (one concept per module):
   records.py        BenchRequest in, RequestRecord out
   metrics.py        records -> metrics; goodput; SLO values with failures counted
   sweep.py          --sweep; capacity.py: --slo and the bracketing + bisection search
-  report/           console tables, JSON, CSV, PNG plots, self-contained HTML
+  metric_definitions.py  every metric's one-line definition; stats.py  mean/median/std/pNN
+  result.py         BenchResult / PointResult; report/: console, JSON, CSV, PNG, HTML
+  event_loop.py     uvloop when installed; process_limits.py  open-files limit; progress.py
 """

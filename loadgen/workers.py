@@ -17,6 +17,7 @@ from loadgen.backends import BackendConfig, make_backend
 from loadgen.errors import TargetUnreachableError
 from loadgen.event_loop import run_async
 from loadgen.load_pattern import LoadSpec, split_load
+from loadgen.process_limits import raise_open_files_limit
 from loadgen.progress import ProgressLine
 from loadgen.records import BenchRequest, RequestRecord
 from loadgen.runner import LoadRunner, ProgressCounter
@@ -56,6 +57,7 @@ async def _run_here(backend_config: BackendConfig, requests: list[BenchRequest],
 def execute(backend_config: BackendConfig, requests: list[BenchRequest], spec: LoadSpec,
             num_workers: int = 1, show_progress: bool = True) -> RunOutcome:
     started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    raise_open_files_limit()
     shares = split_load(spec, num_workers)
     total = None if spec.num_prompts is None else spec.num_prompts + spec.warmup_requests
     if len(shares) == 1:
@@ -125,6 +127,7 @@ def _await_ready(ready, procs) -> str | None:
 def _worker_main(index, backend_config, requests, spec, ready, results, go, start_at, stop, progress) -> None:
     # Ctrl-C reaches the whole process group; the runner's own handler turns it into a clean stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise_open_files_limit()
     counter = _SharedSlot(progress, index)
 
     def wait_for_go() -> float:

@@ -13,6 +13,7 @@ import sys
 
 from aiohttp import web
 
+from loadgen.process_limits import raise_open_files_limit
 from tests.loadgen_target.behaviour import EmissionLog, TargetBehaviour
 from tests.loadgen_target.http_server import build_app
 from tests.loadgen_target.precise_loop import run_precise, tighten_timer_slack
@@ -67,6 +68,7 @@ async def serve(behaviour: TargetBehaviour, with_grpc: bool = True) -> None:
 
 def main(argv: list[str]) -> None:
     behaviour, loop, with_grpc = parse_behaviour(argv)
+    raise_open_files_limit()
     if loop == "uvloop":
         import uvloop
         tighten_timer_slack()
