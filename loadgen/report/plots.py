@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import matplotlib.ticker  # noqa: E402
 
 from loadgen.result import BenchResult  # noqa: E402
 from loadgen.stats import percentile_label  # noqa: E402
@@ -45,6 +46,7 @@ def sweep_figure_png(result: BenchResult) -> bytes:
     if result.sweep_dimension == "concurrency" and xs and max(xs) / max(min(xs), 1) >= 16:
         for a in axes.flat:
             a.set_xscale("log", base=2)
+            a.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     fig.suptitle(f"{result.settings.get('backend')} {result.settings.get('model_id') or ''} - "
                  f"{len(points)} points")
     buf = io.BytesIO()
