@@ -15,6 +15,7 @@ from loadgen.errors import TargetUnreachableError
 from loadgen.records import BenchRequest, RequestRecord
 
 DEFAULT_ENDPOINTS = {"openai": "/v1/completions", "openai-chat": "/v1/chat/completions"}
+IDLE_KEEPALIVE_S = 3.0
 
 
 async def _mark_sent(_session, context, _params) -> None:
@@ -38,7 +39,9 @@ class OpenAIBackend(Backend):
         if self.config.api_key:
             headers["Authorization"] = f"Bearer {self.config.api_key}"
         # limit=0: the connector must never cap concurrency below what the load asks for.
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, keepalive_timeout=60)
+        # Idle connections are dropped before the common servers drop them (uvicorn: 5 s), so a
+        # slow open loop never reuses a socket the server already closed (a spurious failure).
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, keepalive_timeout=IDLE_KEEPALIVE_S)
         # The send time is taken when the request's body has been written to the socket, so the
         # client's own request building shows as queueing (sent - scheduled), not as TTFT.
         trace = aiohttp.TraceConfig()
