@@ -41,11 +41,12 @@ def test_sweep_writes_every_report_file(target, tmp_path):
 
 
 def test_ctrl_c_stops_and_still_writes(target, tmp_path):
+    before = target.emission_stats()["tokens"]
     proc = tandem_bench("--base-url", target.http_url, "--max-concurrency", "4", "--duration", "30",
                         "--random-input-len", "8", "--random-output-len", "20", "--save-result",
                         "--result-dir", str(tmp_path), "--result-filename", "cut")
     deadline = time.monotonic() + 30
-    while target.emission_stats()["tokens"] < 50 and time.monotonic() < deadline:
+    while target.emission_stats()["tokens"] < before + 50 and time.monotonic() < deadline:
         time.sleep(0.1)                           # interrupt mid-run, not while it starts
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
