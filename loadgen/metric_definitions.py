@@ -49,7 +49,7 @@ SCALARS = {
                                "client's count.",
     "requests_with_server_usage": "Completed requests for which the server reported token usage.",
     "max_concurrency_observed": "The most requests in flight at once on the client (warm-up included), "
-                                "from the records' send and end times; equals --max-concurrency when "
+                                "from the records' start and end times; equals --max-concurrency when "
                                 "the client never caps it.",
 }
 

@@ -106,7 +106,7 @@ def summarize_run(records: list[RequestRecord], percentiles: tuple[float, ...],
         "request_goodput": per_s(good) if goodput is not None and goodput.active else None,
         "goodput_fraction": (good / (len(done) + len(failed)) if goodput is not None and goodput.active
                              and (done or failed) else None),
-        "max_concurrency_observed": max_overlap([(r.sent, r.end) for r in records if r.sent is not None]),
+        "max_concurrency_observed": max_overlap([(r.started, r.end) for r in records if r.started is not None]),
     }
     summary.update(_token_agreement(done))
     for name in ("ttft", "ttst", "tpot", "e2el", "queue"):

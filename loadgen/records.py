@@ -27,7 +27,8 @@ class RequestRecord:
     output_len_requested: int
     warmup: bool = False
     scheduled: float = 0.0          # when the load pattern wanted it sent
-    sent: float | None = None       # when it left (sent - scheduled = queued); None: never sent
+    started: float | None = None    # when the client began the call (in flight from here)
+    sent: float | None = None       # when the request was on the wire (sent - scheduled = queued)
     end: float = 0.0                # arrival of the stream's last event; else when it failed / was abandoned
     chunk_times: list[float] = field(default_factory=list)   # arrival of each content-bearing chunk
     chunk_tokens: list[int] = field(default_factory=list)    # tokens in each chunk, when the protocol says

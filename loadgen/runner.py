@@ -120,7 +120,7 @@ class LoadRunner:
         return record, request
 
     async def _send(self, record: RequestRecord, request: BenchRequest) -> None:
-        record.sent = perf_counter()
+        record.started = record.sent = perf_counter()     # a backend refines sent to the wire time
         self.in_flight += 1
         if self.in_flight > self.max_in_flight:
             self.max_in_flight = self.in_flight

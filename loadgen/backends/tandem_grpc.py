@@ -67,6 +67,8 @@ class TandemGrpcBackend(Backend):
         stub = self._stubs[next(self._next) % len(self._stubs)]
         call = stub.Generate(self._message(request), metadata=self._metadata)
         try:
+            # grpc.aio has no "request written" signal (wait_for_connection() waits for the server's
+            # headers, which may come with the first token), so the send time stays the call's start.
             async for message in call:
                 now = perf_counter()
                 if message.token_ids:

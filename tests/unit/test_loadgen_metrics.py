@@ -14,7 +14,7 @@ from loadgen.tokens import ApproximateCounter
 def record(i, scheduled, sent, chunks, end, tokens=None, error=None, warmup=False, prompt_len=10,
            server_out=None, server_prompt=None):
     r = RequestRecord(index=i, prompt_len=prompt_len, output_len_requested=len(chunks), warmup=warmup,
-                      scheduled=scheduled, sent=sent, end=end, chunk_times=list(chunks),
+                      scheduled=scheduled, started=sent, sent=sent, end=end, chunk_times=list(chunks),
                       text_parts=[" tok"] * len(chunks), server_output_tokens=server_out,
                       server_prompt_tokens=server_prompt)
     if tokens is not None:
