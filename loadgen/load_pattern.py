@@ -42,6 +42,9 @@ class LoadSpec:
             raise BenchConfigError("--burstiness", f"must be > 0, got {self.burstiness}")
         if self.num_prompts is None and self.duration_s is None:
             raise BenchConfigError("--num-prompts", "give --num-prompts or --duration to bound the run")
+        if self.closed_loop and self.max_concurrency is None and self.num_prompts is None:
+            raise BenchConfigError("--duration", "needs --max-concurrency or --request-rate: sending every "
+                                                 "request at once has no end without --num-prompts")
         if self.num_prompts is not None and self.num_prompts < 1:
             raise BenchConfigError("--num-prompts", f"must be >= 1, got {self.num_prompts}")
         if self.duration_s is not None and not self.duration_s > 0:

@@ -54,7 +54,8 @@ def test_split_never_exceeds_concurrency():
     (dict(max_concurrency=0), "--max-concurrency"), (dict(request_rate=0.0), "--request-rate"),
     (dict(burstiness=-1.0), "--burstiness"), (dict(num_prompts=None), "--num-prompts"),
     (dict(duration_s=0.0), "--duration"), (dict(warmup_requests=-1), "--warmup-requests"),
-    (dict(request_timeout_s=0.0), "--request-timeout"), (dict(ramp_up_s=1.0), "--ramp-up")])
+    (dict(request_timeout_s=0.0), "--request-timeout"), (dict(ramp_up_s=1.0), "--ramp-up"),
+    (dict(num_prompts=None, duration_s=5.0), "--duration")])
 def test_load_spec_validation_names_the_flag(changes, flag):
     with pytest.raises(BenchConfigError, match=flag):
         LoadSpec(**changes)
