@@ -1,5 +1,6 @@
 """The OpenAI-compatible HTTP API (aiohttp): /v1/completions and /v1/chat/completions (JSON or SSE
-streaming, stream_options.include_usage), /v1/models, /health and /metrics (Prometheus text).
+streaming, stream_options.include_usage), /v1/models (and /v1/models/{id}), /health and /metrics
+(Prometheus text).
 Errors become HTTP codes here and only here (via services/gateway/status.py), as OpenAI error
 objects; 429 and 503 carry Retry-After."""
 
@@ -53,6 +54,7 @@ class HttpApi:
             web.post("/v1/completions", self.completions),
             web.post("/v1/chat/completions", self.chat_completions),
             web.get("/v1/models", self.models),
+            web.get("/v1/models/{model:.+}", self.model),
             web.get("/health", self.health),
             web.get("/metrics", self.metrics),
         ])
@@ -68,9 +70,19 @@ class HttpApi:
             self._service.authenticate(_bearer(request))
         except TandemError as exc:
             return error_response(exc)
-        return web.json_response({"object": "list", "data": [{
-            "id": self._service.model_id, "object": "model", "created": 0, "owned_by": "tandem",
-            "max_model_len": self._service.max_model_len}]})
+        return web.json_response({"object": "list", "data": [self._model_card()]})
+
+    async def model(self, request: web.Request) -> web.Response:
+        try:
+            self._service.authenticate(_bearer(request))
+            self._service.check_model(request.match_info["model"])
+        except TandemError as exc:
+            return error_response(exc)
+        return web.json_response(self._model_card())
+
+    def _model_card(self) -> dict:
+        return {"id": self._service.model_id, "object": "model", "created": 0, "owned_by": "tandem",
+                "max_model_len": self._service.max_model_len}
 
     async def health(self, request: web.Request) -> web.Response:
         healthy = self._is_healthy()

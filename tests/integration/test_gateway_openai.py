@@ -81,6 +81,9 @@ async def test_models_and_errors_through_the_client(cluster):
     c = client(cluster)
     models = await c.models.list()
     assert [m.id for m in models.data] == ["tiny-random"]
+    assert (await c.models.retrieve("tiny-random")).id == "tiny-random"
+    with pytest.raises(openai.NotFoundError):
+        await c.models.retrieve("gpt-9")
     with pytest.raises(openai.NotFoundError):
         await c.completions.create(model="gpt-9", prompt="x", max_tokens=2)
     with pytest.raises(openai.BadRequestError) as info:
