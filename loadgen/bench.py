@@ -16,6 +16,7 @@ from loadgen.load_pattern import LoadSpec
 from loadgen.metrics import GoodputSpec, count_client_tokens, summarize_run
 from loadgen.report.console import format_run, format_sweep
 from loadgen.result import BenchResult, PointResult
+from loadgen.self_check import client_warnings
 from loadgen.sweep import SweepSpec, point_spec
 from loadgen.tokens import load_token_counter
 
@@ -103,12 +104,15 @@ class _PointRunner:
             self.result.settings["model_id"] = outcome.model
         count_client_tokens(outcome.records, self.counter)
         summary = summarize_run(outcome.records, self.plan.percentiles, self.plan.goodput)
+        summary["client_warnings"] = client_warnings(spec, summary)
         point = PointResult(spec, summary, outcome.records, outcome.interrupted, outcome.started_at,
                             outcome.num_workers)
         self.result.points.append(point)
         self.result.interrupted = self.result.interrupted or outcome.interrupted
         print(format_run(spec.label, summary, self.plan.percentiles, self.counter.method, outcome.interrupted),
               file=self.out, flush=True)
+        for warning in summary["client_warnings"]:
+            print(f"WARNING ({spec.label}): {warning}", file=self.out, flush=True)
         return point
 
 

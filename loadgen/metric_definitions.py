@@ -48,6 +48,8 @@ SCALARS = {
     "output_token_mismatches": "Completed requests whose server-reported output tokens differ from the "
                                "client's count.",
     "requests_with_server_usage": "Completed requests for which the server reported token usage.",
+    "client_warnings": "The client's check on itself: fewer requests in flight than asked for, or "
+                       "requests held in the client past their send time when nothing should hold them.",
     "max_concurrency_observed": "The most requests in flight at once on the client (warm-up included), "
                                 "from the records' start and end times; equals --max-concurrency when "
                                 "the client never caps it.",

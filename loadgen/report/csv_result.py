@@ -13,7 +13,11 @@ def summary_rows(result: BenchResult) -> list[dict]:
     for p in result.points:
         row = {**spec_fields(p), "interrupted": p.interrupted}
         for key, value in p.summary.items():
-            row[key] = ";".join(f"{c}:{n}" for c, n in value.items()) if isinstance(value, dict) else value
+            if isinstance(value, dict):
+                value = ";".join(f"{c}:{n}" for c, n in value.items())
+            elif isinstance(value, list):
+                value = " | ".join(value)
+            row[key] = value
         if p.slo_met is not None:
             row["slo_met"] = p.slo_met
         rows.append(row)

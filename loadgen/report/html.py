@@ -43,8 +43,11 @@ def render_html(result: BenchResult, png: bytes | None) -> str:
         if s["errors_by_code"]:
             parts.append("<p class='bad'>Errors: " + html.escape(", ".join(f"{c} x{n}" for c, n in s["errors_by_code"].items()))
                          + "</p>")
-        parts.append(_table(["metric", "value"], [[k, _num(v) if not isinstance(v, dict) else v]
-                                                   for k, v in s.items() if k != "errors_by_code"]))
+        for warning in s.get("client_warnings", ()):
+            parts.append(f"<p class='bad'>Client warning: {html.escape(warning)}</p>")
+        parts.append(_table(["metric", "value"], [[k, _num(v) if not isinstance(v, (dict, list)) else v]
+                                                   for k, v in s.items()
+                                                   if k not in ("errors_by_code", "client_warnings")]))
     parts.append("<h2>Metric definitions</h2>" + _table(["metric", "definition"],
                                                          [[k, v] for k, v in definitions().items()]))
     parts.append("</body></html>")

@@ -80,3 +80,13 @@ def test_every_metric_is_defined_in_the_docs():
     text = open(DOCS, encoding="utf-8").read()
     missing = [name for name in definitions() if f"**{name}**" not in text]
     assert not missing, f"docs/metrics.md lacks {missing}"
+
+
+def test_client_self_check():
+    from loadgen.self_check import client_warnings
+    base = {"completed": 100, "failed": 0, "max_concurrency_observed": 8, "p99_queue_ms": 0.2}
+    assert client_warnings(LoadSpec(max_concurrency=8), base) == []
+    assert "only 6" in client_warnings(LoadSpec(max_concurrency=8), base | {"max_concurrency_observed": 6})[0]
+    late = base | {"p99_queue_ms": 40.0}
+    assert "fell behind" in client_warnings(LoadSpec(request_rate=5.0), late)[0]
+    assert client_warnings(LoadSpec(request_rate=5.0, max_concurrency=8), late) == []   # waiting for a slot
