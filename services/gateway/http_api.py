@@ -43,13 +43,26 @@ def _bearer(request: web.Request) -> str | None:
     return request.headers.get("X-Api-Key")
 
 
+@web.middleware
+async def _json_http_errors(request: web.Request, handler) -> web.StreamResponse:
+    """aiohttp's own refusals (unknown path, wrong method, body too large) as OpenAI error objects."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        body = {"error": {"message": f"{request.method} {request.path}: {exc.reason}",
+                          "type": "invalid_request_error", "param": None, "code": exc.status}}
+        return web.json_response(body, status=exc.status)
+
+
 class HttpApi:
     def __init__(self, service: GenerationService, render_metrics: Callable[[], bytes],
                  is_healthy: Callable[[], bool]) -> None:
         self._service = service
         self._render_metrics = render_metrics
         self._is_healthy = is_healthy
-        self.app = web.Application(client_max_size=MAX_BODY_BYTES)
+        self.app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_http_errors])
         self.app.add_routes([
             web.post("/v1/completions", self.completions),
             web.post("/v1/chat/completions", self.chat_completions),
@@ -109,6 +122,8 @@ class HttpApi:
                 ids = list(oa.prompt_token_ids) if oa.prompt_token_ids else svc.encode_text(oa.prompt_text)
                 default_max = COMPLETIONS_DEFAULT_MAX_TOKENS
             req = svc.prepare(ids, oa.params(default_max), tenant)
+        except web.HTTPException:
+            raise                   # aiohttp's own (body too large): the middleware renders it
         except Exception as exc:  # noqa: BLE001 - the edge: every error becomes a status
             return error_response(exc)
         writer = ResponseWriter(chat, svc.model_id, req.request_id, svc.tokenizer)

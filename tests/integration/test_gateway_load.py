@@ -146,6 +146,13 @@ async def test_bad_http_requests_get_400_naming_the_field(body, field):
             async with s.post(c.gateway.http_url + "/v1/chat/completions",
                               json={"model": "nope", "messages": [{"role": "user", "content": "x"}]}) as r:
                 assert r.status == 404
+            async with s.post(c.gateway.http_url + "/v1/completions",
+                              json={"prompt": "x" * (5 * 2**20)}) as r:
+                assert r.status == 413 and (await r.json())["error"]["code"] == 413
+            async with s.post(c.gateway.http_url + "/v1/nothing-here", json={}) as r:
+                assert r.status == 404 and (await r.json())["error"]["code"] == 404
+            async with s.get(c.gateway.http_url + "/v1/completions") as r:
+                assert r.status == 405 and "GET /v1/completions" in (await r.json())["error"]["message"]
             async with s.post(c.gateway.http_url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}) as r:
                 assert r.status == 200
 
