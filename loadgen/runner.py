@@ -40,8 +40,6 @@ class LoadRunner:
         self.progress = progress or ProgressCounter()
         self.should_stop = should_stop or (lambda: False)
         self.records: list[RequestRecord] = []
-        self.in_flight = 0
-        self.max_in_flight = 0
         self.interrupted = False
         self._next_index = 0
         self._drive: asyncio.Future | None = None
@@ -121,9 +119,6 @@ class LoadRunner:
 
     async def _send(self, record: RequestRecord, request: BenchRequest) -> None:
         record.started = record.sent = perf_counter()     # a backend refines sent to the wire time
-        self.in_flight += 1
-        if self.in_flight > self.max_in_flight:
-            self.max_in_flight = self.in_flight
         try:
             async with asyncio.timeout(self.spec.request_timeout_s):
                 await self.backend.stream(request, record)
@@ -137,7 +132,6 @@ class LoadRunner:
         finally:
             if not record.end or not record.ok:
                 record.end = perf_counter()
-            self.in_flight -= 1
             self.progress.value += 1
 
     async def _closed_loop(self) -> None:
