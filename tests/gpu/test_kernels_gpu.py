@@ -159,3 +159,21 @@ def test_int8_gemm_exact_on_small_integers():
     exact = (x.float() @ weight.float().t()).to(BF16)
     assert torch.equal(kernels.w8a16_gemm(x, weight, ones), exact)
     assert torch.equal(kernels.w8a8_gemm(x, weight, ones), exact)
+
+
+@pytest.mark.parametrize("scheme", ["w8a16", "w8a8"])
+def test_int8_tiny_checkpoint_on_gpu(tmp_path, scheme):
+    """An INT8 checkpoint served in bf16 on the GPU runs the INT8 kernels in every projection
+    and stays close to the bf16 model's logits."""
+    from orchestration.commands.quantize import write_int8_checkpoint
+    from services.engine.loader import load_model
+    from tests.helpers.paged_batch import PagedHarness, PagedSequence
+
+    out = write_int8_checkpoint("tiny-random", tmp_path / scheme, scheme)
+    prompt = list(range(3, 90, 3))
+    logits = {}
+    for name, path in (("bf16", "tiny-random"), ("int8", str(out))):
+        loaded = load_model(path, dtype="bfloat16", device="cuda")
+        harness = PagedHarness(loaded.model, loaded.config, block_size=16)
+        logits[name] = harness.step([(PagedSequence(prompt), len(prompt))]).float()
+    assert rel_err(logits["int8"], logits["bf16"]) < 0.05
