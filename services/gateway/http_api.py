@@ -14,8 +14,9 @@ from typing import Callable
 from aiohttp import web
 
 from services.engine.errors import InvalidRequestError, TandemError
-from services.gateway.openai_protocol import parse_request
+from services.gateway.openai_protocol import OpenAIRequest, parse_request
 from services.gateway.openai_responses import SSE_DONE, ResponseWriter, sse_event
+from services.gateway.request import GenerationDelta, PreparedRequest
 from services.gateway.service import GenerationService
 from services.gateway.status import client_error, openai_error_body
 from services.telemetry.metrics import CONTENT_TYPE_LATEST
@@ -106,63 +107,68 @@ class HttpApi:
         return web.Response(body=self._render_metrics(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
-        svc = self._service
         try:
-            tenant = svc.authenticate(_bearer(request))
-            try:
-                body = json.loads(await request.read())
-            except (ValueError, RecursionError) as exc:    # bad JSON, bad UTF-8, absurd nesting
-                raise InvalidRequestError("body", f"malformed JSON: {exc}") from None
-            oa = parse_request(body, chat)
-            svc.check_model(oa.model)
-            if chat:
-                ids = svc.encode_chat(list(oa.messages))
-                default_max = svc.default_max_tokens(len(ids))
-            else:
-                ids = list(oa.prompt_token_ids) if oa.prompt_token_ids else svc.encode_text(oa.prompt_text)
-                default_max = COMPLETIONS_DEFAULT_MAX_TOKENS
-            req = svc.prepare(ids, oa.params(default_max), tenant)
+            req, oa = await self._prepare(request, chat)
         except web.HTTPException:
             raise                   # aiohttp's own (body too large): the middleware renders it
         except Exception as exc:  # noqa: BLE001 - the edge: every error becomes a status
             return error_response(exc)
+        svc = self._service
         writer = ResponseWriter(chat, svc.model_id, req.request_id, svc.tokenizer)
-        want_logprobs = oa.logprobs is not None
         deltas = svc.generate(req, "http")
         async with contextlib.aclosing(deltas):
             try:
                 first = await anext(deltas)    # admission and TTFT happen here: errors are plain HTTP
+                if not oa.stream:
+                    collected = [first] + [d async for d in deltas]
+                    return web.json_response(writer.full_response(collected, oa.logprobs is not None),
+                                             dumps=lambda o: json.dumps(o, ensure_ascii=False))
             except Exception as exc:  # noqa: BLE001
                 return error_response(exc)
-            if not oa.stream:
-                try:
-                    collected = [first] + [d async for d in deltas]
-                except Exception as exc:  # noqa: BLE001
-                    return error_response(exc)
-                return web.json_response(writer.full_response(collected, want_logprobs),
-                                         dumps=lambda o: json.dumps(o, ensure_ascii=False))
-            response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                                   "Cache-Control": "no-cache"})
-            await response.prepare(request)
-            delta = first
-            try:
-                while True:
-                    await response.write(writer.chunk(delta, want_logprobs, oa.include_usage))
-                    if delta.finish_reason is not None:
-                        break
-                    delta = await anext(deltas)
-            except (ConnectionResetError, ConnectionError):
-                return response          # the client went away; closing `deltas` cancels the request
-            except Exception as exc:  # noqa: BLE001 - mid-stream: an error event, then the end
-                if not isinstance(exc, TandemError):
-                    log.exception("unexpected error while streaming", exc_info=exc)
-                await response.write(sse_event(openai_error_body(client_error(exc))))
-                return response
-            if oa.include_usage and delta.usage is not None:
-                await response.write(writer.usage_chunk(delta.usage))
-            await response.write(SSE_DONE)
-            await response.write_eof()
+            return await self._stream(request, writer, oa, first, deltas)
+
+    async def _prepare(self, request: web.Request, chat: bool) -> tuple[PreparedRequest, OpenAIRequest]:
+        svc = self._service
+        tenant = svc.authenticate(_bearer(request))
+        try:
+            body = json.loads(await request.read())
+        except (ValueError, RecursionError) as exc:    # bad JSON, bad UTF-8, absurd nesting
+            raise InvalidRequestError("body", f"malformed JSON: {exc}") from None
+        oa = parse_request(body, chat)
+        svc.check_model(oa.model)
+        if chat:
+            ids = svc.encode_chat(list(oa.messages))
+            default_max = svc.default_max_tokens(len(ids))
+        else:
+            ids = list(oa.prompt_token_ids) if oa.prompt_token_ids else svc.encode_text(oa.prompt_text)
+            default_max = COMPLETIONS_DEFAULT_MAX_TOKENS
+        return svc.prepare(ids, oa.params(default_max), tenant), oa
+
+    async def _stream(self, request: web.Request, writer: ResponseWriter, oa: OpenAIRequest,
+                      delta: GenerationDelta, deltas) -> web.StreamResponse:
+        """Server-sent events from the first delta on; an error after that is an error event."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                               "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        want_logprobs = oa.logprobs is not None
+        try:
+            while True:
+                await response.write(writer.chunk(delta, want_logprobs, oa.include_usage))
+                if delta.finish_reason is not None:
+                    break
+                delta = await anext(deltas)
+        except ConnectionError:
+            return response          # the client went away; closing `deltas` cancels the request
+        except Exception as exc:  # noqa: BLE001 - mid-stream: an error event, then the end
+            if not isinstance(exc, TandemError):
+                log.exception("unexpected error while streaming", exc_info=exc)
+            await response.write(sse_event(openai_error_body(client_error(exc))))
             return response
+        if oa.include_usage and delta.usage is not None:
+            await response.write(writer.usage_chunk(delta.usage))
+        await response.write(SSE_DONE)
+        await response.write_eof()
+        return response
 
 
 async def start_http_server(api: HttpApi, host: str, port: int,
