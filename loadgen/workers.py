@@ -150,6 +150,7 @@ def _worker_main(index, backend_config, requests, spec, ready, results, go, star
         try:
             runner = LoadRunner(backend, requests, spec, counter, stop.is_set)
             records = await runner.run(when)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)    # a second Ctrl-C must not lose the records
             return records, runner.interrupted
         finally:
             await backend.close()
