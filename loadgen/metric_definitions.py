@@ -47,6 +47,10 @@ SCALARS = {
                                "client's count.",
     "output_token_mismatches": "Completed requests whose server-reported output tokens differ from the "
                                "client's count.",
+    "prompt_tokens_server_minus_client": "Mean over requests of (server-reported - client-counted) prompt "
+                                         "tokens: +1 is typically a BOS token, more a chat template.",
+    "output_tokens_server_minus_client": "Mean over requests of (server-reported - client-counted) output "
+                                         "tokens.",
     "requests_with_server_usage": "Completed requests for which the server reported token usage.",
     "client_warnings": "The client's check on itself: fewer requests in flight than asked for, or "
                        "requests held in the client past their send time when nothing should hold them.",

@@ -128,6 +128,11 @@ def _token_agreement(done: list[RequestRecord]) -> dict:
                                        if r.client_output_tokens is not None
                                        and r.server_output_tokens != r.client_output_tokens),
         "requests_with_server_usage": len(server_out),
+        "prompt_tokens_server_minus_client": (
+            sum(r.server_prompt_tokens - r.prompt_len for r in server_in) / len(server_in) if server_in else None),
+        "output_tokens_server_minus_client": (
+            sum(r.server_output_tokens - (r.client_output_tokens or 0) for r in server_out) / len(server_out)
+            if server_out else None),
     }
 
 

@@ -49,6 +49,10 @@ def format_run(label: str, s: dict, percentiles: tuple[float, ...], token_count_
                      f"{s['client_output_tokens']:,}"))
     out.append(_line("Requests with prompt / output mismatch:",
                      f"{s['prompt_token_mismatches']} / {s['output_token_mismatches']}"))
+    if s["prompt_token_mismatches"] or s["output_token_mismatches"]:
+        out.append(_line("Mean server - client, prompt / output:",
+                         f"{_num(s['prompt_tokens_server_minus_client'])} / "
+                         f"{_num(s['output_tokens_server_minus_client'])}"))
     for name, title in (("ttft", "Time to First Token"), ("ttst", "Time to Second Token"),
                         ("tpot", "Time per Output Token (excl. 1st token)"), ("itl", "Inter-token Latency"),
                         ("e2el", "End-to-end Latency"), ("queue", "Time Queued in Client")):

@@ -77,6 +77,7 @@ def test_server_and_client_token_counts_are_compared():
     assert s["output_token_mismatches"] == 1
     assert s["prompt_token_mismatches"] == 1
     assert s["server_input_tokens"] == 21
+    assert s["prompt_tokens_server_minus_client"] == 0.5 and s["output_tokens_server_minus_client"] == 1.0
 
 
 def test_slo_value_counts_failures_as_infinitely_slow():
