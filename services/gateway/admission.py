@@ -37,6 +37,7 @@ class Ticket:
     num_tokens: int                          # prompt + max_tokens: the KV it may grow to
     decode: WorkerHandle | None = None
     tried: set[str] = field(default_factory=set)
+    running: bool = False                    # counted among the running requests
     released: bool = False
 
 
@@ -48,7 +49,8 @@ class AdmissionController:
         self._metrics = metrics
         self._disaggregated = disaggregated
         self._buckets = TenantBuckets(config.tenant_tokens_per_s, config.tenant_burst_tokens)
-        self._queue: collections.deque[tuple[Ticket, asyncio.Future]] = collections.deque()
+        # (ticket, admitted future, path): path is "queued", or "requeued" for one sent back
+        self._queue: collections.deque[tuple[Ticket, asyncio.Future, str]] = collections.deque()
         self._running = 0
 
     @property
@@ -100,12 +102,27 @@ class AdmissionController:
             raise CapacityError(f"server busy: {len(self._queue)} requests already queued "
                                 f"(max_queued_requests={self._config.max_queued_requests})",
                                 retry_after_s=self._config.retry_after_s)
-        return await self._wait_in_queue(ticket, deadline)
+        return await self._wait_in_queue(ticket, deadline, "queued")
 
-    async def _wait_in_queue(self, ticket: Ticket, deadline: float) -> Ticket:
+    async def requeue(self, ticket: Ticket, deadline: float) -> None:
+        """Every decode worker refused what the gateway's view said would fit (the view was stale:
+        another gateway, or a colocated worker's growth): back to the head of the queue until
+        reports show room, then the caller reserves again; CapacityError after the queue timeout."""
+        if ticket.decode is not None:
+            ticket.decode.unbook(ticket.request_id)
+            ticket.decode = None
+        ticket.tried.clear()
+        self._stop_running(ticket)                 # counted again when admitted from the queue
+        self._pool.request_poll()
+        await self._wait_in_queue(ticket, deadline, "requeued")
+
+    async def _wait_in_queue(self, ticket: Ticket, deadline: float, path: str) -> Ticket:
         future = asyncio.get_running_loop().create_future()
-        entry = (ticket, future)
-        self._queue.append(entry)
+        entry = (ticket, future, path)
+        if path == "requeued":
+            self._queue.appendleft(entry)          # it was admitted before anyone waiting now
+        else:
+            self._queue.append(entry)
         self._metrics.queue_depth.set(len(self._queue))
         timeout = min(self._config.queue_timeout_s, deadline - time.monotonic())
         try:
@@ -134,6 +151,7 @@ class AdmissionController:
         self._metrics.queue_depth.set(len(self._queue))
 
     def _start(self, ticket: Ticket, path: str) -> None:
+        ticket.running = True
         self._running += 1
         self._metrics.running.set(self._running)
         self._metrics.admissions.labels(path).inc()
@@ -187,23 +205,28 @@ class AdmissionController:
         ticket.released = True
         if ticket.decode is not None:
             ticket.decode.unbook(ticket.request_id)
-        self._running -= 1
-        self._metrics.running.set(self._running)
+        self._stop_running(ticket)
         if self._queue:
             # Someone waits for capacity: learn of the freed blocks now, not at the next tick.
             self._pool.request_poll()
             self.on_capacity_change()
 
+    def _stop_running(self, ticket: Ticket) -> None:
+        if ticket.running:
+            ticket.running = False
+            self._running -= 1
+            self._metrics.running.set(self._running)
+
     def on_capacity_change(self) -> None:
         """Admits queued requests, oldest first, while they fit."""
         while self._queue:
-            ticket, future = self._queue[0]
+            ticket, future, path = self._queue[0]
             if future.done():
                 self._queue.popleft()
                 continue
             if not self._try_book(ticket):
                 break
             self._queue.popleft()
-            self._start(ticket, "queued")
+            self._start(ticket, path)
             future.set_result(None)
         self._metrics.queue_depth.set(len(self._queue))

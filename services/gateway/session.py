@@ -25,7 +25,6 @@ import grpc
 
 from services import wire
 from services.engine.block_pool import block_hashes
-from services.engine.errors import CapacityError
 from services.engine.sampling_params import SamplingParams
 from services.gateway.admission import AdmissionController, Ticket
 from services.gateway.errors import RequestTimeoutError, WorkerUnavailableError
@@ -151,9 +150,9 @@ class WorkerSession:
                 return response
             attempt.holders.pop(decode.address, None)
             if not self._admission.rebook(ticket):
-                self._metrics.rejections.labels("reserve_refused").inc()
-                raise CapacityError(f"no decode worker could reserve {req.num_tokens} tokens "
-                                    f"({response.reason or 'refused'})")
+                # Every worker refused: the gateway's view was stale. Wait for reports that show
+                # room (CapacityError after the queue timeout), then reserve again.
+                await self._admission.requeue(ticket, req.deadline)
 
     async def _prefill(self, req: PreparedRequest, reserve: worker_pb2.ReserveResponse,
                        attempt: _Attempt, resume: tuple[int, ...]) -> wire.ChunkFields:

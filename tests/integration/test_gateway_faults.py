@@ -135,3 +135,32 @@ async def test_gateway_starts_without_an_absent_worker_and_routes_around_it():
         with pytest.raises(TimeoutError):
             await Gateway(GatewayConfig(mode="colocated", decode_workers=(absent,), grpc_port=0,
                                         http_port=0, worker_ready_timeout_s=0.3)).start()
+
+
+async def test_two_gateways_sharing_a_decode_worker_requeue_on_a_stale_view():
+    from services.gateway.config import GatewayConfig
+    from services.gateway.gateway import Gateway
+    from tests.helpers.gateway_cluster import engine_config
+    # 20 blocks x 16 tokens on the decode side; gateway B reads load reports only when told to, so
+    # its view of the pool stays "all free" while gateway A fills it.
+    async with gateway_cluster("disaggregated", decode_engine=engine_config(num_blocks=20)) as c:
+        config_b = GatewayConfig(decode_workers=(c.decode[0].address,), prefill_workers=(c.prefill[0].address,),
+                                 grpc_port=0, http_port=0, load_poll_interval_s=30.0)
+        async with Gateway(config_b) as gateway_b, grpc.aio.insecure_channel(c.gateway.grpc_address) as ch:
+            call = gen_grpc.GenerationStub(ch).Generate(gen.GenerateRequest(
+                text="fill it", sampling=gen.SamplingParams(max_tokens=250, ignore_eos=True)))
+            async for _ in call:
+                break                                        # A's request holds 17 of the 20 blocks
+            second = asyncio.create_task(generate(gateway_b.grpc_address, gen.GenerateRequest(
+                text="later", sampling=gen.SamplingParams(max_tokens=100, ignore_eos=True))))
+            await asyncio.sleep(0.3)
+            assert not second.done() and gateway_b.admission.queued == 1   # refused, then requeued
+            async for _ in call:
+                pass
+            assert await c.blocks_all_free()
+            gateway_b.pool.request_poll()                    # B's next load report shows the room
+            msgs = await asyncio.wait_for(second, 10)
+            assert msgs[-1].usage.completion_tokens == 100
+            assert gateway_b.metrics.registry.get_sample_value(
+                "tandem_admissions_total", {"path": "requeued"}) == 1
+        assert await c.blocks_all_free(), c.free_blocks()

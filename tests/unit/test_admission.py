@@ -6,7 +6,7 @@ import time
 import pytest
 
 from services.engine.errors import CapacityError
-from services.gateway.admission import AdmissionController
+from services.gateway.admission import AdmissionController, Ticket
 from services.gateway.config import AdmissionConfig
 from services.gateway.workers import WorkerPool
 from services.rpc.tandem.v1 import worker_pb2
@@ -203,3 +203,33 @@ async def test_prompt_beyond_every_prefill_pool_never_fits():
         await adm.admit("a", "", 64, 80, far())
     assert "prefill" in str(info.value)
     adm.release(await adm.admit("b", "", 63, 80, far()))
+
+
+async def test_requeued_ticket_waits_at_the_head_and_is_counted_once():
+    pool = make_pool(decode_free=(4,))
+    adm, metrics = make_admission(pool)
+    first = await adm.admit("a", "", 10, 64, far())             # takes the 4 blocks
+    waiting = asyncio.create_task(adm.admit("b", "", 10, 64, far()))
+    await asyncio.sleep(0.01)
+    # "a" was refused by every worker: it goes back in front of "b", no longer running.
+    requeued = asyncio.create_task(adm.requeue(first, far()))
+    await asyncio.sleep(0.01)
+    assert adm.running == 0 and adm.queued == 2
+    adm.on_capacity_change()                                    # room for one: the requeued first
+    await asyncio.wait_for(requeued, 1)
+    assert first.decode is pool.decode[0] and adm.running == 1 and not waiting.done()
+    assert sample(metrics, "tandem_admissions_total", path="requeued") == 1
+    adm.release(first)                                          # now "b" fits
+    adm.release(await asyncio.wait_for(waiting, 1))
+    assert adm.running == 0 and adm.queued == 0
+
+
+async def test_requeue_timeout_leaves_nothing_counted():
+    pool = make_pool(decode_free=(0,))
+    adm, _ = make_admission(pool, queue_timeout_s=0.05)
+    ticket = Ticket("a", "", 10, 64)
+    adm._start(ticket, "immediate")
+    with pytest.raises(CapacityError):
+        await adm.requeue(ticket, far())
+    adm.release(ticket)
+    assert adm.running == 0 and adm.queued == 0
