@@ -30,13 +30,14 @@ def parse_behaviour(argv: list[str]) -> tuple[TargetBehaviour, str, bool]:
     p.add_argument("--stall-after", type=int, default=1)
     p.add_argument("--close-after", type=int, default=1)
     p.add_argument("--api-key", default=None)
+    p.add_argument("--max-active", type=int, default=0, help="streams served at once; the rest wait")
     p.add_argument("--loop", choices=("precise", "asyncio", "uvloop"), default="precise")
     p.add_argument("--no-grpc", action="store_true", help="serve HTTP only (grpc_port 0)")
     a = p.parse_args(argv)
     return TargetBehaviour(ttft_s=a.ttft_ms / 1e3, itl_s=a.itl_ms / 1e3, output_tokens=a.output_tokens,
                            error_every=a.error_every, error_status=a.error_status, stall_every=a.stall_every,
                            stall_after=a.stall_after, close_every=a.close_every, close_after=a.close_after,
-                           api_key=a.api_key), a.loop, not a.no_grpc
+                           api_key=a.api_key, max_active=a.max_active), a.loop, not a.no_grpc
 
 
 async def serve(behaviour: TargetBehaviour, with_grpc: bool = True) -> None:
@@ -44,7 +45,8 @@ async def serve(behaviour: TargetBehaviour, with_grpc: bool = True) -> None:
     gc.freeze()
     gc.set_threshold(100_000, 50, 1_000)
     counter, log = itertools.count(1), EmissionLog()
-    runner = web.AppRunner(build_app(behaviour, counter, log), access_log=None, handle_signals=False)
+    slots = asyncio.Semaphore(behaviour.max_active) if behaviour.max_active else None
+    runner = web.AppRunner(build_app(behaviour, counter, log, slots), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
     await site.start()
@@ -52,7 +54,7 @@ async def serve(behaviour: TargetBehaviour, with_grpc: bool = True) -> None:
     grpc_server, grpc_port = None, 0
     if with_grpc:
         from tests.loadgen_target.grpc_server import build_grpc_server
-        grpc_server = build_grpc_server(behaviour, counter, log)
+        grpc_server = build_grpc_server(behaviour, counter, log, slots)
         grpc_port = grpc_server.add_insecure_port("127.0.0.1:0")
         await grpc_server.start()
     print(json.dumps({"http_port": http_port, "grpc_port": grpc_port}), flush=True)

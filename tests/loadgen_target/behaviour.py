@@ -30,11 +30,12 @@ class TargetBehaviour:
     close_after: int = 1
     api_key: str | None = None
     model: str = "loadgen-target"
+    max_active: int = 0                # > 0: at most this many streams at once, the rest wait (FIFO)
 
     def __post_init__(self) -> None:
         if self.ttft_s < 0 or self.itl_s < 0:
             raise ValueError("ttft_s and itl_s must be >= 0")
-        for name in ("error_every", "stall_every", "close_every", "stall_after", "close_after"):
+        for name in ("error_every", "stall_every", "close_every", "stall_after", "close_after", "max_active"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
 

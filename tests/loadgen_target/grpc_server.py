@@ -18,13 +18,23 @@ _STATUS_FOR_HTTP = {429: grpc.StatusCode.RESOURCE_EXHAUSTED, 503: grpc.StatusCod
 
 
 class TargetGeneration(pb_grpc.GenerationServicer):
-    def __init__(self, behaviour: TargetBehaviour, counter: itertools.count, log: EmissionLog) -> None:
+    def __init__(self, behaviour: TargetBehaviour, counter: itertools.count, log: EmissionLog,
+                 slots: asyncio.Semaphore | None = None) -> None:
         self.behaviour = behaviour
         self.counter = counter
         self.log = log
+        self.slots = slots
 
     async def Generate(self, request, context):
-        arrival = perf_counter()
+        if self.slots is None:
+            async for message in self._generate(request, context, perf_counter()):
+                yield message
+            return
+        async with self.slots:                 # a server at capacity: waiting shows as TTFT
+            async for message in self._generate(request, context, perf_counter()):
+                yield message
+
+    async def _generate(self, request, context, arrival: float):
         b = self.behaviour
         await self._authenticate(context)
         fate = b.fate(next(self.counter))
@@ -56,7 +66,8 @@ class TargetGeneration(pb_grpc.GenerationServicer):
         return pb.ListModelsResponse(models=[pb.ModelInfo(id=self.behaviour.model, max_model_len=1 << 20)])
 
 
-def build_grpc_server(behaviour: TargetBehaviour, counter: itertools.count, log: EmissionLog) -> grpc.aio.Server:
+def build_grpc_server(behaviour: TargetBehaviour, counter: itertools.count, log: EmissionLog,
+                      slots: asyncio.Semaphore | None = None) -> grpc.aio.Server:
     server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 1 << 20)])
-    pb_grpc.add_GenerationServicer_to_server(TargetGeneration(behaviour, counter, log), server)
+    pb_grpc.add_GenerationServicer_to_server(TargetGeneration(behaviour, counter, log, slots), server)
     return server

@@ -21,7 +21,9 @@ async def sleep_until(when: float) -> None:
         await asyncio.sleep(delay)
 
 
-def build_app(behaviour: TargetBehaviour, counter: itertools.count, log: EmissionLog) -> web.Application:
+def build_app(behaviour: TargetBehaviour, counter: itertools.count, log: EmissionLog,
+              slots: "asyncio.Semaphore | None" = None) -> web.Application:
+    """slots: shared with the gRPC side; a stream's schedule starts when it gets one."""
     async def health(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -55,7 +57,11 @@ def build_app(behaviour: TargetBehaviour, counter: itertools.count, log: Emissio
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         try:
-            await _stream(request, resp, arrival, body, prompt, n, fate, chat)
+            if slots is None:
+                await _stream(request, resp, arrival, body, prompt, n, fate, chat)
+            else:
+                async with slots:              # a server at capacity: waiting shows as TTFT
+                    await _stream(request, resp, perf_counter(), body, prompt, n, fate, chat)
         except ConnectionResetError:
             pass                               # the client left (timeout, Ctrl-C): nothing to send to
         return resp

@@ -1,0 +1,33 @@
+"""Capacity search end to end: a target that serves at most 6 streams at once (the rest wait,
+which shows as TTFT) must be found to hold exactly 6 under a TTFT SLO."""
+
+import io
+import json
+
+from loadgen.backends import BackendConfig
+from loadgen.bench import BenchPlan, CapacitySpec, OutputSpec, run_bench
+from loadgen.capacity import parse_slo
+from loadgen.datasets import DatasetSpec
+from loadgen.load_pattern import LoadSpec
+from tests.loadgen_target.process import TargetProcess
+
+SLOTS = 6
+
+
+def test_capacity_search_finds_the_targets_slot_count(tmp_path):
+    # A request holds a slot 50 ms (TTFT 30 ms + 2 x 10 ms); beyond 6 streams some request waits
+    # for a slot (a whole round in lock-step, 50/6 ms when staggered), so p90 TTFT > 38 ms.
+    with TargetProcess(ttft_ms=30, itl_ms=10, max_active=SLOTS, no_grpc=True) as target:
+        plan = BenchPlan(backend=BackendConfig("openai", target.http_url),
+                         dataset=DatasetSpec(random_input_len=8, random_output_len=3),
+                         load=LoadSpec(num_prompts=28, request_timeout_s=10),
+                         capacity=CapacitySpec(parse_slo("ttft_ms:38,p:90"), "concurrency", 1, 64, 8),
+                         output=OutputSpec(save_result=True, result_dir=str(tmp_path), result_filename="cap",
+                                           show_progress=False))
+        result, paths = run_bench(plan, out=io.StringIO())
+    assert result.capacity["capacity"] == SLOTS and result.capacity["converged"]
+    assert [p["value"] for p in result.capacity["probes"]] == [1, 2, 4, 8, 6, 7]
+    doc = json.loads((tmp_path / "cap.json").read_text())
+    assert doc["capacity"]["capacity"] == SLOTS
+    assert [r["slo_met"] for r in doc["runs"]] == [True, True, True, False, True, False]
+    assert any(p.endswith(".png") for p in paths)
