@@ -13,9 +13,13 @@ Interfaces:
   Also an async context manager.
 - `python -m services.gateway --decode ADDR [--decode ADDR] [--prefill ADDR ...] [--mode colocated]
   [--model NAME] [--grpc-port P] [--http-port P] [--api-key K]` (__main__.py): for containers.
+- `remote_outputs(target, prompt, params)` (client.py): RequestOutputs streamed from a running
+  server, for `tandem generate --target HOST:PORT`.
 
 Layout: config.py, admission.py (+ token_bucket.py), routing.py, workers.py (channels, load
-reports, booking ledger), session.py (one request on the workers), service.py (the shared core),
+reports, booking ledger), session.py (one request on the workers; worker_calls.py: their failures
+as typed errors), service.py (the shared core; request.py: the shapes between layers),
 grpc_api.py, http_api.py (+ openai_protocol.py, openai_responses.py), output_text.py (stop strings),
-status.py (errors -> gRPC / HTTP, in one table), client.py (the `tandem generate --target` client).
+errors.py + status.py (the gateway's errors; every error -> gRPC / HTTP, in one table), client.py.
+See docs/gateway.md.
 """
