@@ -100,6 +100,7 @@ def _execute_in_workers(backend_config, requests, shares, spec, total, show_prog
                     stop.set()
     finally:
         stop.set()
+        go.set()                        # workers still waiting to start see the stop at once
         for p in procs:
             p.join(timeout=10)
             if p.is_alive():
@@ -129,13 +130,12 @@ def _worker_main(index, backend_config, requests, spec, ready, results, go, star
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise_open_files_limit()
     counter = _SharedSlot(progress, index)
+    model_holder = [backend_config.model]
 
     def wait_for_go() -> float:
         ready.put(("ready", model_holder[0]))
         go.wait()
         return start_at.value
-
-    model_holder = [backend_config.model]
 
     async def main():
         backend = make_backend(backend_config)

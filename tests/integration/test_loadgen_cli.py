@@ -61,9 +61,10 @@ def test_unreachable_target_is_one_line_exit_2():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]                 # closed again: nothing listens there
-    for backend, url in (("openai", f"http://127.0.0.1:{port}"), ("tandem", f"127.0.0.1:{port}")):
+    for backend, url, workers in (("openai", f"http://127.0.0.1:{port}", "1"), ("tandem", f"127.0.0.1:{port}", "1"),
+                                  ("openai", f"http://127.0.0.1:{port}", "2")):
         proc = tandem_bench("--backend", backend, "--base-url", url, "--num-prompts", "2",
-                            "--random-input-len", "4")
+                            "--random-input-len", "4", "--num-workers", workers)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 2, err
         assert "cannot reach" in err and "Traceback" not in err
