@@ -45,7 +45,7 @@ class TandemGrpcBackend(Backend):
             self._channels.append(channel)
             self._stubs.append(pb_grpc.GenerationStub(channel))
         try:
-            await asyncio.wait_for(self._channels[0].channel_ready(), self.config.connect_timeout_s)
+            await asyncio.wait_for(self._connect(self._channels[0]), self.config.connect_timeout_s)
             models = await self._stubs[0].ListModels(pb.ListModelsRequest(), metadata=self._metadata,
                                                      timeout=self.config.connect_timeout_s)
         except (asyncio.TimeoutError, TimeoutError):
@@ -56,6 +56,16 @@ class TandemGrpcBackend(Backend):
                                          f"{exc.details()}") from None
         if self.model is None and models.models:
             self.model = models.models[0].id
+
+    async def _connect(self, channel: grpc.aio.Channel) -> None:
+        """Ready, or TargetUnreachableError at the first failed attempt (channel_ready() would
+        keep retrying until the timeout)."""
+        state = channel.get_state(try_to_connect=True)
+        while state != grpc.ChannelConnectivity.READY:
+            if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+                raise TargetUnreachableError(f"cannot reach {self.address}: the gRPC connection failed")
+            await channel.wait_for_state_change(state)
+            state = channel.get_state(try_to_connect=True)
 
     def _message(self, request: BenchRequest) -> pb.GenerateRequest:
         sampling = pb.SamplingParams(max_tokens=request.output_len, ignore_eos=self.config.ignore_eos)
