@@ -39,19 +39,29 @@ def render_html(result: BenchResult, png: bytes | None) -> str:
     parts.append("<h2>Summary</h2>" + _summary_table(result))
     for point in result.points:
         s = point.summary
-        parts.append(f"<h3>{html.escape(point.label)}{' (interrupted)' if point.interrupted else ''}</h3>")
+        if s["errors_by_code"] or s.get("client_warnings") or point.interrupted:
+            parts.append(f"<h3>{html.escape(point.label)}</h3>")
+        if point.interrupted:
+            parts.append("<p class='bad'>Interrupted by Ctrl-C.</p>")
         if s["errors_by_code"]:
-            parts.append("<p class='bad'>Errors: " + html.escape(", ".join(f"{c} x{n}" for c, n in s["errors_by_code"].items()))
-                         + "</p>")
+            errors = ", ".join(f"{c} x{n}" for c, n in s["errors_by_code"].items())
+            parts.append(f"<p class='bad'>Errors: {html.escape(errors)}</p>")
         for warning in s.get("client_warnings", ()):
             parts.append(f"<p class='bad'>Client warning: {html.escape(warning)}</p>")
-        parts.append(_table(["metric", "value"], [[k, _num(v) if not isinstance(v, (dict, list)) else v]
-                                                   for k, v in s.items()
-                                                   if k not in ("errors_by_code", "client_warnings")]))
+    parts.append("<h2>All metrics</h2>" + _metrics_table(result))
     parts.append("<h2>Metric definitions</h2>" + _table(["metric", "definition"],
                                                          [[k, v] for k, v in definitions().items()]))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _metrics_table(result: BenchResult) -> str:
+    """Every scalar metric (rows) of every point (columns)."""
+    keys: list[str] = []
+    for p in result.points:
+        keys += [k for k, v in p.summary.items() if not isinstance(v, (dict, list)) and k not in keys]
+    rows = [[k] + [_num(p.summary.get(k)) for p in result.points] for k in keys]
+    return _table(["metric"] + [p.label for p in result.points], rows)
 
 
 def _summary_table(result: BenchResult) -> str:
