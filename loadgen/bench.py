@@ -131,9 +131,13 @@ def _search_capacity(plan: BenchPlan, runner: _PointRunner, result: BenchResult,
               + ", ".join(f"{k}={v:.2f}" for k, v in observed.items()), file=out, flush=True)
     result.capacity = {"dimension": cap.dimension, "slo": {m: v for m, v in cap.slo.limits},
                        "slo_percentile": cap.slo.percentile, **search.summary()}
-    print(f"capacity ({cap.dimension}) meeting the SLOs: {result.capacity['capacity']:g}"
-          f"{' (the maximum tried)' if result.capacity['reached_maximum'] else ''} "
-          f"after {result.capacity['runs']} runs", file=out, flush=True)
+    found = result.capacity
+    note = (" (the maximum tried)" if found["reached_maximum"] else "" if found["converged"]
+            else f" (not converged: the next failing value tried was {found['first_failing']}; "
+                 f"raise --capacity-max-runs)" if found["first_failing"] is not None
+            else " (not converged: raise --capacity-max-runs or --capacity-max)")
+    print(f"capacity ({cap.dimension}) meeting the SLOs: {found['capacity']:g}{note} after {found['runs']} runs",
+          file=out, flush=True)
 
 
 def _settings(plan: BenchPlan, token_count_method: str) -> dict:
