@@ -133,7 +133,7 @@ def _search_capacity(plan: BenchPlan, runner: _PointRunner, result: BenchResult,
                        "slo_percentile": cap.slo.percentile, **search.summary()}
     found = result.capacity
     note = (" (the maximum tried)" if found["reached_maximum"] else "" if found["converged"]
-            else f" (not converged: the next failing value tried was {found['first_failing']}; "
+            else f" (not converged: the smallest value that failed was {found['first_failing']}; "
                  f"raise --capacity-max-runs)" if found["first_failing"] is not None
             else " (not converged: raise --capacity-max-runs or --capacity-max)")
     print(f"capacity ({cap.dimension}) meeting the SLOs: {found['capacity']:g}{note} after {found['runs']} runs",
