@@ -16,8 +16,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.arguments import (FLOAT_DTYPES, KernelArgumentError, check_dim, check_same_device,
-                               check_tensor, next_power_of_2, use_triton_for)
+from kernels.arguments import (KernelArgumentError, check_dim, check_paged_kv, check_same_device,
+                               check_tensor, next_power_of_2,
+                               use_triton_for)
 from kernels.prefill_attention import prefill_attention_ref
 
 
@@ -176,16 +177,7 @@ def _decode_reduce_kernel(part_out_ptr, part_lse_ptr, seq_lens_ptr, out_ptr, num
 
 
 def _check(q, key_cache, value_cache, block_tables, seq_lens) -> None:
-    check_tensor("q", q, 3, FLOAT_DTYPES)
-    check_tensor("key_cache", key_cache, 4, (q.dtype,))
-    check_tensor("value_cache", value_cache, 4, (q.dtype,))
-    if value_cache.shape != key_cache.shape:
-        raise KernelArgumentError("value_cache", f"shape {tuple(value_cache.shape)} differs from "
-                                                 f"key_cache {tuple(key_cache.shape)}")
-    check_dim("key_cache", key_cache, 3, q.shape[2])
-    if q.shape[1] % key_cache.shape[2]:
-        raise KernelArgumentError("q", f"num_heads ({q.shape[1]}) must be a multiple of "
-                                       f"num_kv_heads ({key_cache.shape[2]})")
+    check_paged_kv(q, key_cache, value_cache)
     check_tensor("block_tables", block_tables, 2, (torch.int32,))
     check_dim("block_tables", block_tables, 0, q.shape[0])
     check_tensor("seq_lens", seq_lens, 1, (torch.int32,))

@@ -18,8 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.arguments import (FLOAT_DTYPES, KernelArgumentError, check_dim, check_same_device,
-                               check_tensor, next_power_of_2, use_triton_for)
+from kernels.arguments import (KernelArgumentError, check_dim, check_paged_kv, check_same_device,
+                               check_tensor, next_power_of_2,
+                               use_triton_for)
 
 
 def prefill_attention_ref(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
@@ -166,16 +167,7 @@ def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, query_sta
 
 
 def _check(q, key_cache, value_cache, block_tables, query_start_loc, seq_lens) -> None:
-    check_tensor("q", q, 3, FLOAT_DTYPES)
-    check_tensor("key_cache", key_cache, 4, (q.dtype,))
-    check_tensor("value_cache", value_cache, 4, (q.dtype,))
-    if value_cache.shape != key_cache.shape:
-        raise KernelArgumentError("value_cache", f"shape {tuple(value_cache.shape)} differs from "
-                                                 f"key_cache {tuple(key_cache.shape)}")
-    check_dim("key_cache", key_cache, 3, q.shape[2])
-    if q.shape[1] % key_cache.shape[2]:
-        raise KernelArgumentError("q", f"num_heads ({q.shape[1]}) must be a multiple of "
-                                       f"num_kv_heads ({key_cache.shape[2]})")
+    check_paged_kv(q, key_cache, value_cache)
     check_tensor("seq_lens", seq_lens, 1, (torch.int32,))
     check_tensor("query_start_loc", query_start_loc, 1, (torch.int32,))
     check_dim("query_start_loc", query_start_loc, 0, seq_lens.shape[0] + 1)

@@ -2,7 +2,6 @@
 writes what it has, and an unreachable target that gets one line and exit code 2."""
 
 import json
-import os
 import signal
 import socket
 import subprocess

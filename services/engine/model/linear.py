@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from services.engine.errors import UnsupportedModelError
 from services.engine.model.quantized_linear import Int8Linear
+from services.engine.model.shards import load_shard, shard_offsets
 
 
 @runtime_checkable
@@ -45,11 +45,9 @@ class Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int | Sequence[int], bias: bool = False,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        sizes = [out_features] if isinstance(out_features, int) else list(out_features)
-        self.in_features = in_features
-        self.out_features = sum(sizes)
-        self.shard_offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-        self.num_shards = len(sizes)
+        self.shard_offsets = shard_offsets(out_features)
+        self.in_features, self.out_features = in_features, self.shard_offsets[-1]
+        self.num_shards = len(self.shard_offsets) - 1
         self.weight = nn.Parameter(torch.empty(self.out_features, in_features, dtype=dtype),
                                    requires_grad=False)
         self.bias = (nn.Parameter(torch.empty(self.out_features, dtype=dtype), requires_grad=False)
@@ -60,15 +58,7 @@ class Linear(nn.Module):
 
     def load(self, param_name: str, tensor: torch.Tensor, shard: int = 0) -> None:
         """Copy a checkpoint tensor into `weight` or `bias`, or into one shard of them."""
-        param = getattr(self, param_name, None)
-        if not isinstance(param, nn.Parameter):
-            raise UnsupportedModelError(f"projection has no parameter {param_name!r}")
-        start, end = self.shard_offsets[shard], self.shard_offsets[shard + 1]
-        target = param.data[start:end]
-        if tuple(tensor.shape) != tuple(target.shape):
-            raise UnsupportedModelError(f"{param_name} shard {shard}: checkpoint shape "
-                                        f"{tuple(tensor.shape)}, model expects {tuple(target.shape)}")
-        target.copy_(tensor)
+        load_shard(self, param_name, tensor, shard)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

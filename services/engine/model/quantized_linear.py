@@ -18,6 +18,7 @@ from torch import nn
 
 import kernels
 from services.engine.errors import UnsupportedModelError
+from services.engine.model.shards import load_shard, shard_offsets
 
 SCHEMES = ("w8a16", "w8a8")
 QUANT_METHOD = "tandem-int8"
@@ -47,11 +48,10 @@ class Int8Linear(nn.Module):
         super().__init__()
         if scheme not in SCHEMES:
             raise UnsupportedModelError(f"quantization must be one of {SCHEMES}, got {scheme!r}")
-        sizes = [out_features] if isinstance(out_features, int) else list(out_features)
         self.scheme = scheme
-        self.in_features, self.out_features = in_features, sum(sizes)
-        self.shard_offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-        self.num_shards = len(sizes)
+        self.shard_offsets = shard_offsets(out_features)
+        self.in_features, self.out_features = in_features, self.shard_offsets[-1]
+        self.num_shards = len(self.shard_offsets) - 1
         self.weight = nn.Parameter(torch.empty(self.out_features, in_features, dtype=torch.int8),
                                    requires_grad=False)
         self.weight_scale = nn.Parameter(torch.empty(self.out_features, dtype=torch.float32),
@@ -68,17 +68,9 @@ class Int8Linear(nn.Module):
     def load(self, param_name: str, tensor: torch.Tensor, shard: int = 0) -> None:
         """Copy a checkpoint tensor into `weight`, `weight_scale` or `bias`, or one shard of it.
         An unquantized weight (a float tensor) is refused: quantize the checkpoint first."""
-        param = getattr(self, param_name, None)
-        if not isinstance(param, nn.Parameter):
-            raise UnsupportedModelError(f"INT8 projection has no parameter {param_name!r}")
         if param_name == "weight" and tensor.dtype != torch.int8:
             raise UnsupportedModelError(f"weight shard {shard}: expected int8, got {tensor.dtype}")
-        start, end = self.shard_offsets[shard], self.shard_offsets[shard + 1]
-        target = param.data[start:end]
-        if tuple(tensor.shape) != tuple(target.shape):
-            raise UnsupportedModelError(f"{param_name} shard {shard}: checkpoint shape "
-                                        f"{tuple(tensor.shape)}, model expects {tuple(target.shape)}")
-        target.copy_(tensor)
+        load_shard(self, param_name, tensor, shard)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
