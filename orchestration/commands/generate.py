@@ -1,4 +1,5 @@
-"""`tandem generate`: one prompt, streamed to stdout, from an engine run in this process.
+"""`tandem generate`: one prompt, streamed to stdout, from an engine run in this process, or with
+--target HOST:PORT from a running server's gRPC API (services/gateway/client.py).
 
 With --json, prints one JSON object at the end instead of streaming: prompt and output token ids,
 text, finish reason and timings. The output stream is an iterator of RequestOutputs, so another
@@ -17,9 +18,12 @@ from services.engine.sampling_params import SamplingParams
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", help="the prompt text")
-    parser.add_argument("--model", default="tiny-random",
+    parser.add_argument("--model", default=None,
                         help="a preset name (tiny-random, llama-3.1-8b-random) or an HF checkpoint "
-                             "directory (default: tiny-random)")
+                             "directory (default: tiny-random; with --target: the server's model)")
+    parser.add_argument("--target", default=None, metavar="HOST:PORT",
+                        help="stream from a running server's gRPC API instead of a local engine")
+    parser.add_argument("--api-key", default=None, help="with --target: the server's API key")
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens to generate at most")
     parser.add_argument("--temperature", type=float, default=1.0, help="0 for greedy")
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -34,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                             seed=args.seed, max_tokens=args.max_tokens, ignore_eos=args.ignore_eos)
-    prompt_token_ids, outputs = _local_outputs(args, params)
+    prompt_token_ids, outputs = (_remote_outputs(args, params) if args.target
+                                 else _local_outputs(args, params))
     token_ids: list[int] = []
     text: list[str] = []
     last: RequestOutput | None = None
@@ -57,7 +62,7 @@ def _local_outputs(args: argparse.Namespace,
     from services.engine.config import EngineConfig
     from services.engine.engine import LLMEngine
 
-    engine = LLMEngine(EngineConfig(model=args.model, device=args.device))
+    engine = LLMEngine(EngineConfig(model=args.model or "tiny-random", device=args.device))
     prompt_token_ids = engine.tokenizer.encode(args.prompt)
     engine.add_request("generate", prompt_token_ids, params)
 
@@ -66,6 +71,13 @@ def _local_outputs(args: argparse.Namespace,
             yield from engine.step()
 
     return prompt_token_ids, outputs()
+
+
+def _remote_outputs(args: argparse.Namespace,
+                    params: SamplingParams) -> tuple[list[int], Iterator[RequestOutput]]:
+    from services.gateway.client import remote_outputs
+    return remote_outputs(args.target, args.prompt, params, model=args.model or "",
+                          api_key=args.api_key)
 
 
 def _summary(prompt_token_ids: list[int], token_ids: list[int], text: str,
