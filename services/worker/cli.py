@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -114,8 +116,12 @@ async def _serve(worker, host: str, port: int, exit_with_parent: bool) -> None:
         loop.add_signal_handler(sig, stop.set)
     if exit_with_parent:
         def watch_stdin() -> None:
-            sys.stdin.buffer.read()         # returns at EOF: the launcher is gone
-            loop.call_soon_threadsafe(stop.set)
+            # The raw descriptor, not sys.stdin: a daemon thread blocked inside the buffered
+            # reader holds its lock, and interpreter shutdown then aborts on that lock.
+            while os.read(sys.stdin.fileno(), 4096):     # b"" at EOF: the launcher is gone
+                pass
+            with contextlib.suppress(RuntimeError):      # the loop may have closed already
+                loop.call_soon_threadsafe(stop.set)
         threading.Thread(target=watch_stdin, name="parent-watch", daemon=True).start()
     address = await worker.start(host, port)
     print(f"{LISTENING} {address}", flush=True)

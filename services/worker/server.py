@@ -11,6 +11,10 @@ from services.engine.errors import ConfigError
 from services.kvtransfer import TransferConfig, channel_options
 
 WILDCARDS = ("0.0.0.0", "::", "[::]", "")
+# gRPC core lets only 1000 new calls wait for the application by default and cancels the rest:
+# a burst of streams from the gateway would lose requests before any handler saw them.
+PENDING_CALLS = (("grpc.server.max_pending_requests", 1 << 16),
+                 ("grpc.server.max_pending_requests_hard_limit", 1 << 16))
 
 
 async def start_server(register, host: str, port: int, transfer: TransferConfig,
@@ -20,7 +24,7 @@ async def start_server(register, host: str, port: int, transfer: TransferConfig,
     machine's host name)."""
     if not 0 <= port <= 65535:
         raise ConfigError(f"port must be in [0, 65535], got {port}")
-    server = grpc.aio.server(options=channel_options(transfer))
+    server = grpc.aio.server(options=[*channel_options(transfer), *PENDING_CALLS])
     register(server)
     try:
         bound = server.add_insecure_port(f"{_bracket(host)}:{port}")
