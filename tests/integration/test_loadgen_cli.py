@@ -45,8 +45,10 @@ def test_ctrl_c_stops_and_still_writes(target, tmp_path):
                         "--random-input-len", "8", "--random-output-len", "20", "--save-result",
                         "--result-dir", str(tmp_path), "--result-filename", "cut")
     deadline = time.monotonic() + 30
-    while target.emission_stats()["tokens"] < before + 50 and time.monotonic() < deadline:
-        time.sleep(0.1)                           # interrupt mid-run, not while it starts
+    # Interrupt mid-run, once every slot has finished a request (4 slots x at most 20 tokens):
+    # the written result must hold completed requests, not only the ones cut short.
+    while target.emission_stats()["tokens"] < before + 4 * 20 + 40 and time.monotonic() < deadline:
+        time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
