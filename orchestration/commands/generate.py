@@ -74,17 +74,18 @@ def _local_outputs(args: argparse.Namespace,
 
 
 def _remote_outputs(args: argparse.Namespace,
-                    params: SamplingParams) -> tuple[list[int], Iterator[RequestOutput]]:
+                    params: SamplingParams) -> tuple[None, Iterator[RequestOutput]]:
     from services.gateway.client import remote_outputs
     return remote_outputs(args.target, args.prompt, params, model=args.model or "",
                           api_key=args.api_key)
 
 
-def _summary(prompt_token_ids: list[int], token_ids: list[int], text: str,
+def _summary(prompt_token_ids: list[int] | None, token_ids: list[int], text: str,
              last: RequestOutput | None) -> dict:
     timings = last.timings if last else None
     return {
-        "prompt_token_ids": prompt_token_ids,
+        "prompt_token_ids": prompt_token_ids,           # None from a server: it tokenizes
+        "num_prompt_tokens": last.num_prompt_tokens if last else len(prompt_token_ids or ()),
         "token_ids": token_ids,
         "text": text,
         "finish_reason": last.finish_reason if last else None,

@@ -25,11 +25,13 @@ from services.rpc.tandem.v1 import generation_pb2, generation_pb2_grpc
 
 def remote_outputs(target: str, prompt: str, params: SamplingParams, *, model: str = "",
                    api_key: str | None = None,
-                   timeout_s: float | None = None) -> tuple[list[int], Iterator[RequestOutput]]:
+                   timeout_s: float | None = None) -> tuple[None, Iterator[RequestOutput]]:
+    """The server tokenizes the prompt, so its token ids are not known here (None); the outputs
+    carry the count (num_prompt_tokens)."""
     request = generation_pb2.GenerateRequest(model=model, text=prompt,
                                              sampling=wire.sampling_to_proto(params))
     metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
-    return [], _stream(target, request, metadata, timeout_s)
+    return None, _stream(target, request, metadata, timeout_s)
 
 
 def _stream(target: str, request: generation_pb2.GenerateRequest, metadata,

@@ -2,6 +2,7 @@
 gateway, and turns statuses back into the typed errors the CLI prints."""
 
 import asyncio
+import json
 
 import pytest
 
@@ -37,3 +38,17 @@ async def test_streams_outputs_and_maps_errors():
         port = c.gateway.grpc_port
     with pytest.raises(WorkerUnavailableError):
         await asyncio.to_thread(collect, f"127.0.0.1:{port}", "x", SamplingParams(), timeout_s=5)
+
+
+async def test_generate_command_with_target_prints_the_servers_answer(capsys):
+    from orchestration.cli import main
+    from services.engine.loader import load_tokenizer
+
+    async with gateway_cluster("disaggregated") as c:
+        argv = ["generate", "--target", c.gateway.grpc_address, "--json", "--temperature", "0",
+                "--max-tokens", "5", "hello there"]
+        assert await asyncio.to_thread(main, argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["prompt_token_ids"] is None      # the server tokenized it
+    assert result["num_prompt_tokens"] == len(load_tokenizer("tiny-random").tokenizer.encode("hello there"))
+    assert len(result["token_ids"]) == 5 and result["finish_reason"] == "length"
