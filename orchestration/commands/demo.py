@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import urllib.error
 import urllib.request
 
 from loadgen.errors import TargetUnreachableError
+from services.addresses import free_port
 
 HEALTH_POLL_S = 0.5
 
@@ -37,12 +37,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--result-dir", default="tandem-demo")
     p.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for /health")
     p.add_argument("--no-progress", action="store_true")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServeProcess:

@@ -7,9 +7,8 @@ KV pages go over gRPC, never through the object store."""
 
 from __future__ import annotations
 
-import socket
-
 from orchestration.launchers import WorkerSpec, make_worker
+from services.addresses import free_port
 from services.engine.errors import ConfigError
 
 
@@ -35,13 +34,6 @@ class WorkerActor:
 
     def stop(self) -> None:
         self._thread.stop()
-
-
-def free_port(host: str) -> int:
-    """A port free on this host now (Ray actors started here rebind it after a restart)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class RayLauncher:

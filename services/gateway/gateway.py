@@ -15,7 +15,8 @@ import logging
 from services.engine.loader import load_tokenizer
 from services.gateway.admission import AdmissionController
 from services.gateway.config import GatewayConfig
-from services.gateway.grpc_api import bracket_host, start_grpc_server
+from services.addresses import bracket_host
+from services.gateway.grpc_api import start_grpc_server
 from services.gateway.http_api import HttpApi, start_http_server
 from services.gateway.service import GenerationService
 from services.gateway.session import WorkerSession

@@ -11,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services import wire
+from services.addresses import bracket_host
 from services.engine.errors import InvalidRequestError, TandemError
 from services.gateway.request import GenerationDelta
 from services.gateway.service import GenerationService
@@ -27,11 +28,6 @@ GENERATION_SERVICE = generation_pb2.DESCRIPTOR.services_by_name["Generation"].fu
 SERVER_OPTIONS = (("grpc.server.max_pending_requests", 1 << 16),
                   ("grpc.server.max_pending_requests_hard_limit", 1 << 16),
                   ("grpc.so_reuseport", 0))
-
-
-def bracket_host(host: str) -> str:
-    """An IPv6 literal in brackets, as host:port needs it."""
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def api_key_from_metadata(metadata) -> str | None:

@@ -7,6 +7,7 @@ import socket
 
 import grpc
 
+from services.addresses import bracket_host
 from services.engine.errors import ConfigError
 from services.kvtransfer import TransferConfig, channel_options
 
@@ -27,15 +28,11 @@ async def start_server(register, host: str, port: int, transfer: TransferConfig,
     server = grpc.aio.server(options=[*channel_options(transfer), *PENDING_CALLS])
     register(server)
     try:
-        bound = server.add_insecure_port(f"{_bracket(host)}:{port}")
+        bound = server.add_insecure_port(f"{bracket_host(host)}:{port}")
     except RuntimeError:
         bound = 0
     if bound == 0:
         raise ConfigError(f"cannot listen on {host}:{port}")
     await server.start()
     reach = advertise_host or (socket.gethostname() if host in WILDCARDS else host)
-    return server, f"{_bracket(reach)}:{bound}"
-
-
-def _bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return server, f"{bracket_host(reach)}:{bound}"

@@ -1,0 +1,17 @@
+"""host:port strings and free ports, the same way for the gateway, the workers and the launchers."""
+
+from __future__ import annotations
+
+import socket
+
+
+def bracket_host(host: str) -> str:
+    """An IPv6 literal in brackets, as host:port needs it."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on this host now (for a process started next that must know it up front)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host.strip("[]"), 0))
+        return s.getsockname()[1]
