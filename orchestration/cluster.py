@@ -14,22 +14,31 @@ restarted on death; the default for `tandem serve`). Workers bind port 0 unless 
 set: worker i then listens on base_port + i (decode workers first). With the in-process launcher,
 `cluster.launcher.threads[i].worker` is worker i itself (its engine, its loop), for tests.
 
+Placement (orchestration/placement.py): one GPU per worker when there are enough, else workers
+share GPUs (fractional Ray GPUs, or one `--device cuda:N` per process) and split the per-card
+memory fraction; no GPU: CPU. A plan whose workers cannot hold the model's weights in their share
+is refused before any worker starts. `gpus` caps how many GPUs are used (0: CPU).
+
 Each decode worker also listens for KV pages on a port of its own; its ReserveResponse and
 LoadReport carry that `kv_address`, which the gateway passes on to Prefill."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 
 from orchestration.launchers import Launcher, WorkerSpec
-from services.engine.config import EngineConfig
+from orchestration.placement import Gpus, Placement, check_fit, place
+from services.engine.config import EngineConfig, ModelConfig
 from services.engine.errors import ConfigError
 from services.kvtransfer import TRANSPORTS
 from services.worker.config import WorkerConfig
 
 MODES = ("disaggregated", "colocated")
 LAUNCHERS = ("ray", "process", "inprocess")
+
+log = logging.getLogger("tandem.cluster")
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,7 @@ class ClusterConfig:
     host: str = "127.0.0.1"
     base_port: int = 0
     launcher: str = "ray"
+    gpus: int | None = None                 # how many of the GPUs to use; None: all; 0: CPU only
     ray_address: str | None = None          # None: start a local Ray instance if none is running
     ray_num_cpus: int | None = None         # for the local Ray instance; None: all
     start_timeout_s: float = 300.0
@@ -64,6 +74,8 @@ class ClusterConfig:
             raise ConfigError(f"prefill_workers must be >= 1 in disaggregated mode, got {self.prefill_workers}")
         if not 0 <= self.base_port <= 65535 - self.num_workers:
             raise ConfigError(f"base_port must be in [0, {65535 - self.num_workers}], got {self.base_port}")
+        if self.gpus is not None and self.gpus < 0:
+            raise ConfigError(f"gpus must be >= 0, got {self.gpus}")
         if self.start_timeout_s <= 0:
             raise ConfigError(f"start_timeout_s must be > 0, got {self.start_timeout_s}")
 
@@ -75,17 +87,65 @@ class ClusterConfig:
     def num_workers(self) -> int:
         return self.num_prefill + self.decode_workers
 
-    def specs(self) -> list[WorkerSpec]:
+    @property
+    def roles(self) -> list[str]:
         """Decode workers first, then prefill workers."""
+        return ["decode"] * self.decode_workers + ["prefill"] * self.num_prefill
+
+    def worker_names(self) -> list[str]:
+        return [f"{role}-{i}" for i, role in enumerate(self.roles)]
+
+    def specs(self, placements: tuple[Placement, ...] | None = None,
+              model: ModelConfig | None = None) -> list[WorkerSpec]:
+        """Decode workers first, then prefill workers; with placements, each worker's engine gets
+        its device and its share of the card, and with the model, a pool no larger than the
+        worker can use (max_num_seqs requests of max_model_len)."""
         colocated = self.mode == "colocated"
         worker = dataclasses.replace(self.worker, engine=self.engine, kv_transport=self.kv_transport)
-        roles = ["decode"] * self.decode_workers + ["prefill"] * self.num_prefill
         specs = []
-        for i, role in enumerate(roles):
+        for i, role in enumerate(self.roles):
             config = dataclasses.replace(worker, colocated=colocated and role == "decode",
                                          worker_id=worker.worker_id and f"{worker.worker_id}-{role}-{i}")
-            specs.append(WorkerSpec(role, config, self.host, self.base_port + i if self.base_port else 0))
+            share = 0.0
+            if placements is not None:
+                config = dataclasses.replace(config, engine=_placed(self.engine, placements[i], model))
+                share = placements[i].gpu_share
+            specs.append(WorkerSpec(role, config, self.host, self.base_port + i if self.base_port else 0,
+                                    share))
         return specs
+
+
+def plan(config: ClusterConfig, gpus: Gpus, model: ModelConfig) -> tuple[Placement, ...]:
+    """Where each worker runs (see orchestration/placement.py), refused with ConfigError when a
+    worker's share of its card cannot hold the weights. `model` in the dtype served on a GPU."""
+    gpus = usable_gpus(config, gpus)
+    cache = config.engine.cache
+    placements = place(config.num_workers, gpus, cache.gpu_memory_fraction, config.engine.device)
+    if cache.gpu_memory_bytes is not None:      # a byte budget per worker, as given
+        placements = tuple(dataclasses.replace(p, budget_bytes=cache.gpu_memory_bytes)
+                           if p.on_gpu else p for p in placements)
+    if cache.num_blocks is None:
+        block_bytes = model.kv_bytes_per_token * cache.block_size
+    else:
+        block_bytes = model.kv_bytes_per_token * cache.block_size * cache.num_blocks
+    check_fit(placements, config.worker_names(), model.weight_bytes, block_bytes, gpus,
+              config.engine.model)
+    return placements
+
+
+def usable_gpus(config: ClusterConfig, gpus: Gpus) -> Gpus:
+    """The machine's GPUs, as many as `config.gpus` allows."""
+    return gpus if config.gpus is None else Gpus(min(gpus.count, config.gpus), gpus.memory_bytes)
+
+
+def _placed(engine: EngineConfig, placement: Placement, model: ModelConfig | None) -> EngineConfig:
+    cache = engine.cache
+    if placement.on_gpu:
+        cache = dataclasses.replace(cache, gpu_memory_fraction=placement.memory_fraction)
+    if model is not None and cache.max_pool_tokens is None:
+        max_len = engine.scheduler.max_model_len or model.max_position_embeddings
+        cache = dataclasses.replace(cache, max_pool_tokens=engine.scheduler.max_num_seqs * max_len)
+    return dataclasses.replace(engine, device=placement.device, cache=cache)
 
 
 @dataclass(frozen=True)
@@ -111,8 +171,8 @@ class Cluster:
         if self.launcher is not None:
             raise ConfigError("cluster already started")
         self.launcher = _make_launcher(self.config)
-        specs = self.config.specs()
         try:
+            specs = self._placed_specs(self.launcher.gpus())
             addresses = self.launcher.start(specs)
         except BaseException:
             self.stop()
@@ -121,6 +181,13 @@ class Cluster:
         self.handle = ClusterHandle(self.config.mode, self.config.kv_transport,
                                     tuple(addresses[n:]), tuple(addresses[:n]))
         return self.handle
+
+    def _placed_specs(self, gpus: Gpus) -> list[WorkerSpec]:
+        model = _served_model_config(self.config.engine, usable_gpus(self.config, gpus))
+        placements = plan(self.config, gpus, model)
+        for name, placement in zip(self.config.worker_names(), placements):
+            log.info("%s: %s", name, placement)
+        return self.config.specs(placements, model)
 
     def stop(self) -> None:
         """Stops every worker this cluster started. Idempotent."""
@@ -133,6 +200,16 @@ class Cluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _served_model_config(engine: EngineConfig, gpus: Gpus) -> ModelConfig:
+    """The model's architecture (no weights loaded) in the dtype its workers will serve."""
+    import torch
+
+    from services.engine.loader import load_tokenizer, serving_dtype
+    model = load_tokenizer(engine.model).config
+    device = torch.device("cuda" if gpus.count and engine.device != "cpu" else "cpu")
+    return model.replace(dtype=serving_dtype(engine.dtype, model.dtype, device))
 
 
 def _make_launcher(config: ClusterConfig) -> Launcher:

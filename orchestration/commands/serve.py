@@ -3,6 +3,7 @@ this process), then the gateway in this process in front of them; Ctrl-C stops e
 
     tandem serve [--model M] [--mode colocated|disaggregated] [--prefill-workers N]
                  [--decode-workers M] [--launcher ray|process|inprocess] [--ray-address ADDR]
+                 [--gpus N] [--device cpu|cuda:N] [--gpu-memory-fraction F]
                  [--host H] [--grpc-port P] [--http-port P] [--kv-transport grpc|local]
                  [--num-kv-blocks N] [--max-num-seqs N] [--api-key K] ..."""
 
@@ -39,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser, default_launcher: str = _CLUSTER.l
                         "process: one local process per worker; inprocess: threads of this process")
     p.add_argument("--ray-address", default=default_ray_address, help="join this Ray cluster")
     p.add_argument("--ray-num-cpus", type=int, default=None, help="CPUs of a local Ray instance")
+    p.add_argument("--gpus", type=int, default=None,
+                   help="use at most this many GPUs (0: CPU only; default: all). One GPU per worker "
+                        "when there are enough, else workers share them; --device pins them all")
     p.add_argument("--host", default=_CLUSTER.host, help="where the gateway listens")
     p.add_argument("--worker-host", default=None,
                    help="where workers listen (default: --host; 0.0.0.0 on a multi-node Ray cluster)")
@@ -61,7 +65,8 @@ def cluster_config_from_args(args: argparse.Namespace) -> ClusterConfig:
         mode=args.mode, prefill_workers=args.prefill_workers, decode_workers=args.decode_workers,
         engine=engine, worker=WorkerConfig(reservation_ttl_s=args.reservation_ttl),
         kv_transport=args.kv_transport, host=args.worker_host or args.host,
-        base_port=args.worker_base_port, launcher=args.launcher, ray_address=args.ray_address,
+        base_port=args.worker_base_port, launcher=args.launcher, gpus=args.gpus,
+        ray_address=args.ray_address,
         ray_num_cpus=args.ray_num_cpus, capture_worker_logs=False)
 
 

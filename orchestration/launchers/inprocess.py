@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+from orchestration.gpus import local_gpus
 from orchestration.launchers import WorkerSpec, make_worker
+from orchestration.placement import Gpus
 from services.worker.hosting import WorkerThread
 
 
@@ -13,6 +15,9 @@ class InProcessLauncher:
     def __init__(self, start_timeout_s: float) -> None:
         self._start_timeout_s = start_timeout_s
         self.threads: list[WorkerThread] = []
+
+    def gpus(self) -> Gpus:
+        return local_gpus()
 
     def start(self, specs: list[WorkerSpec]) -> list[str]:
         new = [WorkerThread(make_worker(s), f"{s.role}-{len(self.threads) + i}") for i, s in enumerate(specs)]

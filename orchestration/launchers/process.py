@@ -1,5 +1,6 @@
-"""One local process per worker (`python -m services.prefill|decode`), each reporting its bound
-address on stdout. Workers watch their stdin: if this launcher dies, they stop too."""
+"""One local process per worker (`python -m services.prefill|decode`), each given its device
+(`--device cuda:N` or cpu) and memory share by the cluster's placement, and reporting its bound
+address on stdout once it is ready (engine loaded and warmed up). Workers watch their stdin: if this launcher dies, they stop too."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import tempfile
 import threading
 import time
 
+from orchestration.gpus import local_gpus
 from orchestration.launchers import WorkerSpec
+from orchestration.placement import Gpus
 from services.engine.errors import ConfigError
 from services.worker.cli import LISTENING, worker_arguments
 
@@ -24,6 +27,9 @@ class ProcessLauncher:
         self._capture_logs = capture_logs
         self.processes: list[subprocess.Popen] = []
         self._logs: list = []
+
+    def gpus(self) -> Gpus:
+        return local_gpus()
 
     def start(self, specs: list[WorkerSpec]) -> list[str]:
         launched = [self._spawn(spec) for spec in specs]

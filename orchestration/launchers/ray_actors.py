@@ -1,13 +1,20 @@
 """Workers as Ray actors: one actor per worker, each running the worker's gRPC server on a thread
-of its own. One GPU per actor when the cluster has GPUs, else one CPU. All actors go in one
+of its own. Each actor reserves the GPU share the cluster's placement gave it: a whole GPU when
+there is one per worker, else a fraction (1/k of a GPU shared by k workers, Ray then hands the
+same device to each), or none on a cluster without GPUs; and one CPU. All actors go in one
 placement group packed onto as few nodes as possible, so prefill and decode sit together and
-pages travel over the fastest link. (GPUs are used when the cluster has one for every worker.) Ray restarts a dead actor (max_restarts); it comes back on
-the same port, so the gateway's addresses stay valid. Ray is the control plane only: tokens and
-KV pages go over gRPC, never through the object store."""
+pages travel over the fastest link. An actor is ready once its worker has warmed up. Ray restarts
+a dead actor (max_restarts); it comes back on the same port, so the gateway's addresses stay
+valid. Ray is the control plane only: tokens and KV pages go over gRPC, never through the object
+store."""
 
 from __future__ import annotations
 
+import dataclasses
+
+from orchestration.gpus import local_gpus
 from orchestration.launchers import WorkerSpec, make_worker
+from orchestration.placement import Gpus
 from services.addresses import free_port
 from services.engine.errors import ConfigError
 
@@ -16,8 +23,6 @@ class WorkerActor:
     """The body of one Ray actor: starts serving in its constructor, so a restart serves again."""
 
     def __init__(self, spec: WorkerSpec) -> None:
-        import dataclasses
-
         import ray
 
         from services.worker.hosting import WorkerThread
@@ -25,7 +30,11 @@ class WorkerActor:
         if spec.host in WILDCARDS and not spec.config.advertise_host:
             # A worker listening on every interface is reached through its node's address.
             config = dataclasses.replace(spec.config, advertise_host=ray.util.get_node_ip_address())
-            spec = WorkerSpec(spec.role, config, spec.host, spec.port)
+            spec = dataclasses.replace(spec, config=config)
+        if spec.gpu_share:
+            # Ray makes the GPU it assigned the only one visible to this actor.
+            engine = dataclasses.replace(spec.config.engine, device="cuda")
+            spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, engine=engine))
         self._thread = WorkerThread(make_worker(spec), f"{spec.role}-actor")
         self._address = self._thread.start(spec.host, spec.port)
 
@@ -57,30 +66,37 @@ class RayLauncher:
                 self._started_ray = True
         return ray
 
+    def gpus(self) -> Gpus:
+        """The Ray cluster's GPUs; their memory is known only on a local instance (this machine)."""
+        ray = self._ensure_ray()
+        count = int(ray.cluster_resources().get("GPU", 0))
+        memory = local_gpus().memory_bytes if count and not self._ray_address else None
+        return Gpus(count, memory)
+
     def start(self, specs: list[WorkerSpec]) -> list[str]:
         ray = self._ensure_ray()
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        use_gpu = ray.cluster_resources().get("GPU", 0) >= len(specs)
-        bundle = {"GPU": 1, "CPU": 1} if use_gpu else {"CPU": 1}
-        group = placement_group([dict(bundle) for _ in specs], strategy="PACK")
+        bundles = [{"CPU": 1, "GPU": s.gpu_share} if s.gpu_share else {"CPU": 1} for s in specs]
+        group = placement_group(bundles, strategy="PACK")
         self._groups.append(group)
         try:
             ray.get(group.ready(), timeout=self._start_timeout_s)
         except ray.exceptions.GetTimeoutError:
-            raise ConfigError(f"Ray could not place {len(specs)} workers of {bundle} within "
+            raise ConfigError(f"Ray could not place {len(specs)} workers of {bundles} within "
                               f"{self._start_timeout_s}s (cluster resources: "
                               f"{ray.cluster_resources()})") from None
-        actor_class = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0,
-                                 max_restarts=self._max_restarts, max_task_retries=0)(WorkerActor)
+        actor_class = ray.remote(num_cpus=1, max_restarts=self._max_restarts,
+                                 max_task_retries=0)(WorkerActor)
         local = not self._ray_address
         actors = []
         for index, spec in enumerate(specs):
             if local and spec.port == 0:
-                spec = WorkerSpec(spec.role, spec.config, spec.host, free_port(spec.host))
-            actors.append(actor_class.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
-                placement_group=group, placement_group_bundle_index=index)).remote(spec))
+                spec = dataclasses.replace(spec, port=free_port(spec.host))
+            actors.append(actor_class.options(num_gpus=spec.gpu_share, scheduling_strategy=
+                PlacementGroupSchedulingStrategy(placement_group=group,
+                                                 placement_group_bundle_index=index)).remote(spec))
         self.actors += actors
         try:
             return ray.get([a.address.remote() for a in actors], timeout=self._start_timeout_s)

@@ -60,19 +60,39 @@ class ModelConfig:
         itemsize = {"float32": 4, "float16": 2, "bfloat16": 2}[self.dtype]
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * itemsize
 
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the weights as served, from the shapes: embeddings, norms and the LM head in the
+        serving dtype; the layers' projections in INT8 (plus a scale per output row) when quantized."""
+        itemsize = {"float32": 4, "float16": 2, "bfloat16": 2}[self.dtype]
+        h, q, kv = self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        projection_out = q + 2 * kv + h + 3 * self.intermediate_size     # q, k, v, o, gate, up, down
+        projection_weights = h * (q + 2 * kv) + q * h + 3 * h * self.intermediate_size
+        per_weight, per_row = (1, itemsize) if self.quantization else (itemsize, 0)
+        layer = projection_weights * per_weight + projection_out * per_row + 2 * h * itemsize
+        if self.attention_bias:
+            layer += (q + 2 * kv) * itemsize
+        embeddings = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
+        return self.num_layers * layer + (embeddings + h) * itemsize
+
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)
 class CacheConfig:
-    """The paged KV pool. Its size is num_blocks when given, else what the memory budget holds:
-    on a GPU a fraction of the free memory (NVML / torch), on CPU a byte budget."""
+    """The paged KV pool. Its size is num_blocks when given, else what the memory budget holds,
+    never more than `max_pool_tokens` need. On a GPU the budget is this worker's share of the
+    card, weights included: `gpu_memory_bytes`, else `gpu_memory_fraction` of the card's total
+    memory; the pool takes that less what this process has allocated (its weights), and never
+    more than is free. On CPU, `cpu_budget_bytes` for the pool."""
 
     block_size: int = 16
     num_blocks: int | None = None
     cpu_budget_bytes: int = 256 * 2**20
     gpu_memory_fraction: float = 0.85
+    gpu_memory_bytes: int | None = None
+    max_pool_tokens: int | None = None   # the most the worker can ever use (max_num_seqs x max_model_len)
     enable_prefix_caching: bool = True
 
     def __post_init__(self) -> None:
@@ -84,6 +104,10 @@ class CacheConfig:
             raise ConfigError(f"cpu_budget_bytes must be > 0, got {self.cpu_budget_bytes}")
         if not 0.0 < self.gpu_memory_fraction <= 1.0:
             raise ConfigError(f"gpu_memory_fraction must be in (0, 1], got {self.gpu_memory_fraction}")
+        if self.gpu_memory_bytes is not None and self.gpu_memory_bytes <= 0:
+            raise ConfigError(f"gpu_memory_bytes must be > 0, got {self.gpu_memory_bytes}")
+        if self.max_pool_tokens is not None and self.max_pool_tokens < 1:
+            raise ConfigError(f"max_pool_tokens must be >= 1, got {self.max_pool_tokens}")
 
 
 @dataclass(frozen=True)

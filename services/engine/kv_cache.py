@@ -32,18 +32,52 @@ class PrefixHit:
 
 
 def pool_num_blocks(config: CacheConfig, bytes_per_block: int, device: torch.device) -> int:
-    """num_blocks if configured, else what the memory budget holds."""
+    """num_blocks if configured, else what the memory budget holds, capped by what the worker
+    can ever use (max_pool_tokens)."""
     if config.num_blocks is not None:
         return config.num_blocks
     if device.type == "cuda":
-        free_bytes, _ = torch.cuda.mem_get_info(device)
-        budget = int(free_bytes * config.gpu_memory_fraction)
+        free_bytes, total_bytes = torch.cuda.mem_get_info(device)
+        budget = GpuBudget(total_bytes, free_bytes, torch.cuda.memory_allocated(device),
+                           config.gpu_memory_fraction, config.gpu_memory_bytes)
+        pool_bytes, where = budget.pool_bytes, f"{device}: {budget}"
     else:
-        budget = config.cpu_budget_bytes
-    if budget < bytes_per_block:
-        raise ConfigError(f"the KV memory budget ({budget} bytes) holds no block of "
-                          f"{bytes_per_block} bytes")
-    return budget // bytes_per_block
+        pool_bytes, where = config.cpu_budget_bytes, "cpu_budget_bytes"
+    if pool_bytes < bytes_per_block:
+        raise ConfigError(f"the KV memory budget ({max(0, pool_bytes)} bytes; {where}) holds no "
+                          f"block of {bytes_per_block} bytes")
+    blocks = pool_bytes // bytes_per_block
+    if config.max_pool_tokens is not None:
+        blocks = min(blocks, cdiv(config.max_pool_tokens, config.block_size))
+    return blocks
+
+
+@dataclass(frozen=True)
+class GpuBudget:
+    """One worker's share of a card: `budget_bytes` if set, else `fraction` of the card's total
+    memory, weights included. The pool gets that less what this process has allocated already
+    (its weights), and never more than is free now (other workers and processes on the card)."""
+
+    total_bytes: int
+    free_bytes: int
+    used_bytes: int                  # allocated by this process before the pool
+    fraction: float
+    budget_bytes: int | None = None
+
+    @property
+    def allowed_bytes(self) -> int:
+        return self.budget_bytes if self.budget_bytes is not None else int(self.total_bytes * self.fraction)
+
+    @property
+    def pool_bytes(self) -> int:
+        return min(self.allowed_bytes - self.used_bytes, self.free_bytes)
+
+    def __str__(self) -> str:
+        gib = 2**30
+        share = (f"gpu_memory_bytes {self.budget_bytes}" if self.budget_bytes is not None
+                 else f"gpu_memory_fraction {self.fraction:g} of {self.total_bytes / gib:.1f} GiB")
+        return (f"this worker may use {self.allowed_bytes / gib:.2f} GiB ({share}), has "
+                f"{self.used_bytes / gib:.2f} GiB allocated, {self.free_bytes / gib:.2f} GiB free")
 
 
 class KVCacheManager:

@@ -33,7 +33,13 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-size", type=int, default=_CACHE.block_size)
     p.add_argument("--num-kv-blocks", type=int, default=None, help="default: what the memory budget holds")
     p.add_argument("--kv-cpu-budget-bytes", type=int, default=_CACHE.cpu_budget_bytes)
-    p.add_argument("--gpu-memory-fraction", type=float, default=_CACHE.gpu_memory_fraction)
+    p.add_argument("--gpu-memory-fraction", type=float, default=_CACHE.gpu_memory_fraction,
+                   help="of the card's total memory, weights included (tandem serve splits it "
+                        "between the workers that share a card)")
+    p.add_argument("--gpu-memory-bytes", type=int, default=None,
+                   help="a worker's GPU budget in bytes, weights included (instead of the fraction)")
+    p.add_argument("--max-pool-tokens", type=int, default=None,
+                   help="the most tokens a KV pool need hold (default: what the memory budget holds)")
     p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--max-num-seqs", type=int, default=_SCHED.max_num_seqs)
     p.add_argument("--max-num-batched-tokens", type=int, default=_SCHED.max_num_batched_tokens)
@@ -47,6 +53,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         cache=CacheConfig(block_size=args.block_size, num_blocks=args.num_kv_blocks,
                           cpu_budget_bytes=args.kv_cpu_budget_bytes,
                           gpu_memory_fraction=args.gpu_memory_fraction,
+                          gpu_memory_bytes=args.gpu_memory_bytes, max_pool_tokens=args.max_pool_tokens,
                           enable_prefix_caching=not args.no_prefix_caching),
         scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs,
                                   max_num_batched_tokens=args.max_num_batched_tokens,
@@ -63,7 +70,9 @@ def engine_arguments(config: EngineConfig) -> list[str]:
             "--max-num-batched-tokens", str(sched.max_num_batched_tokens),
             "--scheduler-policy", sched.policy]
     for flag, value in (("--dtype", config.dtype), ("--device", config.device),
-                        ("--num-kv-blocks", cache.num_blocks), ("--max-model-len", sched.max_model_len)):
+                        ("--num-kv-blocks", cache.num_blocks), ("--max-model-len", sched.max_model_len),
+                        ("--gpu-memory-bytes", cache.gpu_memory_bytes),
+                        ("--max-pool-tokens", cache.max_pool_tokens)):
         if value is not None:
             args += [flag, str(value)]
     if not cache.enable_prefix_caching:

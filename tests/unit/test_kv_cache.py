@@ -11,7 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from services.engine.block_pool import BlockPool, IntegrityError, block_hashes
 from services.engine.config import CacheConfig, ModelConfig
 from services.engine.errors import ConfigError
-from services.engine.kv_cache import KVCacheManager
+from services.engine.kv_cache import GpuBudget, KVCacheManager
 
 MODEL = ModelConfig(architecture="LlamaForCausalLM", vocab_size=64, hidden_size=16,
                     intermediate_size=32, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=8,
@@ -35,6 +35,29 @@ def test_cpu_budget_sizes_the_pool():
     assert kv.num_blocks == 10 and kv.num_free_blocks == 10
     with pytest.raises(ConfigError, match="budget"):
         KVCacheManager(CacheConfig(block_size=4, cpu_budget_bytes=bytes_per_block - 1), MODEL)
+
+
+def test_the_pool_takes_no_more_than_the_worker_can_use():
+    bytes_per_block = 2 * 2 * 4 * 1 * 8 * 4
+    config = CacheConfig(block_size=4, cpu_budget_bytes=100 * bytes_per_block, max_pool_tokens=21)
+    assert KVCacheManager(config, MODEL).num_blocks == 6          # ceil(21 / 4), not 100
+
+
+GIB = 2**30
+
+
+def test_a_gpu_budget_is_a_share_of_the_card_less_the_weights_and_never_more_than_is_free():
+    # Half of an 80 GiB card, 16 GiB of weights already allocated by this process.
+    budget = GpuBudget(total_bytes=80 * GIB, free_bytes=60 * GIB, used_bytes=16 * GIB, fraction=0.5)
+    assert budget.allowed_bytes == 40 * GIB and budget.pool_bytes == 24 * GIB
+    # Another worker took most of the card already: the pool is what is left, not its share.
+    assert GpuBudget(80 * GIB, 10 * GIB, 16 * GIB, 0.5).pool_bytes == 10 * GIB
+    # A byte budget replaces the fraction.
+    assert GpuBudget(80 * GIB, 60 * GIB, 16 * GIB, 0.5, budget_bytes=20 * GIB).pool_bytes == 4 * GIB
+    # Weights larger than the share: no pool, and the message says why.
+    short = GpuBudget(80 * GIB, 60 * GIB, 16 * GIB, 0.1)
+    assert short.pool_bytes < 0
+    assert "may use 8.00 GiB (gpu_memory_fraction 0.1 of 80.0 GiB), has 16.00 GiB allocated" in str(short)
 
 
 def test_allocate_grows_and_free_returns_everything():
