@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import grpc
 
@@ -23,7 +24,9 @@ from services.rpc.tandem.v1 import worker_pb2, worker_pb2_grpc
 from services.worker.config import WorkerConfig
 from services.worker.edge import integrity_error, stream_edge, unary_edge
 from services.worker.prompt_counter import PromptTokenCounter
+from services.worker.readiness import Readiness
 from services.worker.server import start_server
+from services.worker.startup import log_ready, warm_up
 from services.worker.telemetry import WorkerTelemetry
 
 log = logging.getLogger("tandem.decode")
@@ -40,12 +43,17 @@ class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
         self.telemetry: WorkerTelemetry | None = None
         self._kv_server: KVTransferServer | None = None
         self._server: grpc.aio.Server | None = None
+        self.readiness = Readiness("tandem.v1.DecodeWorker")
         self._reaper: asyncio.Task | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def start(self, host: str, port: int = 0) -> str:
+        """Returns once ready: listening, and the engine warmed up (until then the server answers
+        health checks NOT_SERVING and refuses every other call)."""
+        started = time.perf_counter()
         if self.engine is None:
             self.engine = await asyncio.to_thread(LLMEngine, self.config.engine)
+        load_s = time.perf_counter() - started
         self.prompt_counter = PromptTokenCounter.install(self.engine)
         self.telemetry = WorkerTelemetry("decode", self.engine, self.prompt_counter,
                                          lambda: self.reservations.num_reserved_blocks)
@@ -61,19 +69,23 @@ class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
             kv_port = self._kv_server.start(host, self.config.kv_port)
             self._server, self.address = await start_server(
                 lambda server: worker_pb2_grpc.add_DecodeWorkerServicer_to_server(self, server),
-                host, port, self.config.transfer, self.config.advertise_host)
+                host, port, self.config.transfer, self.readiness, self.config.advertise_host)
+            warm_s = await warm_up(self.loop)
         except BaseException:
             await self.stop()
             raise
         self.kv_address = f"{self.address.rsplit(':', 1)[0]}:{kv_port}"
         LocalEndpoints.register(self.kv_address, self.receiver)
         self._reaper = asyncio.create_task(self.reservations.run_reaper(self.config.reaper_interval_s))
-        log.info("%s listening on %s (KV pages on %s)", self.worker_id, self.address, self.kv_address)
+        await self.readiness.set_serving()
+        log_ready(self.worker_id, f"{self.address} (KV pages on {self.kv_address})", self.engine,
+                  load_s, warm_s)
         return self.address
 
     async def stop(self) -> None:
         """Stops serving and frees every reservation; also undoes a start that failed half-way.
         Idempotent."""
+        await self.readiness.set_not_serving()
         if self.kv_address is not None:
             LocalEndpoints.unregister(self.kv_address)
         if self._reaper is not None:
@@ -186,6 +198,7 @@ class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
             role=(worker_pb2.WORKER_ROLE_COLOCATED if self.config.colocated
                   else worker_pb2.WORKER_ROLE_DECODE),
             block_size=kv.block_size, num_blocks=kv.num_blocks, free_blocks=kv.num_free_blocks,
+            max_model_len=self.engine.max_model_len,
             reserved_blocks=self.reservations.num_reserved_blocks,
             running_requests=len(scheduler.running), waiting_requests=len(scheduler.waiting),
             kv_address=self.kv_address, prompt_tokens_computed=self.prompt_counter.prompt_tokens,

@@ -23,7 +23,9 @@ from services.rpc.tandem.v1 import worker_pb2, worker_pb2_grpc
 from services.worker.config import WorkerConfig
 from services.worker.edge import integrity_error, unary_edge
 from services.worker.prompt_counter import PromptTokenCounter
+from services.worker.readiness import Readiness
 from services.worker.server import start_server
+from services.worker.startup import log_ready, warm_up
 from services.worker.telemetry import WorkerTelemetry
 
 log = logging.getLogger("tandem.prefill")
@@ -41,12 +43,17 @@ class PrefillWorker(worker_pb2_grpc.PrefillWorkerServicer):
         self.queued_prompt_tokens = 0
         self.loop: EngineLoop | None = None
         self._server: grpc.aio.Server | None = None
+        self.readiness = Readiness("tandem.v1.PrefillWorker")
         self._inflight: dict[str, asyncio.Task] = {}
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def start(self, host: str, port: int = 0) -> str:
+        """Returns once ready: listening, and the engine warmed up (until then the server answers
+        health checks NOT_SERVING and refuses every other call)."""
+        started = time.perf_counter()
         if self.engine is None:
             self.engine = await asyncio.to_thread(LLMEngine, self.config.engine)
+        load_s = time.perf_counter() - started
         self.prompt_counter = PromptTokenCounter.install(self.engine)
         self.telemetry = WorkerTelemetry("prefill", self.engine, self.prompt_counter)
         self.loop = EngineLoop(self.engine, self.worker_id, on_step=self.telemetry.on_step)
@@ -56,11 +63,13 @@ class PrefillWorker(worker_pb2_grpc.PrefillWorkerServicer):
             self.metrics_port = await self.telemetry.start(host, self.config.metrics_port)
             self._server, self.address = await start_server(
                 lambda server: worker_pb2_grpc.add_PrefillWorkerServicer_to_server(self, server),
-                host, port, self.config.transfer, self.config.advertise_host)
+                host, port, self.config.transfer, self.readiness, self.config.advertise_host)
+            warm_s = await warm_up(self.loop)
         except BaseException:
             await self.stop()
             raise
-        log.info("%s listening on %s", self.worker_id, self.address)
+        await self.readiness.set_serving()
+        log_ready(self.worker_id, self.address, self.engine, load_s, warm_s)
         return self.address
 
     async def stop(self) -> None:
@@ -68,6 +77,7 @@ class PrefillWorker(worker_pb2_grpc.PrefillWorkerServicer):
         start that failed half-way. Idempotent."""
         if self.loop is None:
             return
+        await self.readiness.set_not_serving()
         if self._server is not None:
             await self._server.stop(self.config.shutdown_grace_s)
         for task in list(self._inflight.values()):
@@ -150,6 +160,7 @@ class PrefillWorker(worker_pb2_grpc.PrefillWorkerServicer):
         return worker_pb2.LoadReport(
             worker_id=self.worker_id, role=worker_pb2.WORKER_ROLE_PREFILL,
             block_size=kv.block_size, num_blocks=kv.num_blocks, free_blocks=kv.num_free_blocks,
+            max_model_len=self.engine.max_model_len,
             running_requests=len(scheduler.running), waiting_requests=len(scheduler.waiting),
             queued_prompt_tokens=max(0, self.queued_prompt_tokens),
             # The most recently cached blocks (a sample, bounded): for prefix-affinity routing.

@@ -1,5 +1,7 @@
 """The gRPC server a worker listens on: bound to host:port (port 0 picks a free one), with the
-message size limits the KV transport needs, stopped with a short grace period."""
+message size limits the KV transport needs, standard health checking gated by the worker's
+readiness (NOT_SERVING, other calls refused, until it has warmed up), stopped with a short grace
+period."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import grpc
 from services.addresses import bracket_host
 from services.engine.errors import ConfigError
 from services.kvtransfer import TransferConfig, channel_options
+from services.worker.readiness import Readiness
 
 WILDCARDS = ("0.0.0.0", "::", "[::]", "")
 # gRPC core lets only 1000 new calls wait for the application by default and cancels the rest:
@@ -19,14 +22,17 @@ PENDING_CALLS = (("grpc.server.max_pending_requests", 1 << 16),
 
 
 async def start_server(register, host: str, port: int, transfer: TransferConfig,
-                       advertise_host: str = "") -> tuple[grpc.aio.Server, str]:
-    """Starts a grpc.aio server with `register(server)` applied; returns it and the address others
-    reach it by: advertise_host if given, else the bound host (for a wildcard bind, this
-    machine's host name)."""
+                       readiness: Readiness, advertise_host: str = "") -> tuple[grpc.aio.Server, str]:
+    """Starts a grpc.aio server with `register(server)` applied, not serving until
+    `readiness.set_serving()`; returns it and the address others reach it by: advertise_host if
+    given, else the bound host (for a wildcard bind, this machine's host name)."""
     if not 0 <= port <= 65535:
         raise ConfigError(f"port must be in [0, 65535], got {port}")
-    server = grpc.aio.server(options=[*channel_options(transfer), *PENDING_CALLS])
+    server = grpc.aio.server(options=[*channel_options(transfer), *PENDING_CALLS],
+                             interceptors=[readiness.interceptor])
     register(server)
+    readiness.add_to(server)
+    await readiness.set_not_serving()
     try:
         bound = server.add_insecure_port(f"{bracket_host(host)}:{port}")
     except RuntimeError:

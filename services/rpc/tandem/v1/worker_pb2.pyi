@@ -38,7 +38,7 @@ class LoadRequest(_message.Message):
     def __init__(self, check_integrity: _Optional[bool] = ...) -> None: ...
 
 class LoadReport(_message.Message):
-    __slots__ = ("worker_id", "role", "block_size", "num_blocks", "free_blocks", "reserved_blocks", "running_requests", "waiting_requests", "queued_prompt_tokens", "kv_address", "cached_block_hashes", "prompt_tokens_computed", "kv_bytes_sent", "kv_bytes_received", "integrity_error")
+    __slots__ = ("worker_id", "role", "block_size", "num_blocks", "free_blocks", "reserved_blocks", "running_requests", "waiting_requests", "queued_prompt_tokens", "kv_address", "cached_block_hashes", "prompt_tokens_computed", "kv_bytes_sent", "kv_bytes_received", "integrity_error", "max_model_len")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,7 @@ class LoadReport(_message.Message):
     KV_BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
     KV_BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     INTEGRITY_ERROR_FIELD_NUMBER: _ClassVar[int]
+    MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     role: WorkerRole
     block_size: int
@@ -69,7 +70,8 @@ class LoadReport(_message.Message):
     kv_bytes_sent: int
     kv_bytes_received: int
     integrity_error: str
-    def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[_Union[WorkerRole, str]] = ..., block_size: _Optional[int] = ..., num_blocks: _Optional[int] = ..., free_blocks: _Optional[int] = ..., reserved_blocks: _Optional[int] = ..., running_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., queued_prompt_tokens: _Optional[int] = ..., kv_address: _Optional[str] = ..., cached_block_hashes: _Optional[_Iterable[int]] = ..., prompt_tokens_computed: _Optional[int] = ..., kv_bytes_sent: _Optional[int] = ..., kv_bytes_received: _Optional[int] = ..., integrity_error: _Optional[str] = ...) -> None: ...
+    max_model_len: int
+    def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[_Union[WorkerRole, str]] = ..., block_size: _Optional[int] = ..., num_blocks: _Optional[int] = ..., free_blocks: _Optional[int] = ..., reserved_blocks: _Optional[int] = ..., running_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., queued_prompt_tokens: _Optional[int] = ..., kv_address: _Optional[str] = ..., cached_block_hashes: _Optional[_Iterable[int]] = ..., prompt_tokens_computed: _Optional[int] = ..., kv_bytes_sent: _Optional[int] = ..., kv_bytes_received: _Optional[int] = ..., integrity_error: _Optional[str] = ..., max_model_len: _Optional[int] = ...) -> None: ...
 
 class ReserveRequest(_message.Message):
     __slots__ = ("request_id", "num_tokens", "ttl_ms")
