@@ -162,17 +162,21 @@ class ClusterHandle:
 
 
 class Cluster:
-    def __init__(self, config: ClusterConfig) -> None:
+    def __init__(self, config: ClusterConfig, gpus: Gpus | None = None) -> None:
+        """gpus: the GPUs to place workers on; None: what the launcher finds (this machine, or
+        the Ray cluster)."""
         self.config = config
+        self.gpus = gpus
         self.launcher: Launcher | None = None
         self.handle: ClusterHandle | None = None
+        self.placements: tuple[Placement, ...] = ()
 
     def start(self) -> ClusterHandle:
         if self.launcher is not None:
             raise ConfigError("cluster already started")
         self.launcher = _make_launcher(self.config)
         try:
-            specs = self._placed_specs(self.launcher.gpus())
+            specs = self._placed_specs(self.gpus if self.gpus is not None else self.launcher.gpus())
             addresses = self.launcher.start(specs)
         except BaseException:
             self.stop()
@@ -184,10 +188,10 @@ class Cluster:
 
     def _placed_specs(self, gpus: Gpus) -> list[WorkerSpec]:
         model = _served_model_config(self.config.engine, usable_gpus(self.config, gpus))
-        placements = plan(self.config, gpus, model)
-        for name, placement in zip(self.config.worker_names(), placements):
+        self.placements = plan(self.config, gpus, model)
+        for name, placement in zip(self.config.worker_names(), self.placements):
             log.info("%s: %s", name, placement)
-        return self.config.specs(placements, model)
+        return self.config.specs(self.placements, model)
 
     def stop(self) -> None:
         """Stops every worker this cluster started. Idempotent."""

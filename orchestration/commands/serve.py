@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import signal
 import sys
+import time
 
 from orchestration.cluster import LAUNCHERS, MODES, Cluster, ClusterConfig, ClusterHandle
 from services.engine.config import EngineConfig
@@ -74,7 +75,7 @@ def gateway_config(args: argparse.Namespace, handle: ClusterHandle):
     from services.gateway.config import GatewayConfig
     return GatewayConfig(model=args.model, served_model_name=args.served_model_name, host=args.host,
                          grpc_port=args.grpc_port, http_port=args.http_port,
-                         api_keys=tuple(args.api_key), max_model_len=args.max_model_len,
+                         api_keys=tuple(args.api_key),     # max_model_len: the workers report it
                          reservation_ttl_s=args.reservation_ttl, **handle.gateway_fields())
 
 
@@ -95,8 +96,12 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = cluster_config_from_args(args)
-    with Cluster(config) as handle:
-        print(f"tandem: workers up ({config.launcher}): prefill {list(handle.prefill_addresses)}, "
+    started = time.perf_counter()
+    cluster = Cluster(config)
+    with cluster as handle:
+        where = ", ".join(sorted({str(p) for p in cluster.placements}))
+        print(f"tandem: workers up and warmed up in {time.perf_counter() - started:.1f}s "
+              f"({config.launcher}; {where}): prefill {list(handle.prefill_addresses)}, "
               f"decode {list(handle.decode_addresses)}", flush=True)
         asyncio.run(serve_gateway(gateway_config(args, handle)))
     return 0

@@ -66,6 +66,11 @@ class AdmissionController:
         """Prompt + max_tokens of the largest request a decode worker could ever hold."""
         return largest_pool_tokens(self._pool.decode)
 
+    @property
+    def reported_max_model_len(self) -> int:
+        """The longest request the workers take, from their load reports (0: none yet)."""
+        return self._pool.max_model_len
+
     async def admit(self, request_id: str, tenant: str, prompt_tokens: int, num_tokens: int,
                     deadline: float) -> Ticket:
         """A ticket booked on a decode worker, or CapacityError. `deadline` is time.monotonic()."""

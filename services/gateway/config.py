@@ -59,7 +59,8 @@ class GatewayConfig:
     http_port: int = 8000
     api_keys: tuple[str, ...] = ()          # empty: no authentication
     kv_transport: str = ""                  # how prefill ships pages to decode ("": by locality)
-    max_model_len: int | None = None        # None: the model's max_position_embeddings
+    max_model_len: int | None = None        # a cap on what the workers report (theirs: the model's
+                                            # limit, capped by their KV pools); None: no cap
     request_timeout_s: float = 600.0        # whole request, first byte to last token
     reservation_ttl_s: float = 30.0         # a decode reservation lapses if no pages arrive
     load_poll_interval_s: float = 0.05      # load report staleness bound

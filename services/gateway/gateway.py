@@ -57,6 +57,7 @@ class Gateway:
     async def start(self) -> None:
         cfg = self.config
         loaded = await asyncio.to_thread(load_tokenizer, cfg.model)
+        # The workers' load reports say what they take; the model's limit holds until they do.
         max_model_len = cfg.max_model_len or loaded.config.max_position_embeddings
         disaggregated = cfg.mode == "disaggregated"
         self.pool = WorkerPool(cfg.prefill_workers, cfg.decode_workers, cfg.load_poll_interval_s,

@@ -29,13 +29,19 @@ class GenerationService:
                  api_keys: Sequence[str], request_timeout_s: float, admission: AdmissionController,
                  session: WorkerSession, metrics: GatewayMetrics) -> None:
         self.model_id = model_id
-        self.max_model_len = max_model_len
+        self._max_model_len = max_model_len
         self.tokenizer = tokenizer
         self._api_keys = frozenset(api_keys)
         self._request_timeout_s = request_timeout_s
         self._admission = admission
         self._session = session
         self._metrics = metrics
+
+    @property
+    def max_model_len(self) -> int:
+        """The longest request the workers take (their load reports), within the configured cap."""
+        reported = self._admission.reported_max_model_len
+        return min(self._max_model_len, reported) if reported else self._max_model_len
 
     # --- before admission: microseconds, no I/O ----------------------------------------------------
     def authenticate(self, api_key: str | None) -> str:
@@ -78,12 +84,13 @@ class GenerationService:
         bad = next((t for t in ids if not 0 <= t < vocab), None)
         if bad is not None:
             raise InvalidRequestError(prompt_field, f"token id {bad} is outside the vocabulary [0, {vocab})")
-        if len(ids) >= self.max_model_len:
+        limit = self.max_model_len
+        if len(ids) >= limit:
             raise InvalidRequestError(prompt_field, f"{len(ids)} tokens; the model takes at most "
-                                      f"{self.max_model_len - 1} prompt tokens (max_model_len={self.max_model_len})")
-        if len(ids) + params.max_tokens > self.max_model_len:
+                                      f"{limit - 1} prompt tokens (max_model_len={limit})")
+        if len(ids) + params.max_tokens > limit:
             raise InvalidRequestError("max_tokens", f"prompt ({len(ids)} tokens) + max_tokens "
-                                      f"({params.max_tokens}) exceeds max_model_len ({self.max_model_len})")
+                                      f"({params.max_tokens}) exceeds max_model_len ({limit})")
         if len(request_id) > MAX_REQUEST_ID_LEN:
             raise InvalidRequestError("request_id", f"at most {MAX_REQUEST_ID_LEN} characters")
         # The client's id is for its logs; workers key on one the gateway knows is unique.

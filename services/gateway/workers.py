@@ -54,6 +54,11 @@ class WorkerHandle:
         return self.report.block_size if self.report else 0
 
     @property
+    def max_model_len(self) -> int:
+        """The longest request (prompt + output) the worker takes; 0 until it has reported."""
+        return self.report.max_model_len if self.report else 0
+
+    @property
     def available_blocks(self) -> int:
         """Blocks a new request may count on. A decode worker takes reserved blocks out of its
         free count at Reserve, so only the gateway's bookings the report does not show yet are
@@ -132,6 +137,12 @@ class WorkerPool:
     @property
     def all(self) -> list[WorkerHandle]:
         return self.prefill + self.decode
+
+    @property
+    def max_model_len(self) -> int:
+        """The longest request every worker that has reported takes (0: none has reported): a
+        request may be routed to any of them."""
+        return min((w.max_model_len for w in self.all if w.max_model_len), default=0)
 
     async def start(self, ready_timeout_s: float) -> None:
         """Returns once every worker has answered a load report, or, after `ready_timeout_s`, once

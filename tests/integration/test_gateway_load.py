@@ -84,8 +84,9 @@ async def test_http_client_disconnect_cancels_the_request():
         assert await c.blocks_all_free(within_s=1.0), c.free_blocks()
 
 
-async def test_request_that_cannot_fit_is_refused_at_once_with_retry_after():
-    # Decode pools of 8 blocks x 16 tokens = 128 tokens; the model allows 4096.
+async def test_request_beyond_what_the_pools_hold_is_refused_at_once_naming_max_model_len():
+    # Decode pools of 8 blocks x 16 tokens = 128 tokens; the model allows 4096. The workers'
+    # load reports say 128 is their max_model_len: longer requests are invalid, not "busy".
     async with gateway_cluster("disaggregated", decode_engine=engine_config(num_blocks=8)) as c:
         async with grpc.aio.insecure_channel(c.gateway.grpc_address) as ch:
             start = time.monotonic()
@@ -94,13 +95,13 @@ async def test_request_that_cannot_fit_is_refused_at_once_with_retry_after():
                         text="x", sampling=gen.SamplingParams(max_tokens=500))):
                     pass
             assert time.monotonic() - start < 2.0         # at once: not after the 5 s queue wait
-            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert dict(info.value.trailing_metadata()).get("retry-after")
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "max_model_len (128)" in info.value.details()
         async with aiohttp.ClientSession() as s:
             async with s.post(c.gateway.http_url + "/v1/completions",
                               json={"prompt": "x", "max_tokens": 500}) as r:
-                assert r.status == 429 and int(r.headers["Retry-After"]) >= 1
-                assert (await r.json())["error"]["type"] == "rate_limit_error"
+                assert r.status == 400
+                assert (await r.json())["error"]["type"] == "invalid_request_error"
             async with s.post(c.gateway.http_url + "/v1/completions", json={"prompt": "x", "max_tokens": 4}) as r:
                 assert r.status == 200
         assert await c.blocks_all_free(), c.free_blocks()

@@ -7,7 +7,9 @@ import argparse
 
 import pytest
 
-from orchestration.cluster import ClusterConfig, ClusterHandle
+from orchestration.cluster import Cluster, ClusterConfig, ClusterHandle
+from orchestration.placement import GIB, Gpus
+from services.engine.config import EngineConfig
 from orchestration.commands import serve
 from services.engine.errors import ConfigError
 from services.gateway.config import GatewayConfig
@@ -68,3 +70,18 @@ def test_colocated_clusters_have_no_prefill_workers_and_handles_fill_a_gateway_c
     assert config.num_prefill == 0 and [s.role for s in config.specs()] == ["decode", "decode"]
     handle = ClusterHandle("colocated", "grpc", (), ("x:1", "y:2"))
     assert GatewayConfig(**handle.gateway_fields()).decode_workers == ("x:1", "y:2")
+
+
+@pytest.mark.parametrize("launcher", ["process", "ray"])
+def test_a_cluster_that_cannot_fit_is_refused_before_any_worker_starts(launcher) -> None:
+    config = ClusterConfig(launcher=launcher, engine=EngineConfig(model="llama-3.1-8b-random"))
+    cluster = Cluster(config, gpus=Gpus(1, 24 * GIB))       # one 24 GiB card for two 8B workers
+    with pytest.raises(ConfigError, match="2 workers share cuda:0 .* leaving no room for a KV pool"):
+        cluster.start()
+    assert cluster.launcher is None and cluster.handle is None
+
+
+def test_serve_passes_the_gpu_cap() -> None:
+    assert serve.cluster_config_from_args(parse(["--gpus", "0"])).gpus == 0
+    with pytest.raises(ConfigError, match="gpus"):
+        ClusterConfig(gpus=-1)
