@@ -5,13 +5,15 @@ never runs the prompt's prefill, and both pools end whole and free."""
 from __future__ import annotations
 
 import dataclasses
+import socket
 
 import pytest
 
 from orchestration.cluster import Cluster, ClusterConfig
-from services.engine.errors import ConfigError
+from services.engine.errors import ConfigError, ModelNotFoundError
 from services.engine.sampling_params import SamplingParams
 from services.rpc.tandem.v1 import worker_pb2
+from services.worker.config import WorkerConfig
 from tests.helpers.workers import WorkerClients, engine_config, reference_tokens
 
 pytestmark = pytest.mark.timeout(120)
@@ -50,7 +52,18 @@ async def test_separate_processes_give_colocated_tokens(cluster) -> None:
 
 
 def test_a_worker_that_cannot_start_is_reported() -> None:
-    config = ClusterConfig(launcher="process", mode="colocated", start_timeout_s=60,
-                           engine=dataclasses.replace(CONFIG, model="no-such-model"))
-    with pytest.raises(ConfigError, match="did not start"):
-        Cluster(config).start()
+    with socket.socket() as taken:                  # its KV port is already in use
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = ClusterConfig(launcher="process", mode="colocated", start_timeout_s=60, engine=CONFIG,
+                               worker=WorkerConfig(kv_port=taken.getsockname()[1]))
+        with pytest.raises(ConfigError, match="did not start"):
+            Cluster(config).start()
+
+
+def test_a_model_that_does_not_exist_is_refused_before_any_worker_starts() -> None:
+    cluster = Cluster(ClusterConfig(launcher="process", mode="colocated",
+                                    engine=dataclasses.replace(CONFIG, model="no-such-model")))
+    with pytest.raises(ModelNotFoundError, match="no-such-model"):
+        cluster.start()
+    assert cluster.launcher is None
