@@ -37,8 +37,9 @@ def pool_num_blocks(config: CacheConfig, bytes_per_block: int, device: torch.dev
     if config.num_blocks is not None:
         return config.num_blocks
     if device.type == "cuda":
+        torch.cuda.empty_cache()        # what loading left cached but unused is not the weights
         free_bytes, total_bytes = torch.cuda.mem_get_info(device)
-        budget = GpuBudget(total_bytes, free_bytes, torch.cuda.memory_allocated(device),
+        budget = GpuBudget(total_bytes, free_bytes, torch.cuda.memory_reserved(device),
                            config.gpu_memory_fraction, config.gpu_memory_bytes)
         pool_bytes, where = budget.pool_bytes, f"{device}: {budget}"
     else:
