@@ -79,7 +79,7 @@ class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
         self._reaper = asyncio.create_task(self.reservations.run_reaper(self.config.reaper_interval_s))
         await self.readiness.set_serving()
         log_ready(self.worker_id, f"{self.address} (KV pages on {self.kv_address})", self.engine,
-                  load_s, warm_s)
+                  self.config.engine.cache, load_s, warm_s)
         return self.address
 
     async def stop(self) -> None:

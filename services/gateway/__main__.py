@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=int, default=_DEFAULTS.http_port)
     p.add_argument("--api-key", action="append", default=[], help="accepted API key; repeat for several")
     p.add_argument("--kv-transport", choices=KV_TRANSPORTS, default=_DEFAULTS.kv_transport)
-    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--max-model-len", type=int, default=None,
+                   help="a cap on the max_model_len the workers report (default: theirs)")
     p.add_argument("--request-timeout", type=float, default=_DEFAULTS.request_timeout_s)
     p.add_argument("--worker-ready-timeout", type=float, default=_DEFAULTS.worker_ready_timeout_s,
                    help="seconds to wait at start for the workers' first load reports")

@@ -69,7 +69,7 @@ class PrefillWorker(worker_pb2_grpc.PrefillWorkerServicer):
             await self.stop()
             raise
         await self.readiness.set_serving()
-        log_ready(self.worker_id, self.address, self.engine, load_s, warm_s)
+        log_ready(self.worker_id, self.address, self.engine, self.config.engine.cache, load_s, warm_s)
         return self.address
 
     async def stop(self) -> None:
