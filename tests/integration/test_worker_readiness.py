@@ -1,6 +1,6 @@
 """Ready means ready: while a worker's engine warms up, its server is listening but answers health
 checks NOT_SERVING and refuses every other call (UNAVAILABLE), a gateway's load poll finds it not
-healthy, and `start()` has not returned (so no launcher reports it up); once the warm-up ends it
+healthy, a gateway in front of it has not opened /health, and `start()` has not returned (so no launcher reports it up); once the warm-up ends it
 serves. The engines are real; only their warm-up waits for the test to release it."""
 
 from __future__ import annotations
@@ -8,12 +8,15 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import aiohttp
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.decode.worker import DecodeWorker
 from services.engine.engine import LLMEngine
+from services.gateway.config import GatewayConfig
+from services.gateway.gateway import Gateway
 from services.gateway.workers import WorkerPool
 from services.prefill.worker import PrefillWorker
 from services.rpc.tandem.v1 import worker_pb2, worker_pb2_grpc
@@ -56,7 +59,7 @@ async def test_a_worker_serves_only_after_its_warm_up(role: str) -> None:
                        else (PrefillWorker, worker_pb2_grpc.PrefillWorkerStub))
     worker = kind(WorkerConfig(engine=config, colocated=role == "decode"), engine=engine)
     starting = asyncio.create_task(worker.start("127.0.0.1"))
-    pool = None
+    pool = gateway = None
     try:
         address = await asyncio.wait_for(_listening(worker), 60)
         channel = grpc.aio.insecure_channel(address)
@@ -75,15 +78,27 @@ async def test_a_worker_serves_only_after_its_warm_up(role: str) -> None:
                                                                     prompt_token_ids=[1, 2])):
                     pass
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-        # A gateway's view: polled, not healthy, no report to route by.
+        # A gateway's view: polled, not healthy, no report to route by; a gateway in front of it
+        # (colocated) does not open its ports, so its /health cannot say ready.
         prefill, decode = ((), (address,)) if role == "decode" else ((address,), ())
         pool = WorkerPool(prefill, decode, poll_interval_s=0.05, rpc_timeout_s=5.0)
         await pool.poll_once()
         assert [(w.healthy, w.report) for w in pool.all] == [(False, None)]
+        if role == "decode":
+            gateway = Gateway(GatewayConfig(mode="colocated", decode_workers=(address,), grpc_port=0,
+                                            http_port=0, worker_ready_timeout_s=60))
+            gateway_up = asyncio.create_task(gateway.start())
+            await pool.poll_once()              # a poll later, the gateway still waits
+            assert not gateway_up.done() and gateway.http_port == 0
         assert not starting.done() and engine.warm_ups == 0
 
         release.set()
         assert await asyncio.wait_for(starting, 60) == address
+        if gateway is not None:
+            await asyncio.wait_for(gateway_up, 60)
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"{gateway.http_url}/health") as reply:
+                    assert reply.status == 200
         assert engine.warm_ups == 1
         for name in ("", service):
             assert (await health.Check(health_pb2.HealthCheckRequest(service=name))).status == SERVING
@@ -98,5 +113,7 @@ async def test_a_worker_serves_only_after_its_warm_up(role: str) -> None:
         release.set()
         if pool is not None:
             await pool.stop()
+        if gateway is not None:
+            await gateway.stop()
         await asyncio.gather(starting, return_exceptions=True)
         await worker.stop()
