@@ -24,7 +24,7 @@ from services.rpc.tandem.v1 import worker_pb2, worker_pb2_grpc
 from services.worker.config import WorkerConfig
 from services.worker.edge import integrity_error, stream_edge, unary_edge
 from services.worker.prompt_counter import PromptTokenCounter
-from services.worker.readiness import Readiness
+from services.worker.readiness import STOPPING, Readiness
 from services.worker.server import start_server
 from services.worker.startup import log_ready, warm_up
 from services.worker.telemetry import WorkerTelemetry
@@ -85,7 +85,7 @@ class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
     async def stop(self) -> None:
         """Stops serving and frees every reservation; also undoes a start that failed half-way.
         Idempotent."""
-        await self.readiness.set_not_serving()
+        await self.readiness.set_not_serving(STOPPING)
         if self.kv_address is not None:
             LocalEndpoints.unregister(self.kv_address)
         if self._reaper is not None:

@@ -23,7 +23,7 @@ from services.rpc.tandem.v1 import worker_pb2, worker_pb2_grpc
 from services.worker.config import WorkerConfig
 from services.worker.edge import integrity_error, unary_edge
 from services.worker.prompt_counter import PromptTokenCounter
-from services.worker.readiness import Readiness
+from services.worker.readiness import STOPPING, Readiness
 from services.worker.server import start_server
 from services.worker.startup import log_ready, warm_up
 from services.worker.telemetry import WorkerTelemetry
@@ -77,7 +77,7 @@ class PrefillWorker(worker_pb2_grpc.PrefillWorkerServicer):
         start that failed half-way. Idempotent."""
         if self.loop is None:
             return
-        await self.readiness.set_not_serving()
+        await self.readiness.set_not_serving(STOPPING)
         if self._server is not None:
             await self._server.stop(self.config.shutdown_grace_s)
         for task in list(self._inflight.values()):

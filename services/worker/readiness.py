@@ -16,20 +16,22 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 _HEALTH_METHODS = f"/{health.SERVICE_NAME}/"
 WARMING_UP = "the worker is warming up; it serves once its engine is ready"
+STOPPING = "the worker is stopping"
 
 
 class Readiness:
     def __init__(self, service_name: str) -> None:
         self.service_name = service_name
         self.ready = False
+        self.reason = WARMING_UP            # why calls are refused while not ready
         self.health = health.aio.HealthServicer()
         self.interceptor = _ColdGate(self)
 
     def add_to(self, server: grpc.aio.Server) -> None:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
 
-    async def set_not_serving(self) -> None:
-        self.ready = False
+    async def set_not_serving(self, reason: str = WARMING_UP) -> None:
+        self.ready, self.reason = False, reason
         for name in ("", self.service_name):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
@@ -51,7 +53,7 @@ class _ColdGate(grpc.aio.ServerInterceptor):
             return handler
 
         async def refuse(request, context):
-            await context.abort(grpc.StatusCode.UNAVAILABLE, WARMING_UP)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, self._readiness.reason)
 
         make = {(False, False): grpc.unary_unary_rpc_method_handler,
                 (False, True): grpc.unary_stream_rpc_method_handler,
