@@ -1,6 +1,7 @@
 """One local process per worker (`python -m services.prefill|decode`), each given its device
 (`--device cuda:N` or cpu) and memory share by the cluster's placement, and reporting its bound
-address on stdout once it is ready (engine loaded and warmed up). Workers watch their stdin: if this launcher dies, they stop too."""
+address on stdout once it is ready (engine loaded and warmed up). Workers watch their stdin: if
+this launcher dies, they stop too."""
 
 from __future__ import annotations
 

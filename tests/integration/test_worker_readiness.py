@@ -1,7 +1,8 @@
 """Ready means ready: while a worker's engine warms up, its server is listening but answers health
 checks NOT_SERVING and refuses every other call (UNAVAILABLE), a gateway's load poll finds it not
-healthy, a gateway in front of it has not opened /health, and `start()` has not returned (so no launcher reports it up); once the warm-up ends it
-serves. The engines are real; only their warm-up waits for the test to release it."""
+healthy, a gateway in front of it has not opened /health, and `start()` has not returned (so no
+launcher reports it up); once the warm-up ends it serves. The engines are real; only their
+warm-up waits for the test to release it."""
 
 from __future__ import annotations
 
