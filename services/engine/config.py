@@ -114,6 +114,8 @@ class EngineConfig:
     dtype: str | None = None          # None: the checkpoint's dtype (fp32 on CPU for fp16/bf16)
     device: str | None = None         # None: "cuda" when available, else "cpu"
     seed: int = 0
+    enforce_eager: bool = False       # True: no CUDA graphs (every step eager)
+    detokenize: bool = True           # False: text only for requests with stop strings (workers)
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
