@@ -59,3 +59,19 @@ def test_awq_configs_as_written():
 def test_unsupported_variants_name_the_field(spec, field):
     with pytest.raises(UnsupportedModelError, match=rf"quantization_config\.{field}="):
         scheme(spec)
+
+
+def test_int4_scheme_and_model_config_validate():
+    from services.engine.config import ModelConfig
+    from services.engine.errors import ConfigError
+    with pytest.raises(ConfigError, match="method"):
+        Int4Scheme("exl2")
+    with pytest.raises(ConfigError, match="group_size"):
+        Int4Scheme("gptq", 0)
+    with pytest.raises(ConfigError, match="GPTQ v1"):
+        Int4Scheme("awq", 128, zeros_minus_one=True)
+    base = dict(architecture="LlamaForCausalLM", vocab_size=8, hidden_size=8,
+                intermediate_size=8, num_layers=1, num_heads=1, num_kv_heads=1, head_dim=8)
+    assert ModelConfig(**base, quantization=Int4Scheme("awq", 32)).quantization.name == "awq-w4a16"
+    with pytest.raises(ConfigError, match="quantization"):
+        ModelConfig(**base, quantization="w4a16")
