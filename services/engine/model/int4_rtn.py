@@ -46,8 +46,8 @@ def _grouped(weight: torch.Tensor, group_size: int) -> torch.Tensor:
 def _codes(groups: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, k: int) -> Int4Groups:
     codes = torch.clamp(torch.round(groups / scales[..., None]) + zeros[..., None], 0, MAX_CODE)
     codes = codes.reshape(groups.shape[0], -1)[:, :k]
-    return Int4Groups(codes.t().contiguous().to(torch.int32), zeros.t().contiguous().to(torch.int32),
-                      scales.t().contiguous().float())
+    return Int4Groups(codes.t().contiguous().to(torch.int32),
+                      zeros.t().contiguous().to(torch.int32), scales.t().contiguous().float())
 
 
 def quantize_gptq_rtn(weight: torch.Tensor, group_size: int, sym: bool = True) -> Int4Groups:
