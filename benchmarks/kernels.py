@@ -358,12 +358,19 @@ def bench_w4a16(bandwidth: float, do_sweep: bool) -> None:
                 w8 = time_ms(*[lambda w=w, s=s: kernels.w8a16_gemm(x, w, s) for w, s in int8])
                 record("W4A16 GEMM", f"M{m} N{n} K{k}", ours, moved, "B/s", bandwidth,
                        "W8A16 (ours)", w8, str(launch))
+        # Act order: groups gathered per element by g_idx, and the engine's way (rows sorted by
+        # group at load, input channels gathered through a permutation).
         act = [int4_weight(n, k, act_order=True) for _ in range(copies)]
+        perm = torch.randperm(k, device="cuda").int()
         x = torch.randn(1, k, dtype=BF16, device="cuda")
-        ours = time_ms(*[lambda w=w: run(x, None, w) for w in act])
         base = time_ms(*[lambda wb=wb: x @ wb.t() for wb in dense])
-        record("W4A16 GEMM act order", f"M1 N{n} K{k}", ours, n * k / 2 + groups * n * 2.5,
-               "B/s", bandwidth, "cuBLAS bf16", base, str(gemm_launch("w4a16", 1, n, k)))
+        for label, fns_act in (
+                ("g_idx", [lambda w=w: run(x, None, w) for w in act]),
+                ("sorted + perm", [lambda w=w: kernels.w4a16_gemm(x, w[0], w[1], w[2], 128,
+                                                                  perm=perm) for w in weights])):
+            record(f"W4A16 act order ({label})", f"M1 N{n} K{k}", time_ms(*fns_act),
+                   n * k / 2 + groups * n * 2.5, "B/s", bandwidth, "cuBLAS bf16", base,
+                   str(gemm_launch("w4a16", 1, n, k)))
         del weights, dense, int8, act
 
 

@@ -7,9 +7,16 @@ activations. With K input and N output channels:
   stored as the zero itself (GPTQ v1's stored-minus-one and AWQ's interleaved order are undone
   when the checkpoint is loaded, see services/engine/model/int4_layouts.py);
 - scales [G, N] (fp16, bf16 or fp32);
-- the group of input channel k is g_idx[k] (act order: any map), or k // group_size.
+- the group of packed row k is g_idx[k] (act order: any map), or k // group_size;
+- packed row k multiplies input channel perm[k] when a permutation is given, else channel k.
 
-So W[n, k] = (code(k, n) - zero(g, n)) * scale(g, n), g = group of k.
+So y[m, n] = sum_k x[m, perm[k]] (code(k, n) - zero(g, n)) * scale(g, n), g = group of row k.
+
+Act order two ways: GPTQ's desc_act checkpoints give every input channel a group through g_idx,
+groups scattered along K. The kernel can gather each element's scale and zero by g_idx, or, when
+the rows were sorted by group at load time (int4_linear.py does, when every group is full), read
+contiguous groups like any other checkpoint and gather the activations' columns through `perm`
+instead: a few activation elements per K step rather than a scale and a zero per weight element.
 
 One layout serves both formats: GPTQ's packing along K keeps each 32-bit load a run of eight input
 channels of one output column, so a tile of columns is read coalesced along N, and a per-channel
@@ -62,7 +69,7 @@ def group_index(k: int, group_size: int, g_idx: torch.Tensor | None,
 
 def dequantize_w4_ref(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
                       group_size: int, g_idx: torch.Tensor | None = None) -> torch.Tensor:
-    """The fp32 weight [K, N] (input-major, as packed) that the codes stand for."""
+    """The fp32 weight [K, N] (packed rows, input-major) that the codes stand for."""
     codes = unpack_int4_rows(qweight)
     zeros = unpack_int4_cols(qzeros)
     groups = group_index(codes.shape[0], group_size, g_idx, qweight.device)
@@ -71,8 +78,11 @@ def dequantize_w4_ref(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch
 
 def w4a16_gemm_ref(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor,
                    scales: torch.Tensor, group_size: int, g_idx: torch.Tensor | None = None,
-                   bias: torch.Tensor | None = None) -> torch.Tensor:
+                   bias: torch.Tensor | None = None,
+                   perm: torch.Tensor | None = None) -> torch.Tensor:
     """The specification: unpack the layout literally, dequantize in fp32, multiply."""
+    if perm is not None:
+        x = x[:, perm.long()]
     out = x.float() @ dequantize_w4_ref(qweight, qzeros, scales, group_size, g_idx)
     if bias is not None:
         out = out + bias.float()
@@ -80,11 +90,12 @@ def w4a16_gemm_ref(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor,
 
 
 @triton.jit
-def _w4a16_kernel(x_ptr, qw_ptr, qz_ptr, scale_ptr, gidx_ptr, bias_ptr, out_ptr, M, N, K,
+def _w4a16_kernel(x_ptr, qw_ptr, qz_ptr, scale_ptr, gidx_ptr, perm_ptr, bias_ptr, out_ptr, M, N, K,
                   group_size, stride_xm, stride_qw, stride_qz, stride_s, stride_om,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                   SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, HAS_BIAS: tl.constexpr,
-                  ACT_ORDER: tl.constexpr, GROUP_ALIGNED: tl.constexpr):
+                  ACT_ORDER: tl.constexpr, PERMUTED: tl.constexpr,
+                  GROUP_ALIGNED: tl.constexpr):
     m0, n0 = _tile_origin(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rm = m0 + tl.arange(0, BLOCK_M)
     rn = n0 + tl.arange(0, BLOCK_N)
@@ -101,7 +112,11 @@ def _w4a16_kernel(x_ptr, qw_ptr, qz_ptr, scale_ptr, gidx_ptr, bias_ptr, out_ptr,
     for k0 in range(k_start, k_end, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         k_mask = rk < k_end
-        a = tl.load(x_rows + rk[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+        if PERMUTED:
+            src = tl.load(perm_ptr + rk, mask=k_mask, other=0)
+        else:
+            src = rk
+        a = tl.load(x_rows + src[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
         # Each word is loaded once and spread over its eight input channels: [BK/8, 8, BN].
         rp = k0 // 8 + tl.arange(0, BLOCK_K // 8)
         packed = tl.load(qw_cols + rp[:, None].to(tl.int64) * stride_qw,
@@ -141,7 +156,7 @@ def num_groups(k: int, group_size: int) -> int:
     return -(-k // group_size)
 
 
-def check_w4a16_args(x, qweight, qzeros, scales, group_size, g_idx, bias) -> None:
+def check_w4a16_args(x, qweight, qzeros, scales, group_size, g_idx, bias, perm) -> None:
     check_tensor("x", x, 2, FLOAT_DTYPES)
     if x.shape[1] % PACK:
         raise KernelArgumentError("x", f"K must be a multiple of {PACK}, got {x.shape[1]}")
@@ -162,10 +177,14 @@ def check_w4a16_args(x, qweight, qzeros, scales, group_size, g_idx, bias) -> Non
     if g_idx is not None:
         check_tensor("g_idx", g_idx, 1, (torch.int32,))
         check_dim("g_idx", g_idx, 0, x.shape[1])
+    if perm is not None:
+        check_tensor("perm", perm, 1, (torch.int32,))
+        check_dim("perm", perm, 0, x.shape[1])
     if bias is not None:
         check_tensor("bias", bias, 1, (x.dtype,))
         check_dim("bias", bias, 0, n)
-    check_same_device(x=x, qweight=qweight, qzeros=qzeros, scales=scales, g_idx=g_idx, bias=bias)
+    check_same_device(x=x, qweight=qweight, qzeros=qzeros, scales=scales, g_idx=g_idx, bias=bias,
+                      perm=perm)
 
 
 def aligned_block_k(launch: GemmLaunch, group_size: int, act_order: bool) -> GemmLaunch | None:
@@ -183,14 +202,15 @@ def aligned_block_k(launch: GemmLaunch, group_size: int, act_order: bool) -> Gem
 
 def w4a16_gemm(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor,
                scales: torch.Tensor, group_size: int, g_idx: torch.Tensor | None = None,
-               bias: torch.Tensor | None = None, *, use_triton: bool | None = None,
-               launch: GemmLaunch | None = None) -> torch.Tensor:
+               bias: torch.Tensor | None = None, perm: torch.Tensor | None = None, *,
+               use_triton: bool | None = None, launch: GemmLaunch | None = None) -> torch.Tensor:
     """x: [M, K] fp16/bf16 (fp32 too, for CPU), rows may be strided; qweight int32 [K/8, N],
     qzeros int32 [G, N/8], scales [G, N] with G = ceil(K / group_size); g_idx int32 [K] or None
-    (group k // group_size); bias [N] in x's dtype. Returns [M, N] in x's dtype."""
-    check_w4a16_args(x, qweight, qzeros, scales, group_size, g_idx, bias)
+    (group k // group_size); bias [N] in x's dtype; perm int32 [K] or None (row k multiplies
+    x[:, perm[k]]). Returns [M, N] in x's dtype."""
+    check_w4a16_args(x, qweight, qzeros, scales, group_size, g_idx, bias, perm)
     if not use_triton_for(use_triton, x):
-        return w4a16_gemm_ref(x, qweight, qzeros, scales, group_size, g_idx, bias)
+        return w4a16_gemm_ref(x, qweight, qzeros, scales, group_size, g_idx, bias, perm)
     (m, k), n = x.shape, qweight.shape[1]
     launch = launch or gemm_launch("w4a16", m, n, k)
     aligned = aligned_block_k(launch, group_size, g_idx is not None)
@@ -209,10 +229,11 @@ def w4a16_gemm(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor,
     grid = (triton.cdiv(m, launch.block_m) * triton.cdiv(n, launch.block_n), launch.split_k)
     _w4a16_kernel[grid](
         x, qweight, qzeros, scales, g_idx if g_idx is not None else qzeros,
-        bias if bias is not None else scales, acc, m, n, k, group_size,
+        perm if perm is not None else qzeros, bias if bias is not None else scales, acc, m, n, k,
+        group_size,
         x.stride(0), qweight.stride(0), qzeros.stride(0), scales.stride(0), acc.stride(0),
         BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, BLOCK_K=launch.block_k,
         SPLIT_K=launch.split_k, GROUP_M=launch.group_m, HAS_BIAS=bias is not None,
-        ACT_ORDER=g_idx is not None, GROUP_ALIGNED=aligned is not None,
+        ACT_ORDER=g_idx is not None, PERMUTED=perm is not None, GROUP_ALIGNED=aligned is not None,
         num_warps=launch.num_warps, num_stages=launch.num_stages)
     return acc if acc.dtype == x.dtype else acc.to(x.dtype)

@@ -27,6 +27,7 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def int4_weight(n: int, k: int, act_order: bool, group: int = GROUP):
+    """Random words (any bits are codes), fp16 scales, and with act order a shuffled g_idx."""
     groups = -(-k // group)
     qweight = torch.randint(-2**31, 2**31 - 1, (k // 8, n), dtype=torch.int32, device="cuda")
     qzeros = torch.randint(-2**31, 2**31 - 1, (groups, n // 8), dtype=torch.int32, device="cuda")
@@ -39,13 +40,17 @@ def int4_weight(n: int, k: int, act_order: bool, group: int = GROUP):
 
 @pytest.mark.parametrize("n,k", SHAPES)
 @pytest.mark.parametrize("m", [1, 7, 16, 300])
-@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("act_order", [None, "g_idx", "perm"])
 def test_w4a16_gemm_at_8b_shapes(m, n, k, act_order):
-    qweight, qzeros, scales, g_idx = int4_weight(n, k, act_order)
+    """Act order both ways the kernel takes it: groups gathered by g_idx, or rows sorted by
+    group with the input channels gathered by perm (what Int4Linear loads desc_act into)."""
+    qweight, qzeros, scales, g_idx = int4_weight(n, k, act_order == "g_idx")
+    perm = torch.randperm(k, device="cuda").int() if act_order == "perm" else None
     x = torch.randn(m, k, dtype=BF16, device="cuda")
     with poisoned_allocations():
-        out = kernels.w4a16_gemm(x, qweight, qzeros, scales, GROUP, g_idx)
-    assert rel_err(out, w4a16_gemm_ref(x, qweight, qzeros, scales, GROUP, g_idx)) < 1e-2
+        out = kernels.w4a16_gemm(x, qweight, qzeros, scales, GROUP, g_idx, perm=perm)
+    ref = w4a16_gemm_ref(x, qweight, qzeros, scales, GROUP, g_idx, perm=perm)
+    assert rel_err(out, ref) < 1e-2
 
 
 @pytest.mark.parametrize("group", [32, 40, 128])

@@ -111,7 +111,9 @@ def test_int4_checkpoint_matches_its_dequantized_model_and_generates(checkpoint)
     assert quantized.config.quantization.method == method
     projections = [m for m in quantized.model.modules() if isinstance(m, Int4Linear)]
     assert len(projections) == 4 * quantized.config.num_layers
-    assert all(p.act_order == (checkpoint.name == "gptq-act-order") for p in projections)
+    act_order = checkpoint.name == "gptq-act-order"
+    assert all(p.act_order == act_order for p in projections)
+    assert all((p.input_perm is not None) == act_order for p in projections)   # rows sorted
 
     plain = quantized.config.replace(quantization=None)
     dequantized = build_model(plain)

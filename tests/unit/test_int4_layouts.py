@@ -38,29 +38,39 @@ def awq_shard(n: int, seed: int) -> dict[str, torch.Tensor]:
 
 
 def loaded_weight(layer: Int4Linear) -> torch.Tensor:
-    """What the layer computes with, [N, K]: by the reference unpacking, and through forward."""
-    g_idx = layer.g_idx if layer.act_order else None
-    weight = dequantize_w4_ref(layer.qweight, layer.qzeros, layer.scales, layer.group_size,
-                               g_idx).t()
-    torch.testing.assert_close(layer(torch.eye(K)), weight.t(), rtol=0, atol=0)
+    """What the layer computes with, [N, K] (its forward of the identity, through the reference
+    unpacking); for the plain layout also the reference dequantization itself."""
+    weight = layer(torch.eye(K)).t()
+    if not layer.act_order:
+        unpacked = dequantize_w4_ref(layer.qweight, layer.qzeros, layer.scales, layer.group_size)
+        assert torch.equal(unpacked.t(), weight)
     return weight
 
 
-@pytest.mark.parametrize("v1,act_order", [(True, False), (False, False), (True, True)])
-def test_gptq_tensors_load_as_documented(v1, act_order):
+@pytest.mark.parametrize("v1,g_idx_kind,g_idx_first", [
+    (True, "sequential", False), (False, "sequential", False),
+    (True, "desc_act", False), (True, "desc_act", True),      # rows sorted as they load
+    (False, "unbalanced", False),                              # groups gathered by g_idx
+])
+def test_gptq_tensors_load_as_documented(v1, g_idx_kind, g_idx_first):
+    gen = torch.Generator().manual_seed(3)
     g_idx = torch.arange(K, dtype=torch.int32) // GROUP
-    if act_order:
-        g_idx = g_idx[torch.randperm(K, generator=torch.Generator().manual_seed(3))]
+    if g_idx_kind == "desc_act":
+        g_idx = g_idx[torch.randperm(K, generator=gen)]
+    elif g_idx_kind == "unbalanced":
+        g_idx = torch.randint(0, K // GROUP, (K,), generator=gen, dtype=torch.int32)
     layer = Int4Linear(K, SHARDS, Int4Scheme("gptq", GROUP, zeros_minus_one=v1),
                        dtype=torch.float32)
     expected = []
     for shard, n in enumerate(SHARDS):
         tensors = gptq_shard(n, seed=10 * shard, g_idx=g_idx)
-        for name, tensor in tensors.items():
-            layer.load(name, tensor, shard)
+        names = sorted(tensors, key=lambda name: name != "g_idx") if g_idx_first else tensors
+        for name in names:
+            layer.load(name, tensors[name], shard)
         expected.append(decode_gptq(tensors["qweight"], tensors["qzeros"], tensors["scales"],
                                     g_idx, v1))
-    assert layer.act_order == act_order
+    assert layer.act_order == (g_idx_kind != "sequential")
+    assert (layer.input_perm is not None) == (g_idx_kind == "desc_act")
     assert torch.equal(loaded_weight(layer), torch.cat(expected))
 
 

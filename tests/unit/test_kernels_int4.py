@@ -31,25 +31,28 @@ def random_int4(k: int, n: int, group_size: int, seed: int = 0):
 
 
 @pytest.mark.parametrize("dtype,m,k,n,group_size,act_order,split_k,with_bias", [
-    (torch.float16, 1, 96, 40, 32, False, 1, False),     # aligned groups, N not a tile multiple
-    (torch.float16, 5, 200, 72, 40, False, 2, True),     # group 40: not a power of two, split-K
-    (torch.float16, 3, 136, 24, 64, True, 1, False),     # act order, partial last group
-    (torch.float32, 17, 64, 16, 16, True, 3, True),      # two row tiles, more slices than steps
+    (torch.float16, 1, 96, 40, 32, None, 1, False),      # aligned groups, N not a tile multiple
+    (torch.float16, 5, 200, 72, 40, None, 2, True),      # group 40: not a power of two, split-K
+    (torch.float16, 3, 136, 24, 64, "g_idx", 1, False),  # act order, partial last group
+    (torch.float32, 17, 64, 16, 16, "g_idx", 3, True),   # two row tiles, more slices than steps
+    (torch.float16, 2, 160, 32, 32, "perm", 2, False),   # act order as sorted rows + input perm
 ])
 def test_w4a16_gemm_matches_reference(w4a16, dtype, m, k, n, group_size, act_order, split_k,
                                       with_bias):
     qweight, qzeros, scales = random_int4(k, n, group_size)
-    g_idx = None
-    if act_order:
+    g_idx = perm = None
+    if act_order == "g_idx":
         g_idx = (torch.arange(k) // group_size)[torch.randperm(k)].int()
+    elif act_order == "perm":
+        perm = torch.randperm(k).int()
     x = torch.randn(m, k).to(dtype)
     bias = torch.randn(n).to(dtype) if with_bias else None
     scales = scales.to(torch.float16)
     launch = GemmLaunch(16, 32, 32, split_k=split_k)
     with poisoned_allocations():
-        out = w4a16.w4a16_gemm(x, qweight, qzeros, scales, group_size, g_idx, bias,
+        out = w4a16.w4a16_gemm(x, qweight, qzeros, scales, group_size, g_idx, bias, perm,
                                use_triton=True, launch=launch)
-    ref = w4a16.w4a16_gemm_ref(x, qweight, qzeros, scales, group_size, g_idx, bias)
+    ref = w4a16.w4a16_gemm_ref(x, qweight, qzeros, scales, group_size, g_idx, bias, perm)
     assert_close(out, ref, dtype, scale=2.0)
 
 
@@ -73,3 +76,6 @@ def test_w4a16_gemm_names_the_wrong_argument(w4a16):
     with pytest.raises(KernelArgumentError, match="g_idx"):
         w4a16.w4a16_gemm(torch.randn(1, 32), qweight, qzeros, scales, 16,
                          g_idx=torch.zeros(31, dtype=torch.int32))
+    with pytest.raises(KernelArgumentError, match="perm"):
+        w4a16.w4a16_gemm(torch.randn(1, 32), qweight, qzeros, scales, 16,
+                         perm=torch.arange(32))                      # int64
