@@ -169,3 +169,21 @@ def test_awq_refuses_a_group_size_that_does_not_divide_the_input(tmp_path):
     from services.engine.errors import ConfigError
     with pytest.raises(ConfigError, match="--group-size 32"):
         write_quantized_checkpoint("tiny-random", tmp_path / "a", "awq-w4a16", group_size=32)
+
+
+@pytest.mark.parametrize("scheme,group,side_file,spec", [
+    ("gptq-w4a16", 32, "quantize_config.json",
+     {"bits": 4, "group_size": 32, "desc_act": False, "sym": True}),       # AutoGPTQ < 0.5
+    ("awq-w4a16", 8, "quant_config.json",
+     {"zero_point": True, "q_group_size": 8, "w_bit": 4, "version": "GEMM"}),   # AutoAWQ
+])
+def test_quantization_read_from_the_tools_own_file(tmp_path, scheme, group, side_file, spec):
+    out = write_quantized_checkpoint("tiny-random", tmp_path / "q", scheme, group_size=group)
+    config = json.loads((out / "config.json").read_text())
+    del config["quantization_config"]
+    (out / "config.json").write_text(json.dumps(config))
+    (out / "quantize_config.json").unlink(missing_ok=True)
+    (out / side_file).write_text(json.dumps(spec))
+    loaded = load_model(str(out))
+    assert loaded.config.quantization.name == scheme
+    assert loaded.config.quantization.group_size == group

@@ -11,7 +11,9 @@ fields and spellings the tools that write them use:
 Only what the W4A16 kernel serves is accepted: 4 bits, int32 packing, GPTQ's plain and v2 layouts,
 AWQ's GEMM layout with zero points, every decoder projection quantized. Anything else is refused
 naming the field and the value found. sym and desc_act change no tensor shape: symmetric
-checkpoints store their constant zeros like any other, and act order is read from g_idx."""
+checkpoints store their constant zeros like any other, and act order is read from g_idx.
+Checkpoints older than transformers' support carry the config in the tools' own file instead
+(AutoGPTQ's quantize_config.json, AutoAWQ's quant_config.json); the loader reads those too."""
 
 from __future__ import annotations
 
@@ -91,6 +93,15 @@ def awq_scheme(spec: dict[str, Any]) -> Int4Scheme:
 
 
 INT4_METHODS = {"gptq": gptq_scheme, "awq": awq_scheme}
+# The tools' own files beside config.json, for checkpoints whose config.json has no
+# quantization_config (made before transformers read these formats): AutoGPTQ's and AutoAWQ's.
+SIDE_FILES = {"quantize_config.json": "gptq", "quant_config.json": "awq"}
+
+
+def side_file_quantization_config(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A SIDE_FILES file's contents as a quantization_config (older AutoGPTQ wrote no
+    quant_method)."""
+    return {"quant_method": SIDE_FILES[name], **spec}
 
 
 def int4_scheme(spec: dict[str, Any]) -> Int4Scheme:
