@@ -25,8 +25,8 @@ group index (act order) needs no repacking; AWQ checkpoints are repacked to it o
 The codes are unpacked and dequantized in registers, so decode streams a quarter of a bf16
 weight's bytes. When each K step lies inside one group (no act order, BLOCK_K dividing the group
 size) the zero is subtracted from the codes (small integers, exact in 16-bit floats) and the
-scale multiplies the fp32 partial sum once per step; with act order every element gathers its own
-group's scale and zero. For decode's few rows the tile is 16 rows by a narrow band of columns,
+scale multiplies the fp32 partial sum once per step (sorted act order included); with act order
+by g_idx every element gathers its own group's scale and zero. For decode's few rows the tile is 16 rows by a narrow band of columns,
 and split-K cuts long K loops so that every SM has weight bytes in flight."""
 
 from __future__ import annotations
