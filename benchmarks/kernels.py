@@ -1,8 +1,9 @@
 """Kernel benchmarks on one GPU: each op's time and achieved bandwidth or FLOP rate, next to the
 ceilings (a large device-to-device copy; an 8192^3 bf16 matmul) and the torch baselines (SDPA,
-cuBLAS bf16, torch._int_mm) measured in the same run, at Llama-3.1-8B shapes in bf16.
+cuBLAS bf16, torch._int_mm; W8A16 beside W4A16) measured in the same run, at Llama-3.1-8B
+shapes in bf16.
 
-    python -m benchmarks.kernels --out kernels.json [--sweep decode,prefill,w8a16,w8a8]
+    python -m benchmarks.kernels --out kernels.json [--sweep decode,prefill,w8a16,w8a8,w4a16]
 
 --sweep also times each candidate launch config of the tunable kernels (checking its output
 against the default's) and reports the best, which is how the tables in kernels/ were filled."""
@@ -300,6 +301,79 @@ def bench_w8a8(flops_ceiling: float, bandwidth: float, do_sweep: bool) -> None:
         del w, weights
 
 
+def int4_weight(n: int, k: int, group: int = 128, act_order: bool = False):
+    """Random GPTQ-layout words (any bits are valid codes), fp16 scales, and the bf16 weight
+    [N, K] they stand for (the cuBLAS baseline's operand)."""
+    from kernels.w4a16_gemm import dequantize_w4_ref
+    qweight = torch.randint(-2**31, 2**31 - 1, (k // 8, n), dtype=torch.int32, device="cuda")
+    qzeros = torch.randint(-2**31, 2**31 - 1, (k // group, n // 8), dtype=torch.int32,
+                           device="cuda")
+    scales = (torch.rand(k // group, n, device="cuda") * 1e-3 + 1e-4).half()
+    g_idx = (torch.arange(k, device="cuda") // group)[torch.randperm(k, device="cuda")].int() \
+        if act_order else None
+    dense = dequantize_w4_ref(qweight, qzeros, scales, group, g_idx).t().to(BF16).contiguous()
+    return qweight, qzeros, scales, g_idx, dense
+
+
+W4A16_SHAPES = ((6144, HIDDEN), (HIDDEN, HIDDEN), (2 * INTERMEDIATE, HIDDEN), (HIDDEN, INTERMEDIATE))
+
+
+def bench_w4a16(bandwidth: float, do_sweep: bool) -> None:
+    """W4A16 at the four projections of a Llama-3.1-8B layer (qkv, o, gate|up, down), group 128,
+    beside cuBLAS bf16 and the W8A16 kernel on the same shape; one act-order row per shape."""
+    for n, k in W4A16_SHAPES:
+        copies = max(2, math.ceil(200e6 / (n * k / 2)))       # rotated past the 50 MB L2
+        weights = [int4_weight(n, k) for _ in range(copies)]
+        dense = [w[4] for w in weights]
+        int8 = [int8_weight(n, k)[:2] for _ in range(max(2, math.ceil(200e6 / (n * k))))]
+        run = lambda x, launch, w: kernels.w4a16_gemm(x, w[0], w[1], w[2], 128, w[3],
+                                                      launch=launch)
+        fns = lambda x, launch: [lambda w=w: run(x, launch, w) for w in weights]
+        best = None
+        if do_sweep:
+            x = torch.randn(16, k, dtype=BF16, device="cuda")
+            reference = x @ dense[0].t()
+            candidates = [GemmLaunch(16, bn, 128, wp, st, split_k=sk)
+                          for bn, wp, st, sk in ((64, 4, 4, 1), (64, 4, 4, 2), (64, 4, 4, 4),
+                                                 (32, 4, 4, 2), (32, 4, 4, 4), (128, 4, 4, 2),
+                                                 (64, 4, 3, 8), (32, 2, 4, 4), (128, 8, 3, 1),
+                                                 (64, 8, 4, 4), (32, 4, 5, 8), (16, 2, 4, 4))]
+            best, best_ms = None, math.inf
+            for launch in candidates:
+                err = rel_err(run(x, launch, weights[0]), reference)
+                ms = time_ms(*fns(x, launch)) if err < 2e-2 else math.inf
+                print(f"  sweep w4a16 {n}x{k}: {launch} err={err:.2e} {ms * 1e3:.1f} us")
+                if ms < best_ms:
+                    best, best_ms = launch, ms
+        groups = k // 128
+        for m in (1, 4, 16, 64, 256):
+            x = torch.randn(m, k, dtype=BF16, device="cuda")
+            launch = best if (best is not None and m <= 16) else gemm_launch("w4a16", m, n, k)
+            ours = time_ms(*fns(x, launch))
+            base = time_ms(*[lambda wb=wb: x @ wb.t() for wb in dense])
+            moved = n * k / 2 + groups * n * 2.5 + 2 * m * (k + n)
+            record("W4A16 GEMM", f"M{m} N{n} K{k}", ours, moved, "B/s", bandwidth,
+                   "cuBLAS bf16", base, str(launch))
+            if m <= 16:
+                w8 = time_ms(*[lambda w=w, s=s: kernels.w8a16_gemm(x, w, s) for w, s in int8])
+                record("W4A16 GEMM", f"M{m} N{n} K{k}", ours, moved, "B/s", bandwidth,
+                       "W8A16 (ours)", w8, str(launch))
+        # Act order: groups gathered per element by g_idx, and the engine's way (rows sorted by
+        # group at load, input channels gathered through a permutation).
+        act = [int4_weight(n, k, act_order=True) for _ in range(copies)]
+        perm = torch.randperm(k, device="cuda").int()
+        x = torch.randn(1, k, dtype=BF16, device="cuda")
+        base = time_ms(*[lambda wb=wb: x @ wb.t() for wb in dense])
+        for label, fns_act in (
+                ("g_idx", [lambda w=w: run(x, None, w) for w in act]),
+                ("sorted + perm", [lambda w=w: kernels.w4a16_gemm(x, w[0], w[1], w[2], 128,
+                                                                  perm=perm) for w in weights])):
+            record(f"W4A16 act order ({label})", f"M1 N{n} K{k}", time_ms(*fns_act),
+                   n * k / 2 + groups * n * 2.5, "B/s", bandwidth, "cuBLAS bf16", base,
+                   str(gemm_launch("w4a16", 1, n, k)))
+        del weights, dense, int8, act
+
+
 def print_table(header: str) -> None:
     print(header)
     print(f"{'op':28} {'shape':26} {'us':>9} {'rate':>12} {'ceil%':>6} {'baseline':>34} "
@@ -317,7 +391,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="kernels.json")
     parser.add_argument("--sweep", default="", help="comma list of ops whose launch configs to sweep")
-    parser.add_argument("--only", default="", help="comma list: decode,prefill,elementwise,w8a16,w8a8")
+    parser.add_argument("--only", default="",
+                        help="comma list: decode,prefill,elementwise,w8a16,w8a8,w4a16")
     args = parser.parse_args()
     only = set(filter(None, args.only.split(",")))
     swept = set(filter(None, args.sweep.split(",")))
@@ -335,6 +410,8 @@ def main() -> None:
         bench_w8a16(bandwidth, "w8a16" in swept)
     if want("w8a8"):
         bench_w8a8(flops, bandwidth, "w8a8" in swept)
+    if want("w4a16"):
+        bench_w4a16(bandwidth, "w4a16" in swept)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     header = f"{device}, {stamp}, torch {torch.__version__}, triton {triton.__version__}"
     with open(args.out, "w") as f:

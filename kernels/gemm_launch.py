@@ -1,4 +1,4 @@
-"""Launch configurations of the INT8 GEMMs, as data.
+"""Launch configurations of the INT8 and INT4 GEMMs, as data.
 
 What changes the best tile is the number of rows M (decode's 1-16 rows are a weight stream, bound
 by bandwidth; prefill's hundreds of rows are bound by the tensor cores), then the weight's shape
@@ -55,12 +55,27 @@ _W8A8_DEFAULTS = {
     257: GemmLaunch(128, 128, 128, num_warps=8, num_stages=3),
 }
 
+# W4A16: the same tiles as W8A16, a K step of one 128-channel group. Decode reads a quarter of
+# bf16's bytes per weight, so a tile's loop is short and few output tiles leave SMs idle:
+# the 8B entries below split K until there are about two CTAs per SM (132 SMs on an H200).
+# They are first estimates, not yet swept on the card (`benchmarks/kernels.py --sweep w4a16`).
+_W4A16_DEFAULTS = {
+    16: GemmLaunch(16, 64, 128, num_warps=4, num_stages=4),
+    64: GemmLaunch(64, 64, 128, num_warps=4, num_stages=4),
+    256: GemmLaunch(128, 128, 64, num_warps=8, num_stages=3),
+    257: GemmLaunch(128, 128, 64, num_warps=8, num_stages=3),
+}
+_DEFAULTS = {"w8a16": _W8A16_DEFAULTS, "w8a8": _W8A8_DEFAULTS, "w4a16": _W4A16_DEFAULTS}
+
 # (kernel, M bucket, N, K) -> launch; Llama-3.1-8B projections first.
 GEMM_LAUNCHES: dict[tuple[str, int, int, int], GemmLaunch] = {
     ("w8a16", 16, 14336, 4096): GemmLaunch(16, 64, 128, num_warps=4, num_stages=5),
     ("w8a16", 16, 4096, 14336): GemmLaunch(16, 32, 256, num_warps=4, num_stages=4, split_k=2),
     # Few output tiles with a long K: narrower tiles keep more SMs busy.
     ("w8a8", 256, 4096, 14336): GemmLaunch(64, 128, 256, num_warps=8, num_stages=3),
+    ("w4a16", 16, 6144, 4096): GemmLaunch(16, 64, 128, num_warps=4, num_stages=4, split_k=3),
+    ("w4a16", 16, 4096, 4096): GemmLaunch(16, 64, 128, num_warps=4, num_stages=4, split_k=4),
+    ("w4a16", 16, 4096, 14336): GemmLaunch(16, 64, 128, num_warps=4, num_stages=4, split_k=4),
 }
 
 
@@ -69,4 +84,6 @@ def gemm_launch(kernel: str, m: int, n: int, k: int) -> GemmLaunch:
     found = GEMM_LAUNCHES.get((kernel, bucket, n, k))
     if found is not None:
         return found
-    return (_W8A16_DEFAULTS if kernel == "w8a16" else _W8A8_DEFAULTS)[bucket]
+    if kernel not in _DEFAULTS:
+        raise KernelArgumentError("kernel", f"must be one of {sorted(_DEFAULTS)}, got {kernel!r}")
+    return _DEFAULTS[kernel][bucket]

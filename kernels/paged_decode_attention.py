@@ -77,7 +77,17 @@ def default_launch(num_seqs: int, num_kv_heads: int, max_context: int, head_dim:
     return replace(launch, partition=partition)
 
 
-@triton.jit
+def decode_launch_variants(head_dim: int) -> tuple[DecodeLaunch, ...]:
+    """Every launch `default_launch` can return for this head dim (for warm-up compilation)."""
+    launch = DECODE_LAUNCHES.get(head_dim, DecodeLaunch())
+    variants = [launch]
+    while variants[-1].partition >= 4 * launch.block_n:
+        variants.append(replace(launch, partition=variants[-1].partition // 2))
+    return tuple(variants)
+
+
+# Arguments that vary with the batch are not specialized on, so no batch shape compiles anew.
+@triton.jit(do_not_specialize=["num_partitions", "stride_bt"])
 def _decode_partition_kernel(
         q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, out_ptr,
         part_out_ptr, part_lse_ptr, scale_log2, num_heads, num_partitions,
@@ -140,7 +150,7 @@ def _decode_partition_kernel(
                  out.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & d_mask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_partitions"])
 def _decode_reduce_kernel(part_out_ptr, part_lse_ptr, seq_lens_ptr, out_ptr, num_heads,
                           num_partitions, stride_os, stride_oh,
                           HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr,

@@ -116,7 +116,8 @@ def _attend_tile(q, m, l, acc, n0, pos, k_base, v_base, table, seq_len, scale_lo
     return m_new, l, acc
 
 
-@triton.jit
+# Arguments that vary with the batch are not specialized on, so no batch shape compiles anew.
+@triton.jit(do_not_specialize=["num_seqs", "stride_bt"])
 def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, query_start_loc_ptr,
                     seq_lens_ptr, out_ptr, scale_log2, num_seqs,
                     stride_qt, stride_qh, stride_kb, stride_kt, stride_kh,

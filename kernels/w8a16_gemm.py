@@ -41,7 +41,8 @@ def _tile_origin(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl
     return pid_m * BLOCK_M, pid_n * BLOCK_N
 
 
-@triton.jit
+# M varies with the batch: not specialized on, so a new row count never compiles anew.
+@triton.jit(do_not_specialize=["M"])
 def _w8a16_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K,
                   stride_xm, stride_wn, stride_om,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,

@@ -31,7 +31,8 @@ def int8_scaled_mm_ref(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Te
     return out.to(out_dtype)
 
 
-@triton.jit
+# M varies with the batch: not specialized on, so a new row count never compiles anew.
+@triton.jit(do_not_specialize=["M"])
 def _int8_scaled_mm_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, bias_ptr, out_ptr, M, N, K,
                            stride_am, stride_wn, stride_om,
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,

@@ -20,6 +20,32 @@ class RopeScaling:
     original_max_position_embeddings: int = 8192
 
 
+INT8_SCHEMES = ("w8a16", "w8a8")
+INT4_METHODS = ("gptq", "awq")
+
+
+@dataclass(frozen=True)
+class Int4Scheme:
+    """4-bit weights from a GPTQ or AWQ checkpoint (16-bit activations), as its
+    quantization_config declares them; model/int4_formats.py reads that config."""
+
+    method: str                        # "gptq" | "awq": which published tensor layout
+    group_size: int | None = 128       # input channels sharing a scale and zero; None: all of them
+    zeros_minus_one: bool = False      # GPTQ v1 ("checkpoint_format": "gptq") stores zero - 1
+
+    def __post_init__(self) -> None:
+        if self.method not in INT4_METHODS:
+            raise ConfigError(f"int4 method must be one of {INT4_METHODS}, got {self.method!r}")
+        if self.group_size is not None and self.group_size <= 0:
+            raise ConfigError(f"group_size must be > 0 or None, got {self.group_size}")
+        if self.zeros_minus_one and self.method != "gptq":
+            raise ConfigError("zeros_minus_one is a GPTQ v1 convention only")
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-w4a16"
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The architecture of a Llama-family model, read from an HF config.json."""
@@ -39,7 +65,7 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     attention_bias: bool = False      # q/k/v projections carry a bias (Qwen2)
     dtype: str = "bfloat16"           # torch dtype name of the weights as served
-    quantization: str | None = None   # None | "w8a16" | "w8a8"
+    quantization: str | Int4Scheme | None = None   # None | "w8a16" | "w8a8" | Int4Scheme
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -51,8 +77,10 @@ class ModelConfig:
                               f"num_kv_heads ({self.num_kv_heads})")
         if self.dtype not in ("float32", "float16", "bfloat16"):
             raise ConfigError(f"dtype must be float32, float16 or bfloat16, got {self.dtype!r}")
-        if self.quantization not in (None, "w8a16", "w8a8"):
-            raise ConfigError(f"quantization must be w8a16 or w8a8, got {self.quantization!r}")
+        if not (self.quantization is None or isinstance(self.quantization, Int4Scheme)
+                or self.quantization in INT8_SCHEMES):
+            raise ConfigError(f"quantization must be w8a16, w8a8 or an Int4Scheme, "
+                              f"got {self.quantization!r}")
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -138,6 +166,8 @@ class EngineConfig:
     dtype: str | None = None          # None: the checkpoint's dtype (fp32 on CPU for fp16/bf16)
     device: str | None = None         # None: "cuda" when available, else "cpu"
     seed: int = 0
+    enforce_eager: bool = False       # True: no CUDA graphs (every step eager)
+    detokenize: bool = True           # False: text only for requests with stop strings (workers)
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 

@@ -27,6 +27,7 @@ from services.engine.runner import ModelRunner
 from services.engine.sampler import Sampler
 from services.engine.sampling_params import SamplingParams
 from services.engine.scheduler import Scheduler
+from services.engine.warmup import WarmupReport, warm_up
 
 
 class LLMEngine:
@@ -43,10 +44,17 @@ class LLMEngine:
         self.max_model_len = self._max_model_len(config)
         self.scheduler = Scheduler(config.scheduler, self.kv, self.max_model_len, loaded.eos_token_ids)
         self.runner = ModelRunner(loaded.model, self.kv, Sampler(config.seed, self.device), self.device)
-        self.outputs = OutputProcessor(self.tokenizer, loaded.eos_token_ids, self.scheduler.finish)
+        self.outputs = OutputProcessor(self.tokenizer, loaded.eos_token_ids, self.scheduler.finish,
+                                       config.detokenize)
         self._requests: dict[str, Request] = {}    # unfinished, and prefilled ones holding blocks
         self._reserved: set[str] = set()
         self._pending: list[RequestOutput] = []    # outputs of aborts, sent with the next step
+        self._enforce_eager = config.enforce_eager
+
+    def warm_up(self) -> WarmupReport:
+        """Compile every kernel for the shapes it will meet and capture the decode CUDA graphs
+        (unless eager is enforced), before the first request: see warmup.py."""
+        return warm_up(self, capture_graphs=not self._enforce_eager)
 
     def _max_model_len(self, config: EngineConfig) -> int:
         model_limit = self.model_config.max_position_embeddings

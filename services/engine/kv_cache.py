@@ -110,6 +110,11 @@ class KVCacheManager:
     def block_ids(self, owner: str) -> list[int]:
         return self._tables.get(owner, [])
 
+    def holds(self, owner: str, num_tokens: int) -> bool:
+        """Whether owner's table already has room for num_tokens (no allocation needed)."""
+        table = self._tables.get(owner)
+        return table is not None and len(table) * self.block_size >= num_tokens
+
     def blocks_for(self, num_tokens: int) -> int:
         return cdiv(num_tokens, self.block_size)
 

@@ -17,6 +17,7 @@ import torch
 from services.engine.config import ModelConfig
 from services.engine.errors import ConfigError, ModelNotFoundError, UnsupportedModelError
 from services.engine.model.hf_config import checkpoint_dtype, model_config_from_hf
+from services.engine.model.int4_formats import SIDE_FILES, side_file_quantization_config
 from services.engine.model.registry import build_model
 from services.engine.model.weights import ModelSource, safetensors_files, safetensors_weights
 from services.engine.presets import DEFAULT_PRESET, PRESETS, preset_source
@@ -89,13 +90,26 @@ def _checkpoint_source(name_or_path: str) -> ModelSource:
     if not path.is_dir():
         raise ModelNotFoundError(f"{name_or_path!r} is neither a preset ({', '.join(PRESETS)}) "
                                  f"nor a checkpoint directory")
-    hf_config = _read_json(path / "config.json", required=True)
+    hf_config = _with_side_file_quantization(path, _read_json(path / "config.json",
+                                                              required=True))
     files = safetensors_files(path)
     eos = _eos_token_ids(path, hf_config)
     tokenizer = Tokenizer.from_dir(path, eos)
     return ModelSource(name=str(path), hf_config=hf_config, tokenizer=tokenizer,
                        eos_token_ids=tokenizer.eos_token_ids,
                        weights=lambda config, device: safetensors_weights(files))
+
+
+def _with_side_file_quantization(path: Path, hf_config: dict[str, Any]) -> dict[str, Any]:
+    """config.json, with the quantization AutoGPTQ's / AutoAWQ's own file declares when
+    config.json declares none."""
+    if "quantization_config" in hf_config:
+        return hf_config
+    for name in SIDE_FILES:
+        spec = _read_json(path / name, required=False)
+        if spec:
+            return {**hf_config, "quantization_config": side_file_quantization_config(name, spec)}
+    return hf_config
 
 
 def _eos_token_ids(path: Path, hf_config: dict[str, Any]) -> tuple[int, ...]:

@@ -3,7 +3,10 @@ the per-request text that is safe to send.
 
 Text that could still turn out to be the start of a stop string is held back until it cannot (or
 the request ends), so no client ever sees part of a stop string. A stop token's own text (EOS, a
-stop_token_id) is never added; the token id itself is reported."""
+stop_token_id) is never added; the token id itself is reported.
+
+Without `detokenize` (a worker: the gateway detokenizes for its clients), only requests with stop
+strings are detokenized, since stopping needs their text; the others stream ids alone."""
 
 from __future__ import annotations
 
@@ -24,19 +27,24 @@ class _TextStream:
 
 class OutputProcessor:
     def __init__(self, tokenizer: Tokenizer, eos_token_ids: Sequence[int],
-                 finish: Callable[[Request, RequestStatus], None]) -> None:
+                 finish: Callable[[Request, RequestStatus], None], detokenize: bool = True) -> None:
         self.tokenizer = tokenizer
+        self.detokenize = detokenize
         self.eos_token_ids = frozenset(eos_token_ids)
         self.finish = finish
         self._streams: dict[str, _TextStream] = {}
 
     def add(self, request: Request) -> None:
-        self._streams[request.request_id] = _TextStream(self.tokenizer, request)
+        if self.detokenize or request.params.stop:
+            self._streams[request.request_id] = _TextStream(self.tokenizer, request)
 
     def output(self, request: Request, logprob: TokenLogprob | None) -> RequestOutput:
         """The output of a request that got one new token this step (it may have finished)."""
-        stream = self._streams[request.request_id]
         token_id = request.output_token_ids[-1]
+        logprobs = None if logprob is None else (logprob,)
+        stream = self._streams.get(request.request_id)
+        if stream is None:
+            return make_output(request, (token_id,), "", logprobs)
         before = len(stream.text)
         if not self._is_stop_token(request, token_id):
             stream.text += stream.detokenizer.add([token_id])
@@ -48,7 +56,7 @@ class OutputProcessor:
         stream.sent += len(delta)
         if request.status.is_finished:
             del self._streams[request.request_id]
-        return make_output(request, (token_id,), delta, None if logprob is None else (logprob,))
+        return make_output(request, (token_id,), delta, logprobs)
 
     def aborted(self, request: Request) -> RequestOutput:
         self._streams.pop(request.request_id, None)

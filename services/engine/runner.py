@@ -1,9 +1,13 @@
 """Turns a scheduled batch into one forward pass and the sampled tokens.
 
-The batch is flattened: every chunk's new tokens end to end, with their positions and the slots
-their K/V go to. Logits are computed only at the last token of the chunks that sample. The step
-ends with one device-to-host copy: the sampled ids (and, when asked for, their logprobs) packed
-into one tensor. `_forward` is the seam where a CUDA-graph replay of decode batches goes."""
+The batch is flattened (batch_inputs.py): decodes first, then prefill chunks, every chunk's new
+tokens end to end with their positions and the slots their K/V go to. A decode-only batch replays
+a captured CUDA graph (cuda_graphs.py) when graphs are on; any other batch runs eagerly. Logits
+are computed only at the last token of the chunks that sample.
+
+Host syncs: none before the sampler's output. Inputs go to the device from pinned memory without
+waiting, and the step ends with its one device-to-host copy: the sampled ids (with their
+logprobs, when asked for) packed into one tensor."""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from services.engine.batch_inputs import TABLE_WIDTH_ALIGN, BatchInputs, build_batch_inputs
+from services.engine.cuda_graphs import DecodeGraphs, DecodeInputs
 from services.engine.kv_cache import KVCacheManager, cdiv
 from services.engine.model.attention import AttentionMetadata
 from services.engine.outputs import TokenLogprob
@@ -26,14 +32,6 @@ class StepResult:
     logprobs: list[TokenLogprob | None]
 
 
-@dataclass(frozen=True)
-class ModelInputs:
-    input_ids: torch.Tensor         # int64 [T]
-    positions: torch.Tensor         # int64 [T]
-    meta: AttentionMetadata
-    sample_indices: torch.Tensor    # int64 [S]: rows of the hidden states that sample
-
-
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, kv: KVCacheManager, sampler: Sampler,
                  device: torch.device) -> None:
@@ -41,57 +39,59 @@ class ModelRunner:
         self.kv = kv
         self.sampler = sampler
         self.device = device
+        self.graphs: DecodeGraphs | None = None
+        self.num_graph_steps = 0
+        self.num_eager_steps = 0
+
+    def capture_graphs(self, max_num_seqs: int, max_model_len: int) -> float:
+        """Capture the decode graphs (CUDA only); returns the seconds it took."""
+        max_blocks = cdiv(cdiv(max_model_len, self.kv.block_size), TABLE_WIDTH_ALIGN) * TABLE_WIDTH_ALIGN
+        self.graphs = DecodeGraphs(self.model, self.kv.kv_cache, max_num_seqs, max_blocks,
+                                   self.kv.block_size)
+        return self.graphs.capture()
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> StepResult:
-        inputs = self.prepare(batch)
+        inputs = build_batch_inputs(batch.chunks, self.kv.block_size)
         hidden = self._forward(inputs)
+        ordered = [batch.chunks[i] for i in inputs.order]
         rows = [SamplingRow(c.request.params, len(c.request.output_token_ids))
-                for c in batch.chunks if c.samples]
+                for c in ordered if c.samples]
         if not rows:
             return StepResult([], [])
-        logits = self.model.compute_logits(hidden[inputs.sample_indices])
-        return _to_host(self.sampler(logits, rows), rows)
+        if not inputs.samples_every_row:
+            hidden = hidden[self._to_device(inputs.sample_indices)]
+        logits = self.model.compute_logits(hidden)
+        result = _to_host(self.sampler(logits, rows), rows)
+        return _in_batch_order(result, [i for i in inputs.order if batch.chunks[i].samples])
 
-    def _forward(self, inputs: ModelInputs) -> torch.Tensor:
-        return self.model(inputs.input_ids, inputs.positions, self.kv.kv_cache, inputs.meta)
-
-    def prepare(self, batch: ScheduledBatch) -> ModelInputs:
-        """Host-side lists -> a few tensors, copied to the device without waiting for it."""
-        block_size = self.kv.block_size
-        input_ids: list[int] = []
-        positions: list[int] = []
-        query_start_loc = [0]
-        seq_lens: list[int] = []
-        for chunk in batch.chunks:
-            end = chunk.start + chunk.num_tokens
-            input_ids += chunk.request.token_ids(chunk.start, end)
-            positions += range(chunk.start, end)
-            query_start_loc.append(query_start_loc[-1] + chunk.num_tokens)
-            seq_lens.append(end)
-        width = max(cdiv(n, block_size) for n in seq_lens)
-        block_tables = [list(c.block_ids[:width]) + [0] * (width - len(c.block_ids[:width]))
-                        for c in batch.chunks]
-        sample_indices = [query_start_loc[i + 1] - 1 for i, c in enumerate(batch.chunks) if c.samples]
-
-        positions_t = torch.tensor(positions, dtype=torch.int64)
-        tables_t = torch.tensor(block_tables, dtype=torch.int32)
-        num_new = torch.tensor([c.num_tokens for c in batch.chunks])
-        # slot = block_id * block_size + offset, for the whole batch in a few host-side ops.
-        seq_index = torch.repeat_interleave(torch.arange(len(seq_lens)), num_new)
-        slots = (tables_t[seq_index, positions_t // block_size].long() * block_size
-                 + positions_t % block_size)
+    def _forward(self, inputs: BatchInputs) -> torch.Tensor:
+        if (self.graphs is not None and inputs.is_decode_only
+                and self.graphs.fits(inputs.num_seqs, inputs.block_tables.shape[1])):
+            self.num_graph_steps += 1
+            return self.graphs.run(DecodeInputs(inputs.input_ids, inputs.positions,
+                                                inputs.slot_mapping, inputs.seq_lens,
+                                                inputs.block_tables))
+        self.num_eager_steps += 1
         dev = self._to_device
-        meta = AttentionMetadata(query_start_loc=dev(torch.tensor(query_start_loc, dtype=torch.int32)),
-                                 seq_lens=dev(torch.tensor(seq_lens, dtype=torch.int32)),
-                                 block_tables=dev(tables_t), slot_mapping=dev(slots),
-                                 max_query_len=max(c.num_tokens for c in batch.chunks),
-                                 max_seq_len=max(seq_lens))
-        return ModelInputs(dev(torch.tensor(input_ids, dtype=torch.int64)), dev(positions_t), meta,
-                           dev(torch.tensor(sample_indices, dtype=torch.int64)))
+        d = inputs.num_decodes
+        meta = AttentionMetadata(
+            query_start_loc=dev(inputs.query_start_loc), seq_lens=dev(inputs.seq_lens),
+            block_tables=dev(inputs.block_tables), slot_mapping=dev(inputs.slot_mapping),
+            max_query_len=inputs.max_query_len, max_seq_len=int(inputs.seq_lens.max()),
+            num_decodes=d,
+            prefill_query_start_loc=dev(inputs.query_start_loc[d:] - inputs.query_start_loc[d]))
+        return self.model(dev(inputs.input_ids), dev(inputs.positions), self.kv.kv_cache, meta)
 
     def _to_device(self, host: torch.Tensor) -> torch.Tensor:
         return to_device(host, self.device)
+
+
+def _in_batch_order(result: StepResult, sampling_chunks: list[int]) -> StepResult:
+    """result lists the sampling chunks in flattened order (their batch indices in
+    sampling_chunks); the scheduler expects them in batch order."""
+    rank = sorted(range(len(sampling_chunks)), key=sampling_chunks.__getitem__)
+    return StepResult([result.token_ids[k] for k in rank], [result.logprobs[k] for k in rank])
 
 
 def _to_host(out: SamplerOutput, rows: list[SamplingRow]) -> StepResult:

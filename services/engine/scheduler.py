@@ -89,6 +89,8 @@ class Scheduler:
     def _make_room(self, request: Request, num_tokens: int, preempted: list[Request]) -> bool:
         """Allocate blocks for request's next tokens, preempting the newest running requests until
         they fit. False if request itself had to be preempted."""
+        if self.kv.holds(request.request_id, request.num_computed_tokens + num_tokens):
+            return True     # most decode steps: the last block still has room
         while not self.kv.can_allocate(request.request_id, request.num_computed_tokens + num_tokens):
             victim = self.running[-1]
             self._preempt(victim)

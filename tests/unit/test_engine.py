@@ -74,6 +74,25 @@ def test_stop_string_is_trimmed_and_never_streamed(loaded):
     assert all(stop not in o.text_delta for o in outs)
 
 
+def test_without_detokenize_only_stop_string_requests_get_text(loaded):
+    """A worker's engine streams ids alone, except where a stop string needs the text."""
+    ids = loaded.tokenizer.encode(PROMPT)
+    params = dict(temperature=1.0, seed=3, max_tokens=16, ignore_eos=True)
+    full_engine = make_engine(loaded)
+    full_engine.add_request("free", ids, SamplingParams(**params))
+    full = drain(full_engine)["free"]
+    k = next(k for k in range(2, len(text(full)) - 3) if text(full).index(text(full)[k:k + 3]) == k)
+    stop = text(full)[k:k + 3]
+
+    engine = LLMEngine(EngineConfig(detokenize=False, cache=CacheConfig(block_size=8, num_blocks=64)),
+                       loaded)
+    engine.add_request("free", ids, SamplingParams(**params))
+    engine.add_request("stopped", ids, SamplingParams(**params, stop=(stop,)))
+    outs = drain(engine)
+    assert tokens(outs["free"]) == tokens(full) and text(outs["free"]) == ""
+    assert text(outs["stopped"]) == text(full)[:k] and outs["stopped"][-1].finish_reason == "stop"
+
+
 def test_stop_token_id_ends_the_request(loaded):
     engine = make_engine(loaded)
     ids = loaded.tokenizer.encode(PROMPT)

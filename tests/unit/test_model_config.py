@@ -111,5 +111,9 @@ def test_quantization_config_is_read():
     assert parse().quantization is None
     spec = {"quant_method": "tandem-int8", "scheme": "w8a8"}
     assert parse(quantization_config=spec).quantization == "w8a8"
+    gptq = parse(quantization_config={"quant_method": "gptq", "bits": 4, "group_size": 64})
+    assert (gptq.quantization.method, gptq.quantization.group_size) == ("gptq", 64)
     with pytest.raises(UnsupportedModelError, match="quantization_config"):
-        parse(quantization_config={"quant_method": "gptq", "bits": 4})
+        parse(quantization_config={"quant_method": "gptq", "bits": 3})
+    with pytest.raises(UnsupportedModelError, match="quantization_config"):
+        parse(quantization_config={"quant_method": "bitsandbytes"})

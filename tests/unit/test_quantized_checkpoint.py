@@ -70,7 +70,7 @@ def test_quantize_refuses_a_non_empty_out_dir_and_unknown_schemes(tmp_path):
 def test_unknown_quantization_config_is_refused(tmp_path):
     out = write_int8_checkpoint("tiny-random", tmp_path / "q", "w8a16")
     config = json.loads((out / "config.json").read_text())
-    config["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+    config["quantization_config"] = {"quant_method": "gptq", "bits": 3}
     (out / "config.json").write_text(json.dumps(config))
     with pytest.raises(UnsupportedModelError, match="quantization_config"):
         load_model(str(out))

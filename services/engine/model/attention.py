@@ -3,7 +3,12 @@
 A step's batch is flattened: the new tokens of every scheduled sequence laid end to end (a prefill
 chunk contributes many, a decoding sequence one). K/V of the new tokens are written into their
 pages first; attention then reads the whole context from the pages, so a cached prefix, an earlier
-chunk and the new tokens are all read the same way."""
+chunk and the new tokens are all read the same way.
+
+Sequences with one new token come first in the batch (`num_decodes` of them): they go through the
+decode kernel, which reads each context once for all the query heads that share a KV head; the
+multi-token chunks after them go through the prefill kernel. A mixed batch is therefore two
+launches per layer, each with the kernel made for its rows."""
 
 from __future__ import annotations
 
@@ -22,6 +27,9 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor      # int64 [num_tokens]: block_id * block_size + offset per new token
     max_query_len: int              # 1 means a decode-only batch
     max_seq_len: int
+    num_decodes: int = 0            # the first num_decodes sequences have one new token each
+    # int32 [num_seqs - num_decodes + 1]: query_start_loc of the multi-token chunks, from 0
+    prefill_query_start_loc: torch.Tensor | None = None
 
     @property
     def num_seqs(self) -> int:
@@ -38,5 +46,13 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_layer:
     if meta.max_query_len == 1:
         return kernels.paged_decode_attention(q, key_cache, value_cache, meta.block_tables,
                                               meta.seq_lens, scale)
-    return kernels.prefill_attention(q, key_cache, value_cache, meta.block_tables,
-                                     meta.query_start_loc, meta.seq_lens, scale)
+    d = meta.num_decodes
+    if d == 0:
+        return kernels.prefill_attention(q, key_cache, value_cache, meta.block_tables,
+                                         meta.query_start_loc, meta.seq_lens, scale)
+    out = torch.empty_like(q)
+    out[:d] = kernels.paged_decode_attention(q[:d], key_cache, value_cache, meta.block_tables[:d],
+                                             meta.seq_lens[:d], scale)
+    out[d:] = kernels.prefill_attention(q[d:], key_cache, value_cache, meta.block_tables[d:],
+                                        meta.prefill_query_start_loc, meta.seq_lens[d:], scale)
+    return out

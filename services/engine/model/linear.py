@@ -1,7 +1,7 @@
 """The projection every model layer goes through: y = x W^T (+ b).
 
 One module owns the weight (and optional bias) of a projection, and `projection` picks the variant
-(this plain one, or quantized_linear.Int8Linear) from the model's quantization setting, so the
+(this plain one, quantized_linear.Int8Linear or int4_linear.Int4Linear) from the model's quantization setting, so the
 model never names a class. Fused
 projections (q|k|v, gate|up) are one weight made of named shards, filled from the checkpoint's
 separate tensors."""
@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from services.engine.config import Int4Scheme
+from services.engine.model.int4_linear import Int4Linear
 from services.engine.model.quantized_linear import Int8Linear
 from services.engine.model.shards import load_shard, shard_offsets
 
@@ -31,11 +33,15 @@ class Projection(Protocol):
 
 
 def projection(in_features: int, out_features: int | Sequence[int], *, bias: bool = False,
-               dtype: torch.dtype | None = None, quantization: str | None = None) -> nn.Module:
+               dtype: torch.dtype | None = None,
+               quantization: str | Int4Scheme | None = None) -> nn.Module:
     """The projection for the model's quantization setting (ModelConfig.quantization): the plain
-    Linear, or an INT8 one (quantized_linear.py) for "w8a16" / "w8a8"."""
+    Linear, an INT8 one (quantized_linear.py) for "w8a16" / "w8a8", or an INT4 one
+    (int4_linear.py) for a GPTQ / AWQ Int4Scheme."""
     if quantization is None:
         return Linear(in_features, out_features, bias=bias, dtype=dtype)
+    if isinstance(quantization, Int4Scheme):
+        return Int4Linear(in_features, out_features, quantization, bias=bias, dtype=dtype)
     return Int8Linear(in_features, out_features, quantization, bias=bias, dtype=dtype)
 
 

@@ -6,7 +6,8 @@ A checkpoint written by `tandem quantize` declares its scheme in config.json's
 `quantization_config`; the loader puts it in ModelConfig.quantization, `linear.projection` then
 builds this class for every decoder projection, and the checkpoint's `*.weight` (int8) and
 `*.weight_scale` (fp32) tensors fill it by the usual names. Embeddings, norms and the LM head stay
-in the served dtype."""
+in the served dtype. GPTQ and AWQ checkpoints (4-bit) are read by int4_formats.py into an
+Int4Scheme, served by int4_linear.Int4Linear."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ import torch
 from torch import nn
 
 import kernels
+from services.engine.config import Int4Scheme
 from services.engine.errors import UnsupportedModelError
+from services.engine.model.int4_formats import INT4_METHODS, int4_scheme
 from services.engine.model.shards import load_shard, shard_offsets
 
 SCHEMES = ("w8a16", "w8a8")
@@ -27,15 +30,19 @@ QUANTIZED_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "u
                          "down_proj")
 
 
-def quantization_scheme(hf_config: dict[str, Any]) -> str | None:
-    """The scheme a checkpoint's config.json declares, None for an unquantized one."""
+def quantization_scheme(hf_config: dict[str, Any]) -> str | Int4Scheme | None:
+    """The scheme a checkpoint's config.json declares, None for an unquantized one: an INT8
+    scheme name, or the Int4Scheme of a GPTQ / AWQ checkpoint (int4_formats.py)."""
     spec = hf_config.get("quantization_config")
     if spec is None:
         return None
+    if spec.get("quant_method") in INT4_METHODS:
+        return int4_scheme(spec)
     if spec.get("quant_method") != QUANT_METHOD or spec.get("scheme") not in SCHEMES:
         raise UnsupportedModelError(
             f"quantization_config {spec!r} is not supported: expected quant_method "
-            f"{QUANT_METHOD!r} with scheme one of {SCHEMES} (write one with `tandem quantize`)")
+            f"{QUANT_METHOD!r} with scheme one of {SCHEMES}, or quant_method one of "
+            f"{tuple(INT4_METHODS)} (write one with `tandem quantize`)")
     return spec["scheme"]
 
 
