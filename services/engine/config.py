@@ -91,13 +91,20 @@ class ModelConfig:
     @property
     def weight_bytes(self) -> int:
         """Bytes of the weights as served, from the shapes: embeddings, norms and the LM head in the
-        serving dtype; the layers' projections in INT8 (plus a scale per output row) when quantized."""
+        serving dtype; the layers' projections in INT8 with a scale per output row, or in INT4
+        with a scale and a zero per group of input channels, when quantized."""
         itemsize = {"float32": 4, "float16": 2, "bfloat16": 2}[self.dtype]
         h, q, kv = self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         projection_out = q + 2 * kv + h + 3 * self.intermediate_size     # q, k, v, o, gate, up, down
         projection_weights = h * (q + 2 * kv) + q * h + 3 * h * self.intermediate_size
-        per_weight, per_row = (1, itemsize) if self.quantization else (itemsize, 0)
-        layer = projection_weights * per_weight + projection_out * per_row + 2 * h * itemsize
+        if isinstance(self.quantization, Int4Scheme):
+            group = self.quantization.group_size or h
+            projections = projection_weights // 2 + projection_weights // group * (itemsize + 1)
+        elif self.quantization:
+            projections = projection_weights + projection_out * itemsize
+        else:
+            projections = projection_weights * itemsize
+        layer = projections + 2 * h * itemsize
         if self.attention_bias:
             layer += (q + 2 * kv) * itemsize
         embeddings = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)

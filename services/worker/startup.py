@@ -15,12 +15,11 @@ log = logging.getLogger("tandem.worker")
 
 
 async def warm_up(loop: EngineLoop) -> float:
-    """Runs the engine's warm-up on its engine thread (where its steps run, so compiled kernels
-    and captured graphs belong to it), before any request; returns the seconds it took."""
+    """Runs the engine's warm-up (LLMEngine.warm_up: kernels compiled, decode CUDA graphs
+    captured) on its engine thread, where its steps run, before any request; returns the seconds
+    it took."""
     start = time.perf_counter()
-    warm = getattr(loop.engine, "warm_up", None)    # LLMEngine.warm_up() -> seconds
-    if warm is not None:
-        await loop.call(warm)
+    await loop.call(loop.engine.warm_up)
     return time.perf_counter() - start
 
 

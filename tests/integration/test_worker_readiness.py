@@ -38,11 +38,10 @@ class GatedWarmUpEngine(LLMEngine):
         self.release = release
         self.warm_ups = 0
 
-    def warm_up(self) -> float:
+    def warm_up(self):
         self.release.wait()
         self.warm_ups += 1
-        engine_warm_up = getattr(super(), "warm_up", None)
-        return engine_warm_up() if engine_warm_up is not None else 0.0
+        return super().warm_up()
 
 
 async def _listening(worker) -> str:
