@@ -1,6 +1,7 @@
 """The workers' error edge: typed errors become gRPC statuses here, once. Clients get the error's
 own text (it names the field and the limit), never a stack trace; unexpected errors are logged
-and reported as INTERNAL, and the worker keeps serving."""
+and reported as INTERNAL, and the worker keeps serving. Every handler passes the worker's
+readiness check first: a worker that is warming up or stopping answers UNAVAILABLE."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from services.engine.engine_loop import EngineStoppedError
 from services.engine.errors import (CapacityError, ConfigError, InvalidRequestError,
                                     KVTransferError, ModelNotFoundError, RequestCancelledError,
                                     ReservationError, TandemError, UnsupportedModelError)
+from services.worker.readiness import NotReadyError
 
 log = logging.getLogger("tandem.worker")
 
@@ -25,6 +27,7 @@ _STATUS = (
     (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
     (KVTransferError, grpc.StatusCode.UNAVAILABLE),
     (EngineStoppedError, grpc.StatusCode.UNAVAILABLE),
+    (NotReadyError, grpc.StatusCode.UNAVAILABLE),
     (RequestCancelledError, grpc.StatusCode.CANCELLED),
 )
 
@@ -43,10 +46,12 @@ async def _abort(context, exc: Exception) -> None:
 
 
 def unary_edge(method):
-    """Maps the errors of a unary RPC handler `async def m(self, request, context)`."""
+    """Maps the errors of a unary RPC handler `async def m(self, request, context)` of a worker
+    with a `readiness`."""
     @functools.wraps(method)
     async def wrapper(self, request, context):
         try:
+            self.readiness.require_ready()
             return await method(self, request, context)
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
@@ -60,6 +65,7 @@ def stream_edge(method):
     @functools.wraps(method)
     async def wrapper(self, request, context):
         try:
+            self.readiness.require_ready()
             async for item in method(self, request, context):
                 yield item
         except Exception as exc:

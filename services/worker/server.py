@@ -1,6 +1,6 @@
 """The gRPC server a worker listens on: bound to host:port (port 0 picks a free one), with the
-message size limits the KV transport needs, standard health checking gated by the worker's
-readiness (NOT_SERVING, other calls refused, until it has warmed up), stopped with a short grace
+message size limits the KV transport needs, standard health checking that follows the worker's
+readiness (NOT_SERVING until it has warmed up), stopped with a short grace
 period."""
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ async def start_server(register, host: str, port: int, transfer: TransferConfig,
     given, else the bound host (for a wildcard bind, this machine's host name)."""
     if not 0 <= port <= 65535:
         raise ConfigError(f"port must be in [0, 65535], got {port}")
-    server = grpc.aio.server(options=[*channel_options(transfer), *PENDING_CALLS],
-                             interceptors=[readiness.interceptor])
+    server = grpc.aio.server(options=[*channel_options(transfer), *PENDING_CALLS])
     register(server)
     readiness.add_to(server)
     await readiness.set_not_serving()
