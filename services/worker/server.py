@@ -19,6 +19,10 @@ WILDCARDS = ("0.0.0.0", "::", "[::]", "")
 # a burst of streams from the gateway would lose requests before any handler saw them.
 PENDING_CALLS = (("grpc.server.max_pending_requests", 1 << 16),
                  ("grpc.server.max_pending_requests_hard_limit", 1 << 16))
+# gRPC binds with SO_REUSEPORT by default: another process of the same user that binds a worker's
+# port (one it picked as free a moment earlier) would then share it silently, and answer in the
+# worker's place once it stops. An exclusive port fails that bind instead.
+EXCLUSIVE_PORT = (("grpc.so_reuseport", 0),)
 
 
 async def start_server(register, host: str, port: int, transfer: TransferConfig,
@@ -28,7 +32,7 @@ async def start_server(register, host: str, port: int, transfer: TransferConfig,
     given, else the bound host (for a wildcard bind, this machine's host name)."""
     if not 0 <= port <= 65535:
         raise ConfigError(f"port must be in [0, 65535], got {port}")
-    server = grpc.aio.server(options=[*channel_options(transfer), *PENDING_CALLS])
+    server = grpc.aio.server(options=[*channel_options(transfer), *PENDING_CALLS, *EXCLUSIVE_PORT])
     register(server)
     readiness.add_to(server)
     await readiness.set_not_serving()
