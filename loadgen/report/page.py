@@ -67,8 +67,8 @@ SCRIPT = """
       var q = best[1];
       hover.setAttribute('cx', q[0]); hover.setAttribute('cy', q[1]);
       hover.classList.add('on');
-      tip.textContent = best[0].getAttribute('data-series') + ': ' + svg.getAttribute('data-ylabel') + ' ' +
-        fmt(q[3]) + ' at ' + svg.getAttribute('data-xlabel') + ' ' + fmt(q[2]);
+      tip.textContent = best[0].getAttribute('data-series') + ': ' + fmt(q[3]) + ' ' +
+        svg.getAttribute('data-ylabel') + ' at ' + svg.getAttribute('data-xlabel') + ' ' + fmt(q[2]);
       tip.style.left = (ev.pageX + 14) + 'px'; tip.style.top = (ev.pageY + 14) + 'px';
       tip.style.display = 'block';
     });

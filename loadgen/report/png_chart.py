@@ -51,7 +51,7 @@ def figure_png(figure: Figure, dpi: int = 90) -> bytes:
             if panel.x_log and all(x > 0 for s in panel.series for x, _ in s.points()):
                 ax.set_xscale("log", base=2)
                 ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-            if len(figure.legend()) > 1:
+            if len(panel.series) > 1:
                 ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(figure.panels):]:
         ax.set_visible(False)

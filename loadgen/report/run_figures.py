@@ -13,11 +13,13 @@ from loadgen.report.result_file import LoadPoint, ResultFile
 from loadgen.stats import percentile_label
 
 LATENCY_METRICS = (("ttft", "TTFT"), ("ttst", "TTST"), ("tpot", "TPOT"), ("itl", "ITL"))
-# (summary key, panel title, y label); each its own panel so no curve hides another.
-RATE_METRICS = (("output_throughput", "Output throughput", "tokens/s"),
-                ("request_throughput", "Request throughput", "requests/s"),
-                ("request_goodput", "Goodput", "requests/s meeting --goodput"),
-                ("failed_per_s", "Failed requests", "failed requests/s"))
+# (summary key, panel title, y label, colour of a single run's curve); each its own panel so no
+# curve hides another.
+RATE_METRICS = (("output_throughput", "Output throughput", "tokens/s", 2),
+                ("request_throughput", "Request throughput", "requests/s", 3),
+                ("request_goodput", "Goodput", "requests/s meeting --goodput", 4),
+                ("goodput_fraction", "Goodput fraction", "share meeting --goodput (failures count)", 5),
+                ("failed_per_s", "Failed requests", "failed requests/s", 1))
 
 
 def high_percentile(percentiles) -> str:
@@ -60,13 +62,15 @@ def rate_panels(x_label: str, runs: list[tuple[str | None, tuple[LoadPoint, ...]
     """Throughput (tokens/s, requests/s), then goodput when some run measured it and failures when
     some run had them. runs: (series name, or None to name it by the metric; points; colour)."""
     panels = []
-    for i, (key, title, y_label) in enumerate(RATE_METRICS):
-        curves = [Curve(name or title.lower(), points, key, color if name else 2 + i) for name, points, color in runs]
+    for key, title, y_label, own_color in RATE_METRICS:
+        curves = [Curve(name or title.lower(), points, key, color if name else own_color)
+                  for name, points, color in runs]
         panel = Panel(title, x_label, y_label, tuple(c.series() for c in curves), x_log=x_log)
         values = [y for s in panel.series for _, y in s.points()]
-        if key == "request_goodput" and not values or key == "failed_per_s" and not any(values):
+        if key in ("request_goodput", "goodput_fraction") and not values or key == "failed_per_s" and not any(values):
             continue
-        panels.append(panel)
+        panels.append(Panel(panel.title, x_label, y_label, panel.series, x_log=x_log,
+                            y_max=1.0 if key == "goodput_fraction" else None))
     return panels
 
 
