@@ -37,6 +37,7 @@ padding:1px 6px;cursor:pointer;display:inline-flex;align-items:center;gap:.4em}
 pointer-events:none;white-space:nowrap;z-index:10}
 .note{color:#555;font-size:12px;margin:.2em 0}
 @media print{body{margin:0;max-width:none}.tip,svg.panel .hover{display:none}
+.panels{grid-template-columns:repeat(2,minmax(0,1fr))!important}table{font-size:9px}td,th{padding:1px 3px}
 *{-webkit-print-color-adjust:exact;print-color-adjust:exact}h2{break-after:avoid}}
 """
 

@@ -18,7 +18,7 @@ LATENCY_METRICS = (("ttft", "TTFT"), ("ttst", "TTST"), ("tpot", "TPOT"), ("itl",
 RATE_METRICS = (("output_throughput", "Output throughput", "tokens/s", 2),
                 ("request_throughput", "Request throughput", "requests/s", 3),
                 ("request_goodput", "Goodput", "requests/s meeting --goodput", 4),
-                ("goodput_fraction", "Goodput fraction", "share meeting --goodput (failures count)", 5),
+                ("goodput_fraction", "Goodput fraction", "share meeting --goodput", 5),
                 ("failed_per_s", "Failed requests", "failed requests/s", 1))
 
 

@@ -155,3 +155,26 @@ def test_compare_input_errors(tmp_path):
         load_result(str(bad))
     with pytest.raises(ResultFileError, match="cannot read"):
         load_result(str(tmp_path / "missing.json"))
+
+
+def test_capacity_and_rate_axis(tmp_path):
+    points = [point(1, 0.02), point(2, 0.04)]
+    rate_points = [PointResult(LoadSpec(request_rate=r, num_prompts=24), p.summary, p.records, False, p.started_at, 1)
+                   for r, p in zip((0.5, 2.0), points)]
+    by_rate = BenchResult(settings={"backend": "openai"}, percentiles=PERCENTILES, sweep_dimension="rate",
+                          points=rate_points)
+    searched = BenchResult(settings={"backend": "tandem"}, percentiles=PERCENTILES, sweep_dimension="concurrency",
+                           points=points, capacity={"dimension": "concurrency", "slo": {"ttft": 30.0},
+                                                    "slo_percentile": 99.0, "capacity": 1, "first_failing": 2,
+                                                    "reached_maximum": False, "runs": 2, "converged": True})
+    write_all(by_rate, str(tmp_path), "rate", plots=False)
+    write_all(searched, str(tmp_path), "cap", plots=False)
+    rate, cap = load_result(str(tmp_path / "rate.json")), load_result(str(tmp_path / "cap.json"))
+    assert rate.dimension == "rate" and [p.x for p in rate.points] == [0.5, 2.0]
+    assert curves_figure(rate).panels[0].x_label == "request rate (req/s)"
+    runs = make_runs([cap, rate], None)
+    assert workload_differences(runs)["load axis (sweep_dimension)"] == ["concurrency", "rate"]
+    assert ratio_rows(runs) == []                     # no shared point across different axes
+    write_compare([cap, rate], str(tmp_path / "out"), plots=False)
+    html = open(tmp_path / "out" / "compare.html").read()
+    assert "SLO capacity" in html and "ttft &lt;= 30 ms" in html and "share no load point" in html
