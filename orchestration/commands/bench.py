@@ -11,7 +11,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from loadgen.cli import one_line_errors
     from loadgen.compare_cli import add_arguments as add_compare_arguments
     add_bench_arguments(parser)
-    sub = parser.add_subparsers(dest="bench_command", metavar="compare", required=False)
+    sub = parser.add_subparsers(title="subcommand (optional)", dest="bench_command", metavar="compare",
+                                 required=False)
     compare = sub.add_parser("compare", help="one report overlaying saved results (--save-result JSON files)",
                              description="one report overlaying saved results (--save-result JSON files)")
     one_line_errors(compare)
