@@ -136,6 +136,21 @@ def run_workload(engine: LLMEngine, num: int, prompt_len: int, output_len: int,
             "decode_step_ms": 1000 * statistics.median(decode_steps) if decode_steps else None}
 
 
+def replay_ms(engine: LLMEngine, num: int, context: int) -> float:
+    """GPU time of the decode graph alone (no scheduling, no sampling): what the host adds to a
+    step is the engine's step minus this."""
+    from services.engine.cuda_graphs import DecodeInputs
+
+    block_size = engine.kv.block_size
+    width = -(-context // block_size)
+    tables = torch.arange(num * width, dtype=torch.int32).reshape(num, width) % engine.kv.num_blocks
+    inputs = DecodeInputs(torch.ones(num, dtype=torch.int64),
+                          torch.full((num,), context - 1, dtype=torch.int64),
+                          torch.full((num,), -1, dtype=torch.int64),
+                          torch.full((num,), context, dtype=torch.int32), tables)
+    return 1000 * _time_cuda(lambda: engine.runner.graphs.run(inputs), repeats=20)
+
+
 def hf_peer(cases: list[tuple[int, int, int]]) -> dict:
     """transformers' eager generate on the same shapes (its own random weights)."""
     import transformers
@@ -228,6 +243,9 @@ def main() -> None:
         long = run_workload(engine, 1, 8192, 64)
         add("decode step, batch 1, ctx 8k (ms)", long["decode_step_ms"],
             1000 * roof.step_s(1, 8192 + 32), "ms")
+    for num in (1, 64, 256):
+        add(f"decode forward replayed alone (GPU), batch {num}, ctx 576 (ms)",
+            replay_ms(engine, num, 576), 1000 * roof.step_s(num, 576), "ms")
     del engine
     gc.collect()
     torch.cuda.empty_cache()
