@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from services.engine.errors import ConfigError
 
 MODES = ("disaggregated", "colocated")
-KV_TRANSPORTS = ("", "grpc", "local")   # "": the prefill worker picks by locality
+KV_TRANSPORTS = ("", "auto", "grpc", "local", "cuda_ipc")   # "" / "auto": the prefill worker picks by locality
 
 
 @dataclass(frozen=True)
