@@ -78,15 +78,25 @@ def export_pool(kv_cache: torch.Tensor) -> worker_pb2.KVPoolExport:
         event_sync_required=bool(event_sync), pool_bytes=flat.numel())
 
 
-def unavailable_reason(export: worker_pb2.KVPoolExport) -> str:
-    """Why this process cannot open the export ("" when it can)."""
+def visible_device_uuids() -> tuple[str, ...]:
+    if not torch.cuda.is_available():
+        return ()
+    return tuple(device_uuid(torch.device("cuda", i)) for i in range(torch.cuda.device_count()))
+
+
+def unavailable_reason(export: worker_pb2.KVPoolExport, this_node: str | None = None,
+                       visible: tuple[str, ...] | None = None) -> str:
+    """Why this process cannot open the export ("" when it can). `this_node` and `visible` (the
+    UUIDs of the GPUs this process sees) default to this process's own."""
+    this_node = node_id() if this_node is None else this_node
+    visible = visible_device_uuids() if visible is None else visible
     if not export.available:
         return export.reason or "the decode worker does not export its pool"
-    if export.node_id != node_id():
-        return f"the decode worker is on another node ({export.node_id}, this is {node_id()})"
-    if not torch.cuda.is_available():
+    if export.node_id != this_node:
+        return f"the decode worker is on another node ({export.node_id}, this is {this_node})"
+    if not visible:
         return "this process has no CUDA device"
-    if local_device_for(export.device_uuid) is None:
+    if export.device_uuid not in visible:
         return f"the decode worker's GPU {export.device_uuid} is not visible to this process"
     return ""
 

@@ -13,11 +13,12 @@ The bytes themselves never pass here: the prefill worker wrote them into the poo
 from __future__ import annotations
 
 import logging
+import threading
 
 from services.engine.errors import KVTransferError
 from services.kvtransfer import cuda_ipc_pool
 from services.kvtransfer.device_checksum import page_checksums
-from services.kvtransfer.inbox import KVReceiver
+from services.kvtransfer.inbox import KVReceiver, PageInbox
 from services.kvtransfer.pages import PageLayout
 from services.rpc.tandem.v1 import worker_pb2
 
@@ -27,6 +28,10 @@ log = logging.getLogger("tandem.kvtransfer")
 class CudaIpcLanding:
     def __init__(self, receiver: KVReceiver) -> None:
         self._receiver = receiver
+        # Writes begun and not ended, by request id: an inbox discarded meanwhile (cancelled,
+        # expired) is still reached by its EndWrite, which is what makes its blocks free.
+        self._writing: dict[str, PageInbox] = {}
+        self._lock = threading.Lock()
 
     def export_pool(self, request: worker_pb2.KVPoolRequest, context) -> worker_pb2.KVPoolExport:
         try:
@@ -42,18 +47,22 @@ class CudaIpcLanding:
                 raise KVTransferError(f"request {request.request_id}: cuda_ipc needs the block ids")
             inbox = self._receiver.inbox(request.request_id)
             layout = PageLayout(request.dtype, tuple(request.page_shape))
-            inbox.begin_remote_write(layout, len(request.block_ids), request.num_tokens,
-                                     tuple(request.block_ids))
+            with self._lock:
+                if request.request_id in self._writing:
+                    raise KVTransferError(f"request {request.request_id}: a write is already active")
+                inbox.begin_remote_write(layout, len(request.block_ids), request.num_tokens,
+                                         tuple(request.block_ids))
+                self._writing[request.request_id] = inbox
         except KVTransferError as exc:
             return worker_pb2.PushAck(ok=False, error=str(exc))
         return worker_pb2.PushAck(ok=True)
 
     def end_write(self, request: worker_pb2.EndWriteRequest, context) -> worker_pb2.PushAck:
         rid = request.request_id
-        try:
-            inbox = self._receiver.inbox(rid)
-        except KVTransferError as exc:
-            return worker_pb2.PushAck(ok=False, error=str(exc))
+        with self._lock:
+            inbox = self._writing.pop(rid, None)
+        if inbox is None:
+            return worker_pb2.PushAck(ok=False, error=f"request {rid}: no write in progress")
         try:
             if not request.ok:
                 raise KVTransferError(f"request {rid}: the writer failed: {request.error}")
