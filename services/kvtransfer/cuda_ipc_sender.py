@@ -109,15 +109,18 @@ class CudaIpcKVSender(KVSender):
             return self._remote
 
     async def send_pages(self, run: PageRun) -> TransferReceipt:
+        if run.kv_cache.device.type != "cuda":
+            raise KVTransferError(f"request {run.request_id}: cuda_ipc: this pool is on "
+                                  f"{run.kv_cache.device}, not a CUDA device")
+        return await self.write_pages(run, await self.remote_pool())
+
+    async def write_pages(self, run: PageRun, remote: torch.Tensor) -> TransferReceipt:
+        """The transfer proper, into `remote` (the decode pool as mapped here)."""
         start = time.perf_counter()
         n = len(run.block_ids)
         dst_ids = run.dst_block_ids[:n]
         if not dst_ids:
             raise KVTransferError(f"request {run.request_id}: cuda_ipc needs the reserved block ids")
-        if run.kv_cache.device.type != "cuda":
-            raise KVTransferError(f"request {run.request_id}: cuda_ipc: this pool is on "
-                                  f"{run.kv_cache.device}, not a CUDA device")
-        remote = await self.remote_pool()
         layout = run.layout
         if PageLayout.of_pool(remote) != layout:
             raise KVTransferError(f"request {run.request_id}: page layout {layout} does not match the "
@@ -152,18 +155,25 @@ class CudaIpcKVSender(KVSender):
     def _copy(self, run: PageRun, remote: torch.Tensor, dst_ids) -> list[int]:
         """Runs in a thread: launch the copy (and the checksums) on our stream, wait for it."""
         src = run.kv_cache
+        if not src.is_cuda:         # host pools (tests): the same steps, nothing to wait for
+            return self._copy_on_current_stream(run, remote, dst_ids)
         stream = self._streams.get(src.device)
         if stream is None:
             stream = self._streams.setdefault(src.device, torch.cuda.Stream(src.device))
         with torch.cuda.device(src.device), torch.cuda.stream(stream):
-            src_ids = torch.tensor(run.block_ids, dtype=torch.int64, device=src.device)
-            dst_index = torch.tensor(dst_ids, dtype=torch.int64, device=src.device)
-            self._launch_copy(src, src_ids, remote, dst_index, run.block_ids, dst_ids)
-            sums = page_checksums(src, run.block_ids) if self._config.ipc_checksums else []
+            sums = self._copy_on_current_stream(run, remote, dst_ids)
             done = torch.cuda.Event()
             done.record(stream)
         done.synchronize()
         return sums
+
+    def _copy_on_current_stream(self, run: PageRun, remote: torch.Tensor, dst_ids) -> list[int]:
+        src = run.kv_cache
+        src_ids = torch.tensor(run.block_ids, dtype=torch.int64, device=src.device)
+        dst_index = torch.tensor(dst_ids, dtype=torch.int64, device=src.device)
+        self._launch_copy(src, src_ids, remote, dst_index, run.block_ids, dst_ids)
+        # Checksums of the sources, on the same stream: .tolist() waits for them (and the copy).
+        return page_checksums(src, run.block_ids) if self._config.ipc_checksums else []
 
     def _launch_copy(self, src, src_ids, remote, dst_index, src_list, dst_list) -> None:
         """One page-copy kernel; where a peer GPU's mapped memory refuses it, one peer copy per
