@@ -19,13 +19,15 @@ import grpc
 
 from services.gateway.workers import WorkerHandle
 from services.rpc.tandem.v1 import worker_pb2
+from services.telemetry.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
 
 
 class LeaseKeeper:
-    def __init__(self, ttl_s: float, rpc_timeout_s: float) -> None:
+    def __init__(self, ttl_s: float, rpc_timeout_s: float, metrics: GatewayMetrics | None = None) -> None:
         self.ttl_s = ttl_s
+        self._metrics = metrics
         self.interval_s = ttl_s / 3
         self._rpc_timeout_s = min(rpc_timeout_s, self.interval_s)
         self._held: dict[str, tuple[WorkerHandle, set[str]]] = {}   # by worker address
@@ -75,6 +77,9 @@ class LeaseKeeper:
         self.renewals += len(request_ids) - len(missing)
         if missing:
             self.lost = (self.lost + missing)[-64:]
+        if self._metrics is not None:
+            self._metrics.lease_renewals.inc(len(request_ids) - len(missing))
+            self._metrics.leases_lost.inc(len(missing))
 
     async def _run(self) -> None:
         while self._held:

@@ -60,7 +60,7 @@ class WorkerSession:
                  *, disaggregated: bool, kv_transport: str, reservation_ttl_s: float,
                  rpc_timeout_s: float, leases: LeaseKeeper | None = None) -> None:
         self._pool = pool
-        self._leases = leases or LeaseKeeper(reservation_ttl_s, rpc_timeout_s)
+        self._leases = leases or LeaseKeeper(reservation_ttl_s, rpc_timeout_s, metrics)
         self._admission = admission
         self._metrics = metrics
         self._disaggregated = disaggregated
