@@ -4,8 +4,8 @@
 (docs/kv-layout.md). The pools are viewed as 32-bit words, so the kernel moves bytes whatever the
 dtype. One program copies `BLOCK` words of one page: every byte is read once and written once,
 where a gather into a staging buffer and a scatter out of it would move it twice. The destination
-may be another process's pool mapped through CUDA IPC (kvtransfer/cuda_ipc_*), on this GPU or a
-peer one; the kernel runs on the source pool's device."""
+may be another process's pool mapped through CUDA IPC (kvtransfer/cuda_ipc_*) on the same GPU;
+the kernel runs on the source pool's device."""
 
 from __future__ import annotations
 
@@ -65,8 +65,8 @@ def _check(src, src_ids, dst, dst_ids) -> None:
 
 def copy_pages(src: torch.Tensor, src_ids: torch.Tensor, dst: torch.Tensor, dst_ids: torch.Tensor,
                *, use_triton: bool | None = None) -> None:
-    """As copy_pages_ref, in one launch on src's device (dst may be on a peer device, or mapped
-    from another process). The ids must be in range: a page id is not bounds-checked on device."""
+    """As copy_pages_ref, in one launch on src's device (dst may be mapped from another process
+    on that device). The ids must be in range: a page id is not bounds-checked on device."""
     _check(src, src_ids, dst, dst_ids)
     if not use_triton_for(use_triton, src):
         copy_pages_ref(src, src_ids, dst, dst_ids)

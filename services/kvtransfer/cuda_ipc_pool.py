@@ -114,8 +114,9 @@ def open_pool(export: worker_pb2.KVPoolExport) -> torch.Tensor:
             torch.Tensor, torch.Size([export.pool_bytes]), (1,), export.tensor_offset,
             torch.storage.TypedStorage, torch.uint8, device.index, export.ipc_handle,
             export.storage_size_bytes, export.storage_offset_bytes, False,
-            export.ref_counter_handle or None, export.ref_counter_offset,
-            export.event_handle or None, export.event_sync_required)
+            # torch's _new_shared_cuda type-checks these: bytes, int, bytes, bool
+            export.ref_counter_handle, export.ref_counter_offset, export.event_handle,
+            bool(export.event_sync_required))
     except Exception as exc:        # CUDA refuses the handle: say so, the caller falls back or fails
         raise KVTransferError(f"cuda_ipc: cannot open the decode worker's pool: {exc}") from None
     expected = export.pool_shape[0] * layout.page_bytes

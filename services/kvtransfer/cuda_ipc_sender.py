@@ -8,6 +8,8 @@ then the pool is mapped into this process (cuda_ipc_pool.open_pool). Per transfe
                                          keeps the blocks busy (not reusable) until EndWrite
     one page-copy kernel                 kernels/page_copy.py: every page from its prefill block
                                          into its decode block, each byte read once, written once
+                                         (to another GPU: a local gather, then one peer copy per
+                                         run of consecutive decode blocks)
     per-page checksums of the sources    on this GPU (device_checksum.py), same stream
     stream synchronize                   the copy is complete before the decode side is told
     EndWrite(bytes, checksums)           the decode side verifies on its GPU, then the pages count
@@ -81,6 +83,12 @@ def block_runs(src_ids, dst_ids) -> list[tuple[int, int, int]]:
     return [tuple(r) for r in runs]
 
 
+def dst_runs(dst_ids) -> list[tuple[int, int, int]]:
+    """(index in the transfer, first destination block, count) for each run of consecutive
+    destination blocks."""
+    return block_runs(range(len(dst_ids)), dst_ids)
+
+
 class CudaIpcKVSender(KVSender):
     name = "cuda_ipc"
 
@@ -95,7 +103,6 @@ class CudaIpcKVSender(KVSender):
         self._streams: dict[torch.device, torch.cuda.Stream] = {}
         self._open_lock = asyncio.Lock()
         self._background: set[asyncio.Future] = set()
-        self._kernel_failed = False
 
     async def remote_pool(self) -> torch.Tensor:
         """The decode worker's pool, mapped into this process (opened once)."""
@@ -176,20 +183,22 @@ class CudaIpcKVSender(KVSender):
         return page_checksums(src, run.block_ids) if self._config.ipc_checksums else []
 
     def _launch_copy(self, src, src_ids, remote, dst_index, src_list, dst_list) -> None:
-        """One page-copy kernel; where a peer GPU's mapped memory refuses it, one peer copy per
-        run of consecutive blocks instead (the fewer, the larger)."""
-        if not self._kernel_failed:
-            try:
-                copy_pages(page_words(src), src_ids, page_words(remote), dst_index)
-                return
-            except Exception as exc:
-                if src.device == remote.device:
-                    raise
-                self._kernel_failed = True
-                log.warning("cuda_ipc: the page-copy kernel cannot write to %s from %s (%s); "
-                            "copying runs of pages instead", remote.device, src.device, exc)
-        for s0, d0, count in block_runs(src_list, dst_list):
-            remote[d0:d0 + count].copy_(src[s0:s0 + count], non_blocking=True)
+        """Same GPU: one page-copy kernel, every byte read once and written once. Another GPU:
+        the kernel would write through a peer mapping that torch does not set up for memory
+        opened by IPC, so the copy engines move the pages instead, as few large peer copies:
+        the pages gathered in destination order on this GPU (local, at memory speed), then one
+        peer copy per run of consecutive destination blocks."""
+        if src.device == remote.device:
+            copy_pages(page_words(src), src_ids, page_words(remote), dst_index)
+            return
+        runs = block_runs(src_list, dst_list)
+        if len(runs) <= len(dst_runs(dst_list)):
+            for s0, d0, count in runs:
+                remote[d0:d0 + count].copy_(src[s0:s0 + count], non_blocking=True)
+            return
+        staged = src.index_select(0, src_ids)
+        for first, d0, count in dst_runs(dst_list):
+            remote[d0:d0 + count].copy_(staged[first:first + count], non_blocking=True)
 
     async def _abandon_after(self, copy: asyncio.Future, run: PageRun) -> None:
         try:

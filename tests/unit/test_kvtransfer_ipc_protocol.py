@@ -10,7 +10,7 @@ import torch
 
 from services.engine.errors import KVTransferError
 from services.kvtransfer import KVReceiver, KVTransferServer, PageRun, TransferConfig
-from services.kvtransfer.cuda_ipc_sender import CudaIpcKVSender, block_runs
+from services.kvtransfer.cuda_ipc_sender import CudaIpcKVSender, block_runs, dst_runs
 
 PAGE_SHAPE = (2, 2, 4, 2, 8)
 BLOCK = PAGE_SHAPE[2]
@@ -110,3 +110,4 @@ def test_block_runs_coalesce_consecutive_pages() -> None:
     assert block_runs((4, 5, 6, 9, 1, 2), (10, 11, 12, 13, 0, 5)) == [
         (4, 10, 3), (9, 13, 1), (1, 0, 1), (2, 5, 1)]
     assert block_runs((), ()) == []
+    assert dst_runs((7, 8, 9, 2, 3, 11)) == [(0, 7, 3), (3, 2, 2), (5, 11, 1)]
