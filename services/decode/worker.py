@@ -1,6 +1,8 @@
-"""DecodeWorker: reserves blocks for a request before its prefill starts, lands its pages
-(KVTransfer.PushPages on a gRPC server of its own at `kv_address`, or a local copy), joins the
-request to the running batch and streams its tokens. With `prefill_here` it runs the whole request itself (colocated).
+"""DecodeWorker: reserves blocks for a request before its prefill starts (a lease its owner
+renews while the request waits: Renew), lands its pages (on a gRPC server of its own at
+`kv_address`: KVTransfer.PushPages, or the CUDA IPC calls after the prefill worker wrote them
+into the pool; or a local copy), joins the request to the running batch and streams its
+tokens. With `prefill_here` it runs the whole request itself (colocated).
 
 Lifecycle: `await start(host, port=0) -> "host:port"`, `await stop()`. Every path frees what it
 holds: a finished or cancelled stream, a client that went away, a rejected transfer, an expired

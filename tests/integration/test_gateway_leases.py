@@ -56,7 +56,9 @@ async def test_requests_queued_for_prefill_longer_than_their_ttl_all_complete():
         outcomes = await _run_streams(c.gateway.grpc_address, STREAMS, max_tokens=4)
         assert outcomes == {"ok": STREAMS}, outcomes
         # The waits really were longer than a ttl: leases were renewed, none expired.
-        assert c.gateway._session._leases.renewals > 0
+        registry = c.gateway.metrics.registry
+        assert registry.get_sample_value("tandem_reservation_renewals_total") > 0
+        assert not registry.get_sample_value("tandem_reservations_lost_total")
         assert all(t.worker.reservations.num_expired == 0 for t in c.decode)
         assert await c.blocks_all_free(), c.free_blocks()
         assert c.gateway.admission.running == 0
