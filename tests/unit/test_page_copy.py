@@ -77,3 +77,12 @@ def test_checksums_of_odd_page_sizes_and_int16_words() -> None:
     assert sums == checksums_of(pages.clone()) and len(set(sums)) == 3
     pages[1, 13] = 0
     assert checksums_of(pages)[1] != sums[1]
+
+
+def test_checksums_in_groups_equal_checksums_at_once(monkeypatch) -> None:
+    from services.kvtransfer import device_checksum
+    pool = torch.randn((9, 2, 2, 4, 2, 8))
+    ids = [3, 4, 5, 0, 8, 2, 1]                  # a run, then scattered blocks
+    at_once = device_checksum.checksums_of(pool.reshape(9, -1).view(torch.int32)[ids])
+    monkeypatch.setattr(device_checksum, "GROUP_BYTES", 2 * pool[0].numel() * 4)   # 2 pages
+    assert device_checksum.page_checksums(pool, ids) == at_once
