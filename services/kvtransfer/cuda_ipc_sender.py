@@ -44,6 +44,7 @@ class KVControlChannel:
     """The unary control calls of a decode worker's KVTransfer server (asyncio)."""
 
     def __init__(self, address: str, config: TransferConfig) -> None:
+        self.address = address
         self._channel = grpc.aio.insecure_channel(address)
         self._timeout_s = config.timeout_s
         self.export_pool = self._unary("ExportPool", worker_pb2.KVPoolExport)
@@ -55,7 +56,11 @@ class KVControlChannel:
                                          response_deserializer=response.FromString)
 
         async def invoke(request):
-            return await call(request, timeout=self._timeout_s)
+            try:
+                return await call(request, timeout=self._timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                raise KVTransferError(f"{method} to {self.address} failed: {exc.code().name} "
+                                      f"{exc.details() or ''}".rstrip()) from None
         return invoke
 
     async def close(self) -> None:
@@ -66,9 +71,8 @@ async def probe_pool(control: KVControlChannel) -> worker_pb2.KVPoolExport:
     """The peer's export, or an unavailable one saying why (an older peer, a failed call)."""
     try:
         return await control.export_pool(worker_pb2.KVPoolRequest())
-    except grpc.aio.AioRpcError as exc:
-        return worker_pb2.KVPoolExport(available=False,
-                                       reason=f"ExportPool failed: {exc.code().name} {exc.details()}")
+    except KVTransferError as exc:
+        return worker_pb2.KVPoolExport(available=False, reason=str(exc))
 
 
 def block_runs(src_ids, dst_ids) -> list[tuple[int, int, int]]:
@@ -211,9 +215,8 @@ class CudaIpcKVSender(KVSender):
         try:
             await self._control.end_write(worker_pb2.EndWriteRequest(
                 request_id=run.request_id, ok=False, error=why))
-        except grpc.aio.AioRpcError as exc:
-            log.warning("cuda_ipc: could not release %s on %s: %s", run.request_id, self.address,
-                        exc.code().name)
+        except KVTransferError as exc:
+            log.warning("cuda_ipc: could not release %s: %s", run.request_id, exc)
 
     async def close(self) -> None:
         if self._background:

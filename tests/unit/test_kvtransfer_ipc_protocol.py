@@ -111,3 +111,19 @@ def test_block_runs_coalesce_consecutive_pages() -> None:
         (4, 10, 3), (9, 13, 1), (1, 0, 1), (2, 5, 1)]
     assert block_runs((), ()) == []
     assert dst_runs((7, 8, 9, 2, 3, 11)) == [(0, 7, 3), (3, 2, 2), (5, 11, 1)]
+
+
+async def test_a_decode_worker_that_is_gone_is_a_transfer_error() -> None:
+    import socket
+    with socket.socket() as s:                       # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    sender = CudaIpcKVSender(address, TransferConfig(timeout_s=5))
+    try:
+        with pytest.raises(KVTransferError, match="BeginWrite to .* failed: UNAVAILABLE"):
+            await sender.write_pages(PageRun("g", _src(), (1,), BLOCK, dst_block_ids=(1,)),
+                                     torch.zeros((4, *PAGE_SHAPE), dtype=torch.bfloat16))
+        with pytest.raises(KVTransferError, match="ExportPool to .* failed"):
+            await sender.remote_pool()
+    finally:
+        await sender.close()
