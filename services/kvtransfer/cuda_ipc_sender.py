@@ -114,10 +114,23 @@ class CudaIpcKVSender(KVSender):
             if self._remote is None:
                 if self._export is None:
                     self._export = await probe_pool(self._control)
-                self._remote = await asyncio.to_thread(cuda_ipc_pool.open_pool, self._export)
+                self._remote = await asyncio.to_thread(self._open_and_warm_up, self._export)
                 log.info("cuda_ipc: mapped the KV pool of %s (%s, %d bytes) on %s", self.address,
                          list(self._export.pool_shape), self._export.pool_bytes, self._remote.device)
             return self._remote
+
+    @staticmethod
+    def _open_and_warm_up(export: worker_pb2.KVPoolExport) -> torch.Tensor:
+        """Maps the pool, and compiles the page-copy kernel for its page size now, on two scratch
+        pages, so that no transfer waits for the compiler (Triton caches it on disk as well)."""
+        remote = cuda_ipc_pool.open_pool(export)
+        words = page_words(remote)
+        with torch.cuda.device(remote.device):
+            scratch = torch.zeros((2, words.shape[1]), dtype=words.dtype, device=remote.device)
+            one = torch.zeros(1, dtype=torch.int64, device=remote.device)
+            copy_pages(scratch, one, scratch, one + 1)
+            torch.cuda.synchronize(remote.device)
+        return remote
 
     async def send_pages(self, run: PageRun) -> TransferReceipt:
         if run.kv_cache.device.type != "cuda":
