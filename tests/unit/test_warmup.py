@@ -64,7 +64,8 @@ def test_mixed_batch_puts_decodes_first_and_results_return_in_batch_order(loaded
     engine = LLMEngine(EngineConfig(cache=CacheConfig(block_size=4, num_blocks=64),
                                     scheduler=SchedulerConfig(max_num_batched_tokens=64)), loaded)
     engine.add_request("a", list(range(1, 9)), SamplingParams(max_tokens=5, ignore_eos=True))
-    engine.step()                                           # a: prefilled, decodes next
+    first = engine.scheduler.schedule()                     # a: prefilled, decodes next
+    engine.scheduler.update(first, engine.runner.run(first).token_ids)
     engine.add_request("b", list(range(20, 31)), SamplingParams(max_tokens=5, ignore_eos=True))
     engine.add_request("c", [5, 6], SamplingParams(max_tokens=5, ignore_eos=True))
     batch = engine.scheduler.schedule()
