@@ -136,6 +136,31 @@ def run_workload(engine: LLMEngine, num: int, prompt_len: int, output_len: int,
             "decode_step_ms": 1000 * statistics.median(decode_steps) if decode_steps else None}
 
 
+def replay_ms(engine: LLMEngine, num: int, context: int) -> float:
+    """GPU time of the decode graph alone (no scheduling, no sampling): what the host adds to a
+    step is the engine's step minus this."""
+    from services.engine.cuda_graphs import DecodeInputs
+
+    block_size = engine.kv.block_size
+    width = -(-context // block_size)
+    tables = torch.arange(num * width, dtype=torch.int32).reshape(num, width) % engine.kv.num_blocks
+    inputs = DecodeInputs(torch.ones(num, dtype=torch.int64),
+                          torch.full((num,), context - 1, dtype=torch.int64),
+                          torch.full((num,), -1, dtype=torch.int64),
+                          torch.full((num,), context, dtype=torch.int32), tables)
+    return 1000 * _time_cuda(lambda: engine.runner.graphs.run(inputs), repeats=20)
+
+
+def _int8_model(preset: str, device: torch.device) -> LoadedModel:
+    """The preset's weights quantized to W8A16 on the GPU, as `tandem quantize` does, unwritten."""
+    from benchmarks.int4_decode_step import build
+    from services.engine.loader import model_source
+
+    model, config = build("w8a16", device, preset)
+    source = model_source(preset)
+    return LoadedModel(model, config, source.tokenizer, source.eos_token_ids)
+
+
 def hf_peer(cases: list[tuple[int, int, int]]) -> dict:
     """transformers' eager generate on the same shapes (its own random weights)."""
     import transformers
@@ -176,6 +201,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--quick", action="store_true", help="skip the decode-heavy and 8k rows")
+    parser.add_argument("--int8", action="store_true", help="add the W8A16 rows")
     args = parser.parse_args()
     device = torch.device("cuda")
     ceilings = measure_ceilings(device)
@@ -228,9 +254,27 @@ def main() -> None:
         long = run_workload(engine, 1, 8192, 64)
         add("decode step, batch 1, ctx 8k (ms)", long["decode_step_ms"],
             1000 * roof.step_s(1, 8192 + 32), "ms")
+    for num in (1, 64, 256):
+        add(f"decode forward replayed alone (GPU), batch {num}, ctx 576 (ms)",
+            replay_ms(engine, num, 576), 1000 * roof.step_s(num, 576), "ms")
     del engine
     gc.collect()
     torch.cuda.empty_cache()
+
+    if args.int8:
+        int8 = _int8_model(args.model, device)
+        engine, _ = make_engine(int8)
+        one = run_workload(engine, 1, 512, 128)
+        bf16_step = next(r["ours"] for r in rows if r["figure"].startswith("decode step, batch 1,"))
+        add("INT8 w8a16 decode step, batch 1, ctx ~576 (ms)", one["decode_step_ms"], bf16_step, "ms",
+            note="limit = our bf16 step")
+        result = run_workload(engine, 256, 512, 128)
+        bf16_256 = next(r["ours"] for r in rows if r["figure"] == "output tok/s, 256 x 512/128")
+        add("INT8 w8a16 output tok/s, 256 x 512/128", result["output_tok_s"], bf16_256, "tok/s",
+            note="limit = our bf16 figure", decode_step_ms=result["decode_step_ms"])
+        del engine, int8
+        gc.collect()
+        torch.cuda.empty_cache()
 
     eager, _ = make_engine(loaded, enforce_eager=True)
     for num in (1, 64):

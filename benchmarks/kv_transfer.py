@@ -6,6 +6,17 @@ streams, that the receiver only counts) and a plain copy of the bytes.
     python -m benchmarks.kv_transfer [--page-mib 2] [--pages 64] [--repeats 5] [--streams 2]
                                      [--sender-processes N] [--json out.json]
 
+`--mode cuda_ipc` (a GPU machine) measures the CUDA IPC transport instead: the decode side's pool
+on a GPU in a process of its own (the real receiver and KVTransfer server), this process the
+prefill side. It reports the copy writing scattered pages into the mapped pool (CUDA events: the
+page-copy kernel on one GPU), the whole transfer (`send_pages`: BeginWrite, copy, checksums on both GPUs, EndWrite),
+with and without checksums, and the baseline of the same run: one device-to-device copy of the
+same bytes (`--decode-device cuda:1` puts the pool on a second GPU: the baseline is then a peer
+copy).
+
+    python -m benchmarks.kv_transfer --mode cuda_ipc [--pages 64] [--repeats 20]
+                                     [--decode-device cuda:0] [--json out.json]
+
 Pages default to a Llama-3.1-8B bf16 page (32 layers x K/V x 16 tokens x 8 heads x 128 = 2 MiB),
 64 of them per transfer (a 1024-token prompt). The receiving process lands every page into a
 preallocated pool and checks each page's checksum (xxh3_64), exactly as a decode worker does."""
@@ -216,6 +227,80 @@ async def run(args: argparse.Namespace) -> dict:
     return results
 
 
+# --- cuda_ipc (GPU) -------------------------------------------------------------------------------
+def _cuda_ms(fn, repeats: int) -> list[float]:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        out.append(start.elapsed_time(end) / 1e3)
+    return out
+
+
+async def run_cuda_ipc(args: argparse.Namespace) -> dict:
+    from tests.helpers.kv_decode_process import DecodeSideProcess
+    shape = page_shape(args.page_mib)
+    pages, src_device = args.pages, "cuda:0"
+    decode_blocks = pages * 2
+    src = torch.randn((pages * 2, *shape), device=src_device).to(torch.bfloat16)
+    nbytes = pages * src[0].numel() * src.element_size()
+    # Scattered blocks on both sides, as a busy pool hands them out.
+    src_ids = tuple(torch.randperm(pages * 2)[:pages].tolist())
+    dst_ids = tuple(torch.randperm(decode_blocks)[:pages].tolist())
+    results = {"mode": "cuda_ipc", "page_shape": list(shape), "page_bytes": nbytes // pages,
+               "pages": pages, "transfer_bytes": nbytes, "repeats": args.repeats,
+               "device": torch.cuda.get_device_name(0), "decode_device": args.decode_device,
+               "torch": torch.__version__}
+    side = DecodeSideProcess((decode_blocks, *shape), "bfloat16", args.decode_device, BLOCK)
+    try:
+        for checks in (True, False):
+            transports = KVTransports(TransferConfig(ipc_checksums=checks))
+            try:
+                sender = transports.sender_for(side.address, "auto")
+                seconds = []
+                for i in range(args.repeats + 1):
+                    rid = f"ipc-{checks}-{i}"
+                    side.ok("expect", rid, dst_ids)
+                    start = time.perf_counter()
+                    await sender.send_pages(PageRun(rid, src, src_ids, pages * BLOCK, dst_block_ids=dst_ids))
+                    elapsed = time.perf_counter() - start
+                    assert side.ok("landed", rid) == pages * BLOCK
+                    if i:
+                        seconds.append(elapsed)
+                results["auto_chose"] = sender.chosen.name
+                if sender.chosen.name != "cuda_ipc":
+                    raise SystemExit("auto did not choose cuda_ipc (see the log line 'KV pages to ... go by')")
+                key = "send_pages_with_checksums" if checks else "send_pages_without_checksums"
+                results[key] = _summary(nbytes, seconds)
+                if checks:
+                    landed = side.ok("pages", list(dst_ids))
+                    results["bit_exact"] = landed == src[list(src_ids)].cpu().view(torch.uint8).numpy().tobytes()
+                    # The copy send_pages launches (the page-copy kernel on one GPU; a gather
+                    # and peer copies to another), timed alone with CUDA events.
+                    ipc, remote = sender.chosen, await sender.chosen.remote_pool()
+                    s_idx = torch.tensor(src_ids, device=src_device)
+                    d_idx = torch.tensor(dst_ids, device=src_device)
+                    results["copy_into_mapped_pool"] = _summary(nbytes, _cuda_ms(
+                        lambda: ipc._launch_copy(src, s_idx, remote, d_idx, src_ids, dst_ids), args.repeats))
+            finally:
+                await transports.close()
+    finally:
+        side.close()
+    a = torch.empty(nbytes, dtype=torch.uint8, device=src_device)
+    b = torch.empty(nbytes, dtype=torch.uint8, device=args.decode_device)
+    results["baseline_one_device_copy"] = _summary(nbytes, _cuda_ms(lambda: b.copy_(a), args.repeats))
+    base = results["baseline_one_device_copy"]["median_gb_s"]
+    results["copy_vs_baseline"] = results["copy_into_mapped_pool"]["median_gb_s"] / base
+    results["send_pages_vs_baseline"] = results["send_pages_without_checksums"]["median_gb_s"] / base
+    return results
+
+
 def _config(args: argparse.Namespace) -> TransferConfig:
     return TransferConfig(chunk_bytes=int(args.chunk_mib * 2**20), streams=args.streams)
 
@@ -236,12 +321,15 @@ def main() -> int:
     p.add_argument("--sender-processes", type=int, default=0,
                    help="also send each transfer as this many stripes from as many processes")
     p.add_argument("--json", default=None)
+    p.add_argument("--mode", choices=("grpc", "cuda_ipc"), default="grpc",
+                   help="grpc: host pools, grpc + local transports; cuda_ipc: GPU pools, two processes")
+    p.add_argument("--decode-device", default="cuda:0", help="cuda_ipc: the decode side's GPU")
     p.add_argument("--receive", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.receive:
         _receive(page_shape(args.page_mib), args.pages, _config(args))
         return 0
-    results = asyncio.run(run(args))
+    results = asyncio.run(run_cuda_ipc(args) if args.mode == "cuda_ipc" else run(args))
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:

@@ -89,7 +89,8 @@ def w4a16_gemm_ref(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor,
     return out.to(x.dtype)
 
 
-@triton.jit
+# M varies with the batch: not specialized on, so a new row count never compiles anew.
+@triton.jit(do_not_specialize=["M"])
 def _w4a16_kernel(x_ptr, qw_ptr, qz_ptr, scale_ptr, gidx_ptr, perm_ptr, bias_ptr, out_ptr, M, N, K,
                   group_size, stride_xm, stride_qw, stride_qz, stride_s, stride_om,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -187,6 +188,9 @@ def check_w4a16_args(x, qweight, qzeros, scales, group_size, g_idx, bias, perm) 
                       perm=perm)
 
 
+_UNALIGNED_STAGES = 2
+
+
 def aligned_block_k(launch: GemmLaunch, group_size: int, act_order: bool) -> GemmLaunch | None:
     """The launch with a K step inside one group (the largest power of two <= block_k dividing
     group_size), or None when there is none (act order, or a group size such as 40)."""
@@ -214,7 +218,9 @@ def w4a16_gemm(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor,
     (m, k), n = x.shape, qweight.shape[1]
     launch = launch or gemm_launch("w4a16", m, n, k)
     aligned = aligned_block_k(launch, group_size, g_idx is not None)
-    launch = aligned or launch
+    # The per-element scale/zero path holds more per stage: fewer stages keep it within shared
+    # memory (groups smaller than a K step, e.g. 8, overflowed 227 KiB at 4 stages on an H200).
+    launch = aligned or dataclasses.replace(launch, num_stages=min(launch.num_stages, _UNALIGNED_STAGES))
     if launch.split_k > 1 and x.dtype != torch.float32:
         # Slices meet in an fp32 buffer by atomic adds, then one cast.
         acc = torch.zeros((m, n), dtype=torch.float32, device=x.device)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from loadgen.backends import BackendConfig
 from loadgen.capacity import CapacitySearch, SLOSpec
@@ -145,5 +145,6 @@ def _settings(plan: BenchPlan, token_count_method: str) -> dict:
     return {"date": time.strftime("%Y%m%d-%H%M%S", time.gmtime()), "backend": b.kind, "base_url": b.base_url,
             "model_id": b.model, "tokenizer_id": plan.tokenizer, "token_count_method": token_count_method,
             "dataset_name": d.name, "dataset_path": d.path, "seed": d.seed, "ignore_eos": b.ignore_eos,
+            "dataset": asdict(d),
             "goodput": None if plan.goodput is None else {k: v for k, v in vars(plan.goodput).items() if v},
             "num_workers": plan.num_workers, "event_loop": loop_name()}

@@ -19,3 +19,11 @@ class DatasetError(TandemError):
 
 class TargetUnreachableError(TandemError):
     """The server does not answer at the given address (checked once, before the run)."""
+
+
+class ResultFileError(TandemError):
+    """A result file given to `tandem bench compare` cannot be read or is not a bench result."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path

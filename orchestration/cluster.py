@@ -48,7 +48,7 @@ class ClusterConfig:
     decode_workers: int = 1
     engine: EngineConfig = field(default_factory=EngineConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)  # its `engine` is replaced by `engine`
-    kv_transport: str = "grpc"
+    kv_transport: str = "auto"
     host: str = "127.0.0.1"
     base_port: int = 0
     launcher: str = "ray"

@@ -1,84 +1,81 @@
-"""A self-contained HTML report: settings, the sweep figure embedded as base64 PNG, the summary
-table, each point's full metrics and errors, and the metric definitions. No network assets."""
+"""The report of one result as a self-contained HTML page: settings, the figures (curves,
+distributions, each point over time) drawn inline as interactive SVG, the capacity search, the
+summary table, each point's errors and warnings, all metrics, and the metric definitions."""
 
 from __future__ import annotations
 
-import base64
-import html
-
 from loadgen.metric_definitions import definitions
 from loadgen.report.console import _num
-from loadgen.result import BenchResult
-from loadgen.stats import percentile_label
-
-STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;
-margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.bad{color:#b00}
-img{max-width:100%;border:1px solid #ddd}code{background:#f6f6f6;padding:1px 4px}"""
+from loadgen.report.figure import Figure
+from loadgen.report.page import esc, figure_html, page, table
+from loadgen.report.result_file import ResultFile
+from loadgen.report.run_figures import high_percentile
 
 
-def _table(header: list[str], rows: list[list]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+def settings_table(settings: dict) -> str:
+    return table(["setting", "value"], [[k, v] for k, v in settings.items()])
 
 
-def render_html(result: BenchResult, png: bytes | None) -> str:
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>tandem bench report</title>"
-             f"<style>{STYLE}</style></head><body><h1>tandem bench</h1>"]
-    if result.interrupted:
-        parts.append("<p class='bad'>Interrupted: results cover what ran before Ctrl-C.</p>")
-    parts.append("<h2>Settings</h2>" + _table(["setting", "value"],
-                                               [[k, v] for k, v in result.settings.items()]))
-    if png:
-        parts.append("<h2>Curves</h2><img alt='sweep curves' src='data:image/png;base64,"
-                     + base64.b64encode(png).decode() + "'>")
-    if result.capacity is not None:
-        parts.append("<h2>Capacity search</h2>" + _table(["field", "value"],
-                                                         [[k, v] for k, v in result.capacity.items()]))
-    parts.append("<h2>Summary</h2>" + _summary_table(result))
-    for point in result.points:
-        s = point.summary
-        if s["errors_by_code"] or s.get("client_warnings") or point.interrupted:
-            parts.append(f"<h3>{html.escape(point.label)}</h3>")
-        if point.interrupted:
-            parts.append("<p class='bad'>Interrupted by Ctrl-C.</p>")
-        if s["errors_by_code"]:
-            errors = ", ".join(f"{c} x{n}" for c, n in s["errors_by_code"].items())
-            parts.append(f"<p class='bad'>Errors: {html.escape(errors)}</p>")
-        for warning in s.get("client_warnings", ()):
-            parts.append(f"<p class='bad'>Client warning: {html.escape(warning)}</p>")
-    parts.append("<h2>All metrics</h2>" + _metrics_table(result))
-    parts.append("<h2>Metric definitions</h2>" + _table(["metric", "definition"],
-                                                         [[k, v] for k, v in definitions().items()]))
-    parts.append("</body></html>")
-    return "\n".join(parts)
+def capacity_table(capacity: dict) -> str:
+    return table(["field", "value"], [[k, v] for k, v in capacity.items()])
 
 
-def _metrics_table(result: BenchResult) -> str:
-    """Every scalar metric (rows) of every point (columns)."""
-    keys: list[str] = []
-    for p in result.points:
-        keys += [k for k, v in p.summary.items() if not isinstance(v, (dict, list)) and k not in keys]
-    rows = [[k] + [_num(p.summary.get(k)) for p in result.points] for k in keys]
-    return _table(["metric"] + [p.label for p in result.points], rows)
-
-
-def _summary_table(result: BenchResult) -> str:
-    hi = percentile_label(max(result.percentiles)) if result.percentiles else "median"
+def summary_table(result: ResultFile) -> str:
+    hi = high_percentile(result.percentiles)
     header = ["point", "completed", "failed", "req/s", "output tok/s", "TTFT p50", f"TTFT {hi}", "TPOT p50",
               f"TPOT {hi}", "ITL p50", f"ITL {hi}", "E2E p50", f"queue {hi}", "goodput fraction", "SLO met"]
     rows = []
     for p in result.points:
         s = p.summary
-        rows.append([p.label, s["completed"], s["failed"], _num(s["request_throughput"]), _num(s["output_throughput"]),
-                     _num(s["median_ttft_ms"]), _num(s.get(f"{hi}_ttft_ms")), _num(s["median_tpot_ms"]),
-                     _num(s.get(f"{hi}_tpot_ms")), _num(s["median_itl_ms"]), _num(s.get(f"{hi}_itl_ms")),
-                     _num(s["median_e2el_ms"]), _num(s.get(f"{hi}_queue_ms")), _num(s["goodput_fraction"]),
+        rows.append([p.label, s["completed"], (s["failed"], "bad" if s["failed"] else ""),
+                     _num(s["request_throughput"]), _num(s["output_throughput"]), _num(s["median_ttft_ms"]),
+                     _num(s.get(f"{hi}_ttft_ms")), _num(s["median_tpot_ms"]), _num(s.get(f"{hi}_tpot_ms")),
+                     _num(s["median_itl_ms"]), _num(s.get(f"{hi}_itl_ms")), _num(s["median_e2el_ms"]),
+                     _num(s.get(f"{hi}_queue_ms")), _num(s.get("goodput_fraction")),
                      "-" if p.slo_met is None else p.slo_met])
-    return _table(header, rows)
+    return table(header, rows)
 
 
-def write_html(result: BenchResult, png: bytes | None, path: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(render_html(result, png))
+def point_notes(result: ResultFile) -> list[str]:
+    parts = []
+    for point in result.points:
+        s = point.summary
+        errors, warnings = s.get("errors_by_code") or {}, s.get("client_warnings") or ()
+        if not (errors or warnings or s.get("interrupted")):
+            continue
+        parts.append(f"<h3>{esc(point.label)}</h3>")
+        if s.get("interrupted"):
+            parts.append("<p class='bad'>Interrupted by Ctrl-C.</p>")
+        if errors:
+            parts.append(f"<p class='bad'>Errors: {esc(', '.join(f'{c} x{n}' for c, n in errors.items()))}</p>")
+        parts += [f"<p class='bad'>Client warning: {esc(w)}</p>" for w in warnings]
+    return parts
+
+
+def metrics_table(result: ResultFile) -> str:
+    """Every scalar metric (rows) of every point (columns)."""
+    keys: list[str] = []
+    for p in result.points:
+        keys += [k for k, v in p.summary.items() if not isinstance(v, (dict, list)) and k not in keys]
+    return table(["metric"] + [p.label for p in result.points],
+                 [[k] + [_num(p.summary.get(k)) for p in result.points] for k in keys])
+
+
+def render_html(result: ResultFile, figures: list[Figure], png_names: dict[str, str] | None = None) -> str:
+    png_names = png_names or {}
+    parts = []
+    if result.interrupted:
+        parts.append("<p class='bad'>Interrupted: results cover what ran before Ctrl-C.</p>")
+    parts.append("<h2>Settings</h2>" + settings_table(result.settings))
+    parts.append("<h2>Summary</h2>" + summary_table(result))
+    if result.capacity is not None:
+        parts.append("<h2>Capacity search</h2>" + capacity_table(result.capacity))
+    parts += point_notes(result)
+    if figures:
+        parts.append("<h2>Figures</h2><p class='note'>Hover a curve for its values; click a legend entry to hide "
+                     "or show its series.</p>")
+        parts += [figure_html(f, png_names.get(f.key)) for f in figures]
+    parts.append("<h2>All metrics</h2>" + metrics_table(result))
+    parts.append("<h2>Metric definitions</h2>" + table(["metric", "definition"],
+                                                        [[k, v] for k, v in definitions().items()]))
+    return page("tandem bench", parts)

@@ -1,7 +1,13 @@
 """The --save-result JSON: settings, metric definitions, one summary per point (vLLM's field
 names where the meaning matches: mean_ttft_ms, p99_itl_ms, output_throughput, completed, ...)
 with its per-request records. A single-point result also repeats its summary at the top level,
-where vLLM's tooling looks for it."""
+where vLLM's tooling looks for it.
+
+Each request row holds what the reports redraw the run from: started_s / sent_s / end_s (seconds
+from the point's first scheduled request: in flight from started to end), ttft_ms and itls_ms
+(each chunk's arrival), and chunk_tokens where the protocol counts tokens per chunk. Files written
+before started_s / sent_s / end_s existed still load: loadgen/report/request_timeline.py derives
+them from scheduled_s, queue_ms and e2el_ms."""
 
 from __future__ import annotations
 
@@ -18,6 +24,10 @@ def _ms(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
 
 
+def _offset(t: float | None, origin: float) -> float | None:
+    return None if t is None else round(t - origin, 6)
+
+
 def request_rows(records: list[RequestRecord]) -> list[dict]:
     measured = [r for r in records if not r.warmup]
     if not measured:
@@ -31,6 +41,10 @@ def request_rows(records: list[RequestRecord]) -> list[dict]:
                "finish_reason": r.finish_reason, "output_tokens": r.output_tokens,
                "server_prompt_tokens": r.server_prompt_tokens, "server_output_tokens": r.server_output_tokens,
                "client_output_tokens": r.client_output_tokens}
+        row.update(started_s=_offset(r.started, origin), sent_s=_offset(r.sent, origin),
+                   end_s=_offset(r.end if r.started is not None else None, origin))
+        if r.chunk_tokens:
+            row["chunk_tokens"] = list(r.chunk_tokens)
         if r.sent is not None:
             t = request_times(r)
             row.update(queue_ms=_ms(t.queue), ttft_ms=_ms(t.ttft), ttst_ms=_ms(t.ttst), tpot_ms=_ms(t.tpot),
@@ -68,6 +82,9 @@ def to_json(result: BenchResult, include_requests: bool = True) -> dict:
     return doc
 
 
-def write_json(result: BenchResult, path: str) -> None:
+def write_json(result: BenchResult, path: str) -> dict:
+    """Writes the document and returns it."""
+    doc = to_json(result)
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(to_json(result), f, indent=1, default=str)
+        json.dump(doc, f, indent=1, default=str)
+    return doc

@@ -4,7 +4,7 @@ this process), then the gateway in this process in front of them; Ctrl-C stops e
     tandem serve [--model M] [--mode colocated|disaggregated] [--prefill-workers N]
                  [--decode-workers M] [--launcher ray|process|inprocess] [--ray-address ADDR]
                  [--gpus N] [--device cpu|cuda:N] [--gpu-memory-fraction F]
-                 [--host H] [--grpc-port P] [--http-port P] [--kv-transport grpc|local]
+                 [--host H] [--grpc-port P] [--http-port P] [--kv-transport auto|grpc|cuda_ipc|local]
                  [--num-kv-blocks N] [--max-num-seqs N] [--api-key K] ..."""
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser, default_launcher: str = _CLUSTER.l
     p.add_argument("--grpc-port", type=int, default=_gateway_default("grpc_port"))
     p.add_argument("--http-port", type=int, default=_gateway_default("http_port"))
     p.add_argument("--kv-transport", choices=TRANSPORTS, default=_CLUSTER.kv_transport,
-                   help="local needs --launcher inprocess")
+                   help="auto: cuda_ipc on one node with CUDA, else grpc; local needs --launcher inprocess")
     p.add_argument("--reservation-ttl", type=float, default=_WORKER.reservation_ttl_s)
     p.add_argument("--api-key", action="append", default=[], help="accepted API key; repeat for several")
     p.add_argument("--served-model-name", default=None)

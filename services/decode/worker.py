@@ -1,6 +1,8 @@
-"""DecodeWorker: reserves blocks for a request before its prefill starts, lands its pages
-(KVTransfer.PushPages on a gRPC server of its own at `kv_address`, or a local copy), joins the
-request to the running batch and streams its tokens. With `prefill_here` it runs the whole request itself (colocated).
+"""DecodeWorker: reserves blocks for a request before its prefill starts (a lease its owner
+renews while the request waits: Renew), lands its pages (on a gRPC server of its own at
+`kv_address`: KVTransfer.PushPages, or the CUDA IPC calls after the prefill worker wrote them
+into the pool; or a local copy), joins the request to the running batch and streams its
+tokens. With `prefill_here` it runs the whole request itself (colocated).
 
 Lifecycle: `await start(host, port=0) -> "host:port"`, `await stop()`. Every path frees what it
 holds: a finished or cancelled stream, a client that went away, a rejected transfer, an expired
@@ -61,7 +63,7 @@ class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
         aio_loop = asyncio.get_running_loop()
         self.receiver = KVReceiver(self.engine.kv.kv_cache, self.engine.kv.block_size,
                                    on_failed=lambda rid: self._cancel_soon(aio_loop, rid))
-        self.reservations = ReservationBook(self.loop, self.receiver)
+        self.reservations = ReservationBook(self.loop, self.receiver, self.config.transfer.timeout_s)
         self.loop.start()
         try:
             self.metrics_port = await self.telemetry.start(host, self.config.metrics_port)
@@ -127,6 +129,15 @@ class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
                        f"{self.engine.kv.num_free_blocks} free")
         return worker_pb2.ReserveResponse(granted=True, num_blocks=len(reservation.block_ids),
                                           kv_address=self.kv_address, block_ids=reservation.block_ids)
+
+    @unary_edge
+    async def Renew(self, request: worker_pb2.RenewRequest, context) -> worker_pb2.RenewResponse:
+        ttl_s = request.ttl_ms / 1000 if request.ttl_ms else self.config.reservation_ttl_s
+        if ttl_s > self.config.max_reservation_ttl_s:
+            raise InvalidRequestError("ttl_ms", f"must be <= {int(self.config.max_reservation_ttl_s * 1000)}, "
+                                      f"got {request.ttl_ms}")
+        missing = self.reservations.renew(request.request_ids, ttl_s)
+        return worker_pb2.RenewResponse(missing_request_ids=missing)
 
     @stream_edge
     async def Decode(self, request: worker_pb2.DecodeRequest, context):

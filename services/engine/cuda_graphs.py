@@ -62,7 +62,7 @@ def bucket_for(value: int, buckets: tuple[int, ...]) -> int | None:
 class DecodeInputs:
     """Host tensors of one decode batch of n sequences (n = len(input_ids))."""
 
-    input_ids: torch.Tensor     # int64 [n]
+    input_ids: torch.Tensor     # int64 [n], on the host or already on the device
     positions: torch.Tensor     # int64 [n]
     slot_mapping: torch.Tensor  # int64 [n]
     seq_lens: torch.Tensor      # int32 [n]
@@ -141,9 +141,9 @@ class DecodeGraphs:
 
 
 def _copy_padded(buffer: torch.Tensor, values: torch.Tensor, rows: int, pad: int) -> None:
-    """Host values padded to the bucket, in one asynchronous copy to the device buffer (from
-    pinned memory, so the host does not wait for the GPU)."""
+    """Values padded to the bucket, in one asynchronous copy to the device buffer (host values
+    from pinned memory, so the host does not wait for the GPU)."""
     n = values.shape[0]
     if n < rows:
         values = torch.cat([values, values.new_full((rows - n,), pad)])
-    buffer[:rows].copy_(values.pin_memory(), non_blocking=True)
+    buffer[:rows].copy_(values if values.is_cuda else values.pin_memory(), non_blocking=True)

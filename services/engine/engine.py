@@ -1,8 +1,15 @@
 """LLMEngine: the step loop shared by colocated workers, prefill workers and decode workers.
 
     batch = scheduler.schedule()         # who runs this step, and how many tokens each
-    result = runner.run(batch)           # one forward pass, one sampled token per finished chunk
-    scheduler.update(batch, result)      # advance, stop, free; then stream the outputs
+    step = runner.launch(batch, ...)     # one forward pass and sampling, queued on the device
+    scheduler.advance(batch)             # count its tokens, hold a placeholder for each new one
+    ...                                  # (the next batch is scheduled and queued here)
+    scheduler.commit(batch, ..., step.result().token_ids)   # stop, free; stream the outputs
+
+One batch stays in flight: each `step()` queues the next batch before it waits for the current
+one, so scheduling, input preparation and output processing run while the device computes.
+A step's outputs are those of the batch it waited for; a request added between two steps joins
+the batch after the one already queued.
 
 Disaggregation hooks: a prefill_only request stops after its first token with finish_reason
 "prefilled" and keeps its blocks (`held_pages`, then `release`); on the decode side `reserve`
@@ -23,10 +30,10 @@ from services.engine.loader import LoadedModel, load_model
 from services.engine.output_processor import OutputProcessor
 from services.engine.outputs import RequestOutput
 from services.engine.request import Request, RequestStatus
-from services.engine.runner import ModelRunner
+from services.engine.runner import InFlightStep, ModelRunner
 from services.engine.sampler import Sampler
 from services.engine.sampling_params import SamplingParams
-from services.engine.scheduler import Scheduler
+from services.engine.scheduler import SampleSlot, Scheduler
 from services.engine.warmup import WarmupReport, warm_up
 
 
@@ -50,6 +57,7 @@ class LLMEngine:
         self._reserved: set[str] = set()
         self._pending: list[RequestOutput] = []    # outputs of aborts, sent with the next step
         self._enforce_eager = config.enforce_eager
+        self._in_flight: tuple[InFlightStep, list[SampleSlot]] | None = None
 
     def warm_up(self) -> WarmupReport:
         """Compile every kernel for the shapes it will meet and capture the decode CUDA graphs
@@ -69,18 +77,35 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         outputs, self._pending = self._pending, []
+        if self._in_flight is None:
+            self._in_flight = self._launch()
+            if self._in_flight is None:
+                return outputs
+        ahead = self._launch()          # queued behind the batch in flight
+        outputs += self._commit(*self._in_flight)
+        self._in_flight = ahead
+        return outputs
+
+    def _launch(self) -> tuple[InFlightStep, list[SampleSlot]] | None:
         batch = self.scheduler.schedule()
-        if batch.chunks:
-            result = self.runner.run(batch)
-            updated = self.scheduler.update(batch, result.token_ids)
-            outputs += [self.outputs.output(r, lp) for r, lp in zip(updated, result.logprobs)]
-            for request in updated:
-                if request.status.is_finished and request.status != RequestStatus.FINISHED_PREFILLED:
-                    del self._requests[request.request_id]
+        if not batch.chunks:
+            return None
+        previous = self._in_flight[0] if self._in_flight is not None else None
+        step = self.runner.launch(batch, previous)
+        return step, self.scheduler.advance(batch)
+
+    def _commit(self, step: InFlightStep, slots: list[SampleSlot]) -> list[RequestOutput]:
+        result = step.result()          # the step's one wait
+        outputs = []
+        for j in self.scheduler.commit(step.batch, slots, result.token_ids):
+            request = slots[j].request
+            outputs.append(self.outputs.output(request, result.token_ids[j], result.logprobs[j]))
+            if request.status.is_finished and request.status != RequestStatus.FINISHED_PREFILLED:
+                del self._requests[request.request_id]
         return outputs
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self._in_flight is not None or self.scheduler.has_unfinished()
 
     def add_request(self, request_id: str, prompt_token_ids: Sequence[int], params: SamplingParams,
                     *, prefill_only: bool = False) -> None:

@@ -38,9 +38,8 @@ class OutputProcessor:
         if self.detokenize or request.params.stop:
             self._streams[request.request_id] = _TextStream(self.tokenizer, request)
 
-    def output(self, request: Request, logprob: TokenLogprob | None) -> RequestOutput:
-        """The output of a request that got one new token this step (it may have finished)."""
-        token_id = request.output_token_ids[-1]
+    def output(self, request: Request, token_id: int, logprob: TokenLogprob | None) -> RequestOutput:
+        """The output of a request that got token_id this step (it may have finished)."""
         logprobs = None if logprob is None else (logprob,)
         stream = self._streams.get(request.request_id)
         if stream is None:

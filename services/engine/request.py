@@ -9,6 +9,10 @@ from collections.abc import Sequence
 from services.engine.sampling_params import SamplingParams
 
 
+# An output token sampled by a batch still running on the device (see scheduler.advance).
+PENDING_TOKEN = -1
+
+
 class RequestStatus(enum.IntEnum):
     """Ordered: everything above PREEMPTED is finished."""
 

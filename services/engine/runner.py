@@ -5,12 +5,14 @@ tokens end to end with their positions and the slots their K/V go to. A decode-o
 a captured CUDA graph (cuda_graphs.py) when graphs are on; any other batch runs eagerly. Logits
 are computed only at the last token of the chunks that sample.
 
-Host syncs: none before the sampler's output. Inputs go to the device from pinned memory without
-waiting, and the step ends with its one device-to-host copy: the sampled ids (with their
-logprobs, when asked for) packed into one tensor."""
+Host syncs: none. `launch` queues the forward pass, the sampler and the one device-to-host copy
+of the step (the sampled ids, packed with their logprobs when asked for) into pinned memory and
+returns; inputs go to the device from pinned memory without waiting. `InFlightStep.result` is the
+step's one wait, and the engine calls it only after the next batch is queued (engine.py)."""
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +23,7 @@ from services.engine.kv_cache import KVCacheManager, cdiv
 from services.engine.model.attention import AttentionMetadata
 from services.engine.outputs import TokenLogprob
 from services.engine.sampler import Sampler, SamplerOutput, SamplingRow, to_device
+from services.engine.request import PENDING_TOKEN
 from services.engine.scheduler import ScheduledBatch
 
 
@@ -30,6 +33,32 @@ class StepResult:
 
     token_ids: list[int]
     logprobs: list[TokenLogprob | None]
+
+
+class InFlightStep:
+    """A launched batch whose sampled ids are on their way to the host. `sampled` (device, in
+    flattened order) feeds the inputs of the next batch for tokens still pending there; `result`
+    waits for this batch alone."""
+
+    def __init__(self, batch: ScheduledBatch, rows: list[SamplingRow], sampled: torch.Tensor,
+                 sample_row: dict[str, int], host: torch.Tensor | None,
+                 event: torch.cuda.Event | None, sampling_chunks: list[int], max_n: int) -> None:
+        self.batch = batch
+        self.rows = rows
+        self.sampled = sampled
+        self.sample_row = sample_row        # request id -> its row in `sampled`
+        self._host = host
+        self._event = event
+        self._sampling_chunks = sampling_chunks
+        self._max_n = max_n
+
+    def result(self) -> StepResult:
+        if self._host is None:
+            return StepResult([], [])
+        if self._event is not None:
+            self._event.synchronize()
+        result = _unpack(self._host, self.rows, self._max_n)
+        return _in_batch_order(result, self._sampling_chunks)
 
 
 class ModelRunner:
@@ -50,28 +79,64 @@ class ModelRunner:
                                    self.kv.block_size)
         return self.graphs.capture()
 
-    @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> StepResult:
+        """Launch and wait (tokens all known on the host)."""
+        return self.launch(batch, None).result()
+
+    @torch.inference_mode()
+    def launch(self, batch: ScheduledBatch, previous: InFlightStep | None) -> InFlightStep:
+        """Queue the batch's forward pass and sampling on the device, and the copy of the sampled
+        ids to pinned host memory; no wait. Tokens still pending in the inputs (sampled by
+        `previous`, not yet committed) are read from previous.sampled on the device."""
         inputs = build_batch_inputs(batch.chunks, self.kv.block_size)
-        hidden = self._forward(inputs)
+        input_ids = self._input_ids(inputs, batch, previous)
+        hidden = self._forward(inputs, input_ids)
         ordered = [batch.chunks[i] for i in inputs.order]
-        rows = [SamplingRow(c.request.params, len(c.request.output_token_ids))
-                for c in ordered if c.samples]
+        sampling = [c for c in ordered if c.samples]
+        sampling_chunks = [i for i in inputs.order if batch.chunks[i].samples]
+        rows = [SamplingRow(c.request.params, len(c.request.output_token_ids)) for c in sampling]
         if not rows:
-            return StepResult([], [])
+            return InFlightStep(batch, rows, torch.empty(0), {}, None, None, [], 0)
         if not inputs.samples_every_row:
             hidden = hidden[self._to_device(inputs.sample_indices)]
-        logits = self.model.compute_logits(hidden)
-        result = _to_host(self.sampler(logits, rows), rows)
-        return _in_batch_order(result, [i for i in inputs.order if batch.chunks[i].samples])
+        out = self.sampler(self.model.compute_logits(hidden), rows)
+        packed, max_n = _pack(out)
+        if self.device.type == "cuda":
+            host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+            host.copy_(packed, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        else:
+            host, event = packed, None
+        sample_row = {c.request.request_id: k for k, c in enumerate(sampling)}
+        return InFlightStep(batch, rows, out.token_ids, sample_row, host, event, sampling_chunks,
+                            max_n)
 
-    def _forward(self, inputs: BatchInputs) -> torch.Tensor:
+    def _input_ids(self, inputs: BatchInputs, batch: ScheduledBatch,
+                   previous: InFlightStep | None) -> torch.Tensor:
+        """The batch's token ids on the device, the pending ones taken from previous.sampled."""
+        host = inputs.input_ids
+        pending = (host == PENDING_TOKEN).nonzero().flatten().tolist()
+        if not pending:
+            return self._to_device(host)
+        if previous is None:
+            raise RuntimeError("a pending token with no batch in flight")
+        query_start = inputs.query_start_loc.tolist()
+        sources = []
+        for row in pending:
+            k = bisect.bisect_right(query_start, row) - 1     # the flattened chunk of this row
+            sources.append(previous.sample_row[batch.chunks[inputs.order[k]].request.request_id])
+        ids = self._to_device(host.clamp(min=0))
+        rows_dev = self._to_device(torch.tensor(pending, dtype=torch.int64))
+        ids[rows_dev] = previous.sampled[self._to_device(torch.tensor(sources, dtype=torch.int64))]
+        return ids
+
+    def _forward(self, inputs: BatchInputs, input_ids: torch.Tensor) -> torch.Tensor:
         if (self.graphs is not None and inputs.is_decode_only
                 and self.graphs.fits(inputs.num_seqs, inputs.block_tables.shape[1])):
             self.num_graph_steps += 1
-            return self.graphs.run(DecodeInputs(inputs.input_ids, inputs.positions,
-                                                inputs.slot_mapping, inputs.seq_lens,
-                                                inputs.block_tables))
+            return self.graphs.run(DecodeInputs(input_ids, inputs.positions, inputs.slot_mapping,
+                                                inputs.seq_lens, inputs.block_tables))
         self.num_eager_steps += 1
         dev = self._to_device
         d = inputs.num_decodes
@@ -81,7 +146,7 @@ class ModelRunner:
             max_query_len=inputs.max_query_len, max_seq_len=int(inputs.seq_lens.max()),
             num_decodes=d,
             prefill_query_start_loc=dev(inputs.query_start_loc[d:] - inputs.query_start_loc[d]))
-        return self.model(dev(inputs.input_ids), dev(inputs.positions), self.kv.kv_cache, meta)
+        return self.model(input_ids, dev(inputs.positions), self.kv.kv_cache, meta)
 
     def _to_device(self, host: torch.Tensor) -> torch.Tensor:
         return to_device(host, self.device)
@@ -94,18 +159,23 @@ def _in_batch_order(result: StepResult, sampling_chunks: list[int]) -> StepResul
     return StepResult([result.token_ids[k] for k in rank], [result.logprobs[k] for k in rank])
 
 
-def _to_host(out: SamplerOutput, rows: list[SamplingRow]) -> StepResult:
-    """The step's one device-to-host copy: ids alone, or ids packed with their logprobs (float64
-    holds every token id exactly)."""
+def _pack(out: SamplerOutput) -> tuple[torch.Tensor, int]:
+    """The sampled ids alone, or packed with their logprobs in float64 (which holds every token id
+    exactly): one tensor, so the step has one device-to-host copy."""
     if out.logprobs is None:
-        return StepResult(out.token_ids.tolist(), [None] * len(rows))
+        return out.token_ids, 0
     columns = [out.token_ids.double()[:, None], out.logprobs.double()[:, None]]
     if out.top_ids is not None:
         columns += [out.top_ids.double(), out.top_logprobs.double()]
-    packed = torch.cat(columns, dim=1).cpu().tolist()
     max_n = out.top_ids.shape[1] if out.top_ids is not None else 0
+    return torch.cat(columns, dim=1), max_n
+
+
+def _unpack(host: torch.Tensor, rows: list[SamplingRow], max_n: int) -> StepResult:
+    if host.dim() == 1:
+        return StepResult(host.tolist(), [None] * len(rows))
     token_ids, logprobs = [], []
-    for row, values in zip(rows, packed):
+    for row, values in zip(rows, host.tolist()):
         token_id = int(values[0])
         token_ids.append(token_id)
         n = row.params.logprobs

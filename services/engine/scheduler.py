@@ -4,7 +4,16 @@ Each step serves the running requests first, oldest first (a decode needs one to
 prefill its next chunk), then admits waiting requests while tokens, sequence slots and KV blocks
 last. When blocks run out, the newest running request is preempted: its blocks are freed and it
 waits at the front of the queue to be recomputed (prompt and the tokens it already produced), so
-its output is unchanged."""
+its output is unchanged.
+
+A step is two halves, so that the next step can be scheduled while this one runs on the GPU:
+`advance` (right after the batch is launched) counts its tokens as computed and gives each
+sampling request a placeholder for the token it will get; `commit` (once the sampled ids are on
+the host) puts the real tokens in and applies the stop conditions. A request whose placeholder is
+still open decodes on it (the runner reads the id from the device); one certain to finish with
+it (max_tokens, max_model_len, prefill-only) waits for its commit instead. A request that stops
+on a token only its commit can see (EOS, a stop id) has run one step too many: that row is
+dropped, and its blocks were freed by the commit."""
 
 from __future__ import annotations
 
@@ -15,7 +24,7 @@ from dataclasses import dataclass
 
 from services.engine.config import SchedulerConfig
 from services.engine.kv_cache import KVCacheManager, PrefixHit
-from services.engine.request import Request, RequestStatus
+from services.engine.request import PENDING_TOKEN, Request, RequestStatus
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,14 @@ class ScheduledChunk:
     def samples(self) -> bool:
         """Whether this chunk reaches the end of the request's tokens, so it yields a new one."""
         return self.start + self.num_tokens == self.request.num_tokens
+
+
+@dataclass(frozen=True)
+class SampleSlot:
+    """Where a sampling chunk's token goes: output_token_ids[output_index] of request."""
+
+    request: Request
+    output_index: int
 
 
 @dataclass(frozen=True)
@@ -73,6 +90,8 @@ class Scheduler:
             if budget == 0:
                 break
             if request.status != RequestStatus.RUNNING:     # preempted for an older one
+                continue
+            if self._awaits_final_token(request):
                 continue
             num_tokens = min(request.num_uncomputed_tokens, budget)
             if self._make_room(request, num_tokens, preempted):
@@ -139,33 +158,61 @@ class Scheduler:
                               self.kv.block_ids(request.request_id))
 
     def update(self, batch: ScheduledBatch, sampled_token_ids: Sequence[int]) -> list[Request]:
-        """After the forward pass: advance computed counts, append each sampled token, finish the
-        requests that hit a stop. Returns the requests that got a token."""
-        sampled = iter(sampled_token_ids)
-        updated = []
+        """Both halves of a step at once (a caller that waits for every batch)."""
+        slots = self.advance(batch)
+        return [slots[j].request for j in self.commit(batch, slots, sampled_token_ids)]
+
+    def advance(self, batch: ScheduledBatch) -> list[SampleSlot]:
+        """Right after launching batch: its tokens count as computed, and each sampling request
+        holds a placeholder for its new token. Returns the slots, in batch order."""
+        slots = []
         for chunk in batch.chunks:
             request = chunk.request
             request.num_computed_tokens += chunk.num_tokens
-            if request.num_computed_tokens // self.kv.block_size > chunk.start // self.kv.block_size:
-                self.kv.cache_full_blocks(request.request_id, request.all_token_ids,
-                                          request.num_computed_tokens)
-            if not chunk.samples:
+            if chunk.samples:
+                slots.append(SampleSlot(request, len(request.output_token_ids)))
+                request.output_token_ids.append(PENDING_TOKEN)
+        return slots
+
+    def commit(self, batch: ScheduledBatch, slots: Sequence[SampleSlot],
+               sampled_token_ids: Sequence[int]) -> list[int]:
+        """Once batch's sampled ids are known: fill the placeholders, register full blocks, finish
+        the requests that hit a stop. Returns the indices (into slots) of the requests that got
+        their token (not those finished meanwhile: aborted, or stopped by an earlier token)."""
+        for chunk in batch.chunks:
+            request = chunk.request
+            end = chunk.start + chunk.num_tokens
+            if (request.status == RequestStatus.RUNNING and end // self.kv.block_size
+                    > chunk.start // self.kv.block_size):
+                self.kv.cache_full_blocks(request.request_id, request.token_ids(0, end), end)
+        committed = []
+        for j, (slot, token_id) in enumerate(zip(slots, sampled_token_ids)):
+            request = slot.request
+            if request.status.is_finished:
                 continue
-            token_id = next(sampled)
-            request.output_token_ids.append(token_id)
+            request.output_token_ids[slot.output_index] = token_id
             if request.first_token is None:
                 request.first_token = time.time()
-            status = self._stop_status(request, token_id)
+            status = self._stop_status(request, token_id, slot.output_index + 1)
             if status is not None:
+                del request.output_token_ids[slot.output_index + 1:]     # rows run past the stop
                 self.finish(request, status)
-            updated.append(request)
-        return updated
+            committed.append(j)
+        return committed
 
-    def _stop_status(self, request: Request, token_id: int) -> RequestStatus | None:
+    def _awaits_final_token(self, request: Request) -> bool:
+        """Running with its last token still a placeholder that is certain to finish it."""
+        if not request.output_token_ids or request.output_token_ids[-1] != PENDING_TOKEN:
+            return False
+        return (request.prefill_only or len(request.output_token_ids) >= request.params.max_tokens
+                or request.num_tokens >= self.max_model_len)
+
+    def _stop_status(self, request: Request, token_id: int, num_outputs: int) -> RequestStatus | None:
         params = request.params
         if (token_id in self.eos_token_ids and not params.ignore_eos) or token_id in params.stop_token_ids:
             return RequestStatus.FINISHED_STOPPED
-        if len(request.output_token_ids) >= params.max_tokens or request.num_tokens >= self.max_model_len:
+        if (num_outputs >= params.max_tokens
+                or request.num_prompt_tokens + num_outputs >= self.max_model_len):
             return RequestStatus.FINISHED_LENGTH
         if request.prefill_only:
             return RequestStatus.FINISHED_PREFILLED

@@ -6,7 +6,10 @@ specializes on (the kernels keep those few on purpose: see their `do_not_special
 handful of synthetic batches reach them all: prefill chunks of 1, several and 16 sequences, up to
 the step's token budget (GEMM row buckets); a mixed batch (decode rows beside a prefill); eager
 decode batches; and the decode attention kernel at each partition size its launch heuristic can
-choose, split and unsplit. Then the graphs are captured (CUDA only, unless eager is enforced).
+choose, split and unsplit. Then the graphs are captured (CUDA only, unless eager is enforced),
+and a few short requests go through the real step loop: prompts of every power of two up to the
+step budget (each GEMM row count loads its cuBLAS kernels on first use) and decodes that read
+their pending token on the device, so a first request meets nothing new.
 
 The synthetic batches take their blocks from the pool like any request and give them back
 uncached: after warm-up the pool is exactly as before. On CPU there is nothing to compile."""
@@ -56,6 +59,8 @@ def warm_up(engine, *, capture_graphs: bool) -> WarmupReport:
         config = engine.scheduler.config
         graph_seconds = engine.runner.capture_graphs(config.max_num_seqs, engine.max_model_len)
         num_graphs = engine.runner.graphs.num_graphs
+    generate_through_the_step_loop(engine)
+    torch.cuda.synchronize(engine.device)
     engine.check_integrity()
     report = WarmupReport(compile_seconds, graph_seconds, num_graphs)
     log.info("warm-up: kernels %.1f s, %d CUDA graphs %.1f s", compile_seconds, num_graphs,
@@ -71,6 +76,28 @@ def run_synthetic_batches(engine) -> int:
     for prefill_lens, num_decodes in shapes:
         batches.run(prefill_lens, num_decodes)
     return len(shapes)
+
+
+def generate_through_the_step_loop(engine) -> int:
+    """Short requests through `engine.step()`, one prompt length at a time, then two at once;
+    their outputs are dropped. Returns how many ran."""
+    budget = engine.scheduler.config.max_num_batched_tokens
+    longest = min(budget, engine.max_model_len - 4, engine.kv.num_blocks * engine.kv.block_size // 4)
+    lengths = [n for n in (2 ** k for k in range(4, 16)) if n <= longest] or [max(2, longest)]
+    sampled = SamplingParams(temperature=0.8, top_p=0.9, top_k=50, seed=1, logprobs=2,
+                             max_tokens=3, ignore_eos=True)
+    greedy = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
+    groups = [[(n, greedy)] for n in lengths] + [[(lengths[0], sampled), (lengths[-1], greedy)]]
+    count = 0
+    for group in groups:
+        for length, params in group:
+            prompt = [(count * 7919 + j * 104729) % (engine.model_config.vocab_size - 1) + 1
+                      for j in range(length)]
+            engine.add_request(f"warm-up/generate-{count}", prompt, params)
+            count += 1
+        while engine.has_unfinished_requests():
+            engine.step()
+    return count
 
 
 def _batch_shapes(engine) -> list[tuple[list[int], int]]:

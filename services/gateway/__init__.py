@@ -7,7 +7,8 @@ Interfaces:
   (host:port of the workers' gRPC services), api_keys (empty: no auth), kv_transport,
   max_model_len, request_timeout_s, reservation_ttl_s, load_poll_interval_s,
   worker_ready_timeout_s, admission
-  (AdmissionConfig: queue bound and timeout, running limit, prefill queue tokens, tenant rate).
+  (AdmissionConfig: queue bound and timeout, running limit, prefill queue tokens and wait,
+  tenant rate). kv_transport: "" / "auto" (by locality), "grpc", "cuda_ipc", "local".
 - `Gateway(config)` (gateway.py): `await gateway.start()`, then `gateway.grpc_port`,
   `gateway.http_port` (bound ports), `gateway.grpc_address`, `gateway.http_url`; `await gateway.stop()`.
   Also an async context manager.

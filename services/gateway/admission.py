@@ -6,7 +6,11 @@ what actually runs out:
   minus the worker's reservations, minus this gateway's bookings the last report does not show yet)
   hold its prompt + max_tokens; the booking is made in the same step, so two requests admitted
   between polls never count the same blocks;
-- prefill queue tokens (disaggregated mode), and the number of running requests;
+- prefill queue tokens (disaggregated mode), and the time they take: the queued tokens over the
+  prefill workers' measured rate (prefill_rate.py). A prompt that would wait longer than
+  max_prefill_wait_s queues here; one that could not start even after the queue timeout is
+  refused at once, with that wait as its retry-after (its reservation would otherwise sit idle);
+- the number of running requests;
 - the tenant's token bucket (prompt + max_tokens per API key).
 A request that can never fit (more tokens than the largest decode pool holds) is refused at once.
 """
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 from services.engine.errors import CapacityError
 from services.gateway.config import AdmissionConfig
 from services.gateway.errors import WorkerUnavailableError
+from services.gateway.prefill_rate import PrefillRates
 from services.gateway.routing import blocks_for, largest_pool_tokens, rank_decode_workers
 from services.gateway.token_bucket import TenantBuckets
 from services.gateway.workers import WorkerHandle, WorkerPool
@@ -52,6 +57,7 @@ class AdmissionController:
         # (ticket, admitted future, path): path is "queued", or "requeued" for one sent back
         self._queue: collections.deque[tuple[Ticket, asyncio.Future, str]] = collections.deque()
         self._running = 0
+        self.prefill_rates = PrefillRates()
 
     @property
     def running(self) -> int:
@@ -98,6 +104,7 @@ class AdmissionController:
                 f"tenant token rate exceeded ({self._config.tenant_tokens_per_s:g} tokens/s, burst "
                 f"{self._config.tenant_burst_tokens}); this request needs {num_tokens}",
                 retry_after_s=wait if wait != float("inf") else self._config.retry_after_s)
+        self._refuse_if_prefill_too_far(ticket)
         if not self._queue and self._try_book(ticket):
             self._start(ticket, "immediate")
             return ticket
@@ -174,12 +181,32 @@ class AdmissionController:
                 raise WorkerUnavailableError(f"no {kind} worker is reachable",
                                              retry_after_s=self._config.retry_after_s)
 
+    def prefill_wait_s(self, prompt_tokens: int) -> float | None:
+        """Estimated seconds before a prompt admitted now starts prefill; None: unknown."""
+        if not self._disaggregated:
+            return None
+        return self.prefill_rates.wait_s(self._pool.prefill, prompt_tokens)
+
+    def _refuse_if_prefill_too_far(self, ticket: Ticket) -> None:
+        wait = self.prefill_wait_s(ticket.prompt_tokens)
+        limit = self._config.max_prefill_wait_s
+        if wait is None or wait <= limit + self._config.queue_timeout_s:
+            return
+        self._buckets.refund(ticket.tenant, ticket.num_tokens)
+        self._reject("prefill_wait")
+        raise CapacityError(f"server busy: this prompt would wait about {wait:.1f}s for prefill "
+                            f"(max_prefill_wait_s={limit:g}, queue_timeout_s="
+                            f"{self._config.queue_timeout_s:g})", retry_after_s=wait - limit)
+
     def _has_room(self, ticket: Ticket) -> bool:
         if self._running >= self._config.max_running_requests:
             return False
         if self._disaggregated:
             queued = sum(w.queued_prompt_tokens for w in self._pool.prefill if w.healthy)
             if queued and queued + ticket.prompt_tokens > self._config.max_prefill_queue_tokens:
+                return False
+            wait = self.prefill_wait_s(ticket.prompt_tokens)
+            if queued and wait is not None and wait > self._config.max_prefill_wait_s:
                 return False
         return True
 
@@ -224,6 +251,8 @@ class AdmissionController:
 
     def on_capacity_change(self) -> None:
         """Admits queued requests, oldest first, while they fit."""
+        if self._disaggregated:
+            self.prefill_rates.observe(self._pool.prefill)
         while self._queue:
             ticket, future, path = self._queue[0]
             if future.done():

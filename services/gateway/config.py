@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from services.engine.errors import ConfigError
 
 MODES = ("disaggregated", "colocated")
-KV_TRANSPORTS = ("", "grpc", "local")   # "": the prefill worker picks by locality
+KV_TRANSPORTS = ("", "auto", "grpc", "local", "cuda_ipc")   # "" / "auto": the prefill worker picks by locality
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,9 @@ class AdmissionConfig:
     queue_timeout_s: float = 5.0           # a queued request waiting longer gets 429
     max_running_requests: int = 4096       # admitted and not finished, all workers together
     max_prefill_queue_tokens: int = 1 << 20  # prompt tokens queued on prefill workers
+    # A prompt that would wait longer than this for prefill (queued tokens / the workers' measured
+    # rate) queues here instead; one that would wait beyond this + queue_timeout_s gets 429 now.
+    max_prefill_wait_s: float = 30.0
     tenant_tokens_per_s: float = 0.0       # per API key, prompt + max_tokens; 0 = unlimited
     tenant_burst_tokens: int = 1 << 20     # bucket size when tenant_tokens_per_s > 0
     retry_after_s: float = 1.0             # the hint sent with a 429 when nothing better is known
@@ -33,6 +36,8 @@ class AdmissionConfig:
             raise ConfigError(f"max_running_requests must be >= 1, got {self.max_running_requests}")
         if self.max_prefill_queue_tokens < 1:
             raise ConfigError(f"max_prefill_queue_tokens must be >= 1, got {self.max_prefill_queue_tokens}")
+        if self.max_prefill_wait_s <= 0:
+            raise ConfigError(f"max_prefill_wait_s must be > 0, got {self.max_prefill_wait_s}")
         if self.tenant_tokens_per_s < 0:
             raise ConfigError(f"tenant_tokens_per_s must be >= 0, got {self.tenant_tokens_per_s}")
         if self.tenant_burst_tokens < 1:

@@ -135,6 +135,9 @@ class GenerationService:
         except (GeneratorExit, asyncio.CancelledError):
             outcome = "cancelled"
             raise
+        except Exception as exc:
+            self._metrics.failures.labels(type(exc).__name__).inc()
+            raise
         finally:
             self._admission.release(ticket)
             self._record(api, outcome, req, completion, first_at, last_at)

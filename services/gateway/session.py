@@ -4,7 +4,10 @@ Disaggregated: DecodeWorker.Reserve (the blocks are promised before any prefill 
 PrefillWorker.Prefill with the decode worker's kv_address (the first token comes back with it: TTFT),
 then DecodeWorker.Decode streams the rest. Colocated: Reserve, then Decode(prefill_here=True).
 
-Failures before anything was streamed are retried on another worker. After tokens were streamed,
+While a request waits for its prefill and its pages, this gateway renews its decode reservation
+(leases.py), so waiting never expires it. Failures before anything was streamed are retried on
+another worker (a prefill that failed on every worker is tried again, up to
+MAX_PREFILL_ATTEMPTS in all: a rejected transfer is prefilled again, never decoded). After tokens were streamed,
 a disaggregated request moves to another decode worker: a prefill of the prompt and the tokens
 already sent lands there, and decoding resumes after them (no duplicate, no missing token).
 Colocated, or with no worker left, the client gets UNAVAILABLE.
@@ -28,6 +31,7 @@ from services.engine.block_pool import block_hashes
 from services.engine.sampling_params import SamplingParams
 from services.gateway.admission import AdmissionController, Ticket
 from services.gateway.errors import RequestTimeoutError, WorkerUnavailableError
+from services.gateway.leases import LeaseKeeper
 from services.gateway.request import PreparedRequest
 from services.gateway.routing import AFFINITY_BLOCKS, pick_prefill_worker
 from services.gateway.worker_calls import is_retryable, worker_error
@@ -38,6 +42,7 @@ from services.telemetry.metrics import GatewayMetrics
 _CANCEL_TIMEOUT_S = 5.0
 _DEADLINE_SLACK_S = 0.05   # gRPC's deadline clock and ours differ by a little
 _RESUME_PREFILL = SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True)
+MAX_PREFILL_ATTEMPTS = 3   # prefills of one request, all workers together, before it fails
 
 
 @dataclass
@@ -46,14 +51,16 @@ class _Attempt:
 
     holders: dict[str, WorkerHandle] = field(default_factory=dict)
     prefill_tried: set[str] = field(default_factory=set)
+    prefill_failures: int = 0
     calling: str = ""                       # the worker of the call in progress (calls are sequential)
 
 
 class WorkerSession:
     def __init__(self, pool: WorkerPool, admission: AdmissionController, metrics: GatewayMetrics,
                  *, disaggregated: bool, kv_transport: str, reservation_ttl_s: float,
-                 rpc_timeout_s: float) -> None:
+                 rpc_timeout_s: float, leases: LeaseKeeper | None = None) -> None:
         self._pool = pool
+        self._leases = leases or LeaseKeeper(reservation_ttl_s, rpc_timeout_s, metrics)
         self._admission = admission
         self._metrics = metrics
         self._disaggregated = disaggregated
@@ -63,9 +70,10 @@ class WorkerSession:
         self._background: set[asyncio.Task] = set()
 
     async def drain(self) -> None:
-        """Waits for outstanding Cancel calls (gateway shutdown)."""
+        """Waits for outstanding Cancel calls and stops renewing leases (gateway shutdown)."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        await self._leases.stop()
 
     async def run(self, req: PreparedRequest, ticket: Ticket) -> AsyncIterator[wire.ChunkFields]:
         attempt = _Attempt()
@@ -93,6 +101,7 @@ class WorkerSession:
                     await self._cancel_all(req.request_id, attempt)
                     if failed in {w.address for w in self._pool.prefill}:
                         attempt.prefill_tried.add(failed)
+                        attempt.prefill_failures += 1
                     elif not self._admission.rebook(ticket):
                         raise WorkerUnavailableError(
                             f"no decode worker could take the request after {failed} failed") from None
@@ -111,9 +120,11 @@ class WorkerSession:
         decode = ticket.decode
         generated = resume
         if self._disaggregated and resume:
-            await self._prefill(req, reserve, attempt, resume)
+            async with self._leases.held(decode, req.request_id):
+                await self._prefill(req, reserve, attempt, resume)
         elif self._disaggregated:
-            first = await self._prefill(req, reserve, attempt, ())
+            async with self._leases.held(decode, req.request_id):
+                first = await self._prefill(req, reserve, attempt, ())
             yield first
             if first.finish_reason is not None:
                 # Ended on its first token: the reservation is not needed (holders keep decode,
@@ -192,6 +203,11 @@ class WorkerSession:
                   block_hashes(prompt[:AFFINITY_BLOCKS * block_size], block_size)
                   ] if block_size else []
         worker = pick_prefill_worker(self._pool.prefill, hashes, frozenset(attempt.prefill_tried))
+        if worker is None and attempt.prefill_failures < MAX_PREFILL_ATTEMPTS:
+            # Every prefill worker failed this request once, and some are still healthy: the
+            # failure was the request's (a transfer rejected as corrupt, a reservation lost),
+            # not the worker's. Prefill it again rather than fail it.
+            worker = pick_prefill_worker(self._pool.prefill, hashes)
         if worker is None:
             raise WorkerUnavailableError("no prefill worker is reachable")
         return worker

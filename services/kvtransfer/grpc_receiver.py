@@ -1,5 +1,6 @@
 """Receiving pages over gRPC: the server side of `KVTransfer.PushPages`, landing each stream's
-stripe through a decode worker's KVReceiver.
+stripe through a decode worker's KVReceiver. The same server answers the CUDA IPC control calls
+(cuda_ipc_receiver.py).
 
 It runs on a synchronous gRPC server of its own (a thread per stream), beside the worker's
 asyncio server: the work per byte (checksum, copy into the pool) releases the GIL, so parallel
@@ -13,6 +14,7 @@ import grpc
 
 from services.engine.errors import ConfigError, KVTransferError
 from services.kvtransfer import frames
+from services.kvtransfer.cuda_ipc_receiver import CudaIpcLanding
 from services.kvtransfer.inbox import KVReceiver, PageChecker, PageInbox
 from services.kvtransfer.grpc_sender import channel_options
 from services.kvtransfer.transport import TransferConfig
@@ -27,8 +29,16 @@ class KVTransferService:
         handler = grpc.stream_unary_rpc_method_handler(
             self.push_pages, request_deserializer=frames.kvchunk_frame,
             response_serializer=worker_pb2.PushAck.SerializeToString)
-        server.add_generic_rpc_handlers(
-            [grpc.method_handlers_generic_handler("tandem.v1.KVTransfer", {"PushPages": handler})])
+        ipc = CudaIpcLanding(self._receiver)
+        unary = grpc.unary_unary_rpc_method_handler
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("tandem.v1.KVTransfer", {
+            "PushPages": handler,
+            "ExportPool": unary(ipc.export_pool, worker_pb2.KVPoolRequest.FromString,
+                                worker_pb2.KVPoolExport.SerializeToString),
+            "BeginWrite": unary(ipc.begin_write, worker_pb2.BeginWriteRequest.FromString,
+                                worker_pb2.PushAck.SerializeToString),
+            "EndWrite": unary(ipc.end_write, worker_pb2.EndWriteRequest.FromString,
+                              worker_pb2.PushAck.SerializeToString)})])
 
     def push_pages(self, frames_in, context) -> worker_pb2.PushAck:
         inbox = None
@@ -75,14 +85,20 @@ class KVTransferService:
             inbox.write(first_page + page, in_page, piece)
 
 
+CONTROL_THREADS = 8
+
+
 class KVTransferServer:
     """The KVTransfer endpoint of one decode worker: `start(host, port) -> bound port`, `stop()`."""
 
     def __init__(self, receiver: KVReceiver, config: TransferConfig) -> None:
-        self._server = grpc.server(ThreadPoolExecutor(config.max_concurrent_streams,
+        # Streams beyond max_concurrent_streams wait for a thread rather than being refused
+        # (RESOURCE_EXHAUSTED would fail an admitted request); each sender bounds what it sends
+        # at once to what lands at once. A few more threads keep the short control calls
+        # (CUDA IPC) from waiting behind page streams.
+        self._server = grpc.server(ThreadPoolExecutor(config.max_concurrent_streams + CONTROL_THREADS,
                                                       thread_name_prefix="kv-receive"),
-                                   options=channel_options(config),
-                                   maximum_concurrent_rpcs=config.max_concurrent_streams)
+                                   options=channel_options(config))
         KVTransferService(receiver).add_to_server(self._server)
 
     def start(self, host: str, port: int) -> int:

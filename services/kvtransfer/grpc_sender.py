@@ -116,8 +116,14 @@ class GrpcKVSender(KVSender):
         self._push = [ch.stream_unary(PUSH_PAGES, request_serializer=_identity,
                                       response_deserializer=worker_pb2.PushAck.FromString)
                       for ch in self._channels]
+        self._slots = asyncio.Semaphore(max(1, config.max_concurrent_streams // config.streams))
 
     async def send_pages(self, run: PageRun) -> TransferReceipt:
+        # Beyond what the receiver lands at once, transfers wait here, not in its queue.
+        async with self._slots:
+            return await self._send(run)
+
+    async def _send(self, run: PageRun) -> TransferReceipt:
         start = time.perf_counter()
         parts = stripes(len(run.block_ids), run.layout.page_bytes, self._config.streams,
                         self._config.min_stripe_bytes)

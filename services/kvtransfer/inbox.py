@@ -51,6 +51,10 @@ class PageInbox:
         self._num_tokens = 0
         self._opened: set[int] = set()      # pages some stripe has announced
         self._finished: set[int] = set()    # pages landed and verified
+        # Set while no other process is writing into the blocks (CUDA IPC): the blocks may be
+        # handed to another request only then, whatever state the inbox is in.
+        self._idle = threading.Event()
+        self._idle.set()
 
     # --- a transfer, from its header(s) to its end -----------------------------------------------
     def open(self, layout: PageLayout, first_page: int, num_pages: int, total_pages: int,
@@ -128,8 +132,40 @@ class PageInbox:
                 self.landed.set_result(self._num_tokens)
             return num_pages * self.layout.page_bytes
 
+    # --- a writer in another process (CUDA IPC) --------------------------------------------------
+    def begin_remote_write(self, layout: PageLayout, num_pages: int, num_tokens: int,
+                           dst_block_ids: Sequence[int]) -> None:
+        """Another process is about to write all num_pages pages straight into the blocks: opens
+        the whole transfer as one stripe and marks the blocks busy until end_remote_write."""
+        with self._lock:
+            if not self._idle.is_set():
+                raise KVTransferError(f"request {self.request_id}: a writer is already active")
+        self.open(layout, 0, num_pages, num_pages, num_tokens, dst_block_ids)
+        with self._lock:
+            if self.state != InboxState.RECEIVING:
+                raise KVTransferError(f"request {self.request_id}: inbox is {self.state.name.lower()}")
+            self._idle.clear()
+
+    def end_remote_write(self) -> None:
+        """The writer is done with the blocks (finished, failed, or gone). Idempotent."""
+        self._idle.set()
+
+    @property
+    def total_pages(self) -> int:
+        """Pages the transfer announced (0 before its first header)."""
+        return self._total_pages
+
+    @property
+    def idle(self) -> bool:
+        return self._idle.is_set()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Waits until no other process writes into the blocks; False if timeout_s passed first."""
+        return self._idle.wait(timeout_s)
+
     def close(self, error: KVTransferError | None = None) -> None:
-        """No more writes; a transfer not yet landed fails with error. Idempotent."""
+        """No more writes; a transfer not yet landed fails with error. Idempotent. A writer in
+        another process may still be copying: free the blocks only once `idle`."""
         with self._lock:
             self._close_locked(error or KVTransferError(f"request {self.request_id}: reservation closed"))
 

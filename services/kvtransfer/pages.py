@@ -77,11 +77,16 @@ def page_bytes_view(kv_cache: torch.Tensor, block_id: int) -> memoryview:
 
 def host_pages(kv_cache: torch.Tensor, block_ids: Sequence[int]) -> tuple[torch.Tensor, list[int]]:
     """A host tensor holding the pages and the index of each block in it. On the host the pool
-    itself is returned (no copy); on a GPU the pages are gathered and copied once."""
+    itself is returned (no copy); on a GPU the pages are gathered on the device and copied to
+    the host once, into pinned memory (torch caches it: a pageable copy would be staged through
+    a bounce buffer at a fraction of the link's rate)."""
     if kv_cache.device.type == "cpu":
         return kv_cache, list(block_ids)
     index = torch.tensor(list(block_ids), device=kv_cache.device)
-    return kv_cache.index_select(0, index).cpu(), list(range(len(block_ids)))
+    gathered = kv_cache.index_select(0, index)
+    host = torch.empty(gathered.shape, dtype=gathered.dtype, pin_memory=True)
+    host.copy_(gathered)
+    return host, list(range(len(block_ids)))
 
 
 def stripes(num_pages: int, page_bytes: int, max_stripes: int, min_stripe_bytes: int) -> list[range]:

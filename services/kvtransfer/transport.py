@@ -3,10 +3,10 @@
 A prefill worker ships a prefilled request's pages with `KVSender.send_pages(run)` and releases
 its blocks once that returns (the receiver has landed and verified them); a decode worker lands
 them through its `KVReceiver` (inbox.py) into the blocks it reserved. Workers see only
-`KVSender`, `KVReceiver` and the factory (`KVTransports`), so another transport drops in without
-touching them: a CUDA-IPC sender (same node, GPU to GPU) maps the receiver's pool through an IPC
-handle and gathers the pages with one kernel, lands through the same inbox, and is chosen by the
-factory from the address scheme (`cuda-ipc://...`) or the `transport` name."""
+`KVSender`, `KVReceiver` and the factory (`KVTransports`): grpc (msgpack-framed chunks), local
+(same process) and cuda_ipc (the sender maps the receiver's pool through a CUDA IPC handle and
+writes the pages with one kernel, then reports them on the control channel) all land through
+the same inbox."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ class TransferConfig:
     max_concurrent_streams: int = 64        # receiving side: streams landing at once
     window_bytes: int = 64 * 2**20          # HTTP/2 flow-control window per stream
     timeout_s: float = 60.0
+    ipc_checksums: bool = True              # cuda_ipc: per-page checksums on both GPUs
 
     def __post_init__(self) -> None:
         if not 64 * 2**10 <= self.chunk_bytes <= 64 * 2**20:

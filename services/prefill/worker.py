@@ -17,7 +17,7 @@ import grpc
 from services import wire
 from services.engine.engine import LLMEngine
 from services.engine.engine_loop import EngineLoop
-from services.engine.errors import InvalidRequestError, RequestCancelledError
+from services.engine.errors import ConfigError, InvalidRequestError, RequestCancelledError
 from services.kvtransfer import KVTransports, PageRun
 from services.rpc.tandem.v1 import worker_pb2, worker_pb2_grpc
 from services.worker.config import WorkerConfig
@@ -54,6 +54,10 @@ class PrefillWorker(worker_pb2_grpc.PrefillWorkerServicer):
         if self.engine is None:
             self.engine = await asyncio.to_thread(LLMEngine, self.config.engine)
         load_s = time.perf_counter() - started
+        pool_device = self.engine.kv.kv_cache.device
+        if self.config.kv_transport == "cuda_ipc" and pool_device.type != "cuda":
+            raise ConfigError(f"kv_transport cuda_ipc needs the KV pool in CUDA memory; this "
+                              f"worker's is on {pool_device} (use auto or grpc)")
         self.prompt_counter = PromptTokenCounter.install(self.engine)
         self.telemetry = WorkerTelemetry("prefill", self.engine, self.prompt_counter)
         self.loop = EngineLoop(self.engine, self.worker_id, on_step=self.telemetry.on_step)

@@ -49,6 +49,12 @@ class GatewayMetrics:
                                ["stage"], registry=r)    # stage: before_first_token | mid_stream
         self.requests = Counter("tandem_requests", "Finished requests by API and outcome",
                                 ["api", "outcome"], registry=r)
+        self.failures = Counter("tandem_request_failures", "Admitted requests that ended in an error, "
+                                "by cause (the error's type)", ["cause"], registry=r)
+        self.lease_renewals = Counter("tandem_reservation_renewals", "Decode reservations renewed "
+                                      "while their requests waited (prefill queue, transfer)", registry=r)
+        self.leases_lost = Counter("tandem_reservations_lost", "Renewals of reservations the decode "
+                                   "worker no longer held", registry=r)
         self.prompt_tokens = Counter("tandem_prompt_tokens", "Prompt tokens admitted", registry=r)
         self.generation_tokens = Counter("tandem_generation_tokens", "Tokens streamed to clients",
                                          registry=r)

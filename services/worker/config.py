@@ -12,8 +12,9 @@ from services.kvtransfer import TRANSPORTS, TransferConfig
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    """`kv_transport` is what a prefill worker uses when a request names none ("" = by locality:
-    local when the decode worker is in this process, else grpc). Reservations live
+    """`kv_transport` is what a prefill worker uses when a request names none ("" or "auto" = by
+    locality: local when the decode worker is in this process, cuda_ipc when it shares this node
+    and CUDA, else grpc). Reservations live
     `reservation_ttl_s` unless the request asks for a ttl, and never longer than
     `max_reservation_ttl_s`; the reaper looks for expired ones every `reaper_interval_s`."""
 

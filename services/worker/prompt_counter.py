@@ -2,8 +2,10 @@
 recomputation after a preemption). A decode worker fed only by pages keeps this at 0: that is how
 tests and load reports show the prompt's prefill really ran elsewhere.
 
-It wraps the engine's ModelRunner (same `run(batch)`), so the engine needs no change to be
-observed; prompt tokens served from the prefix cache are never scheduled, so never counted."""
+It wraps the engine's ModelRunner (same `launch(batch, previous)`, the call of every engine
+step), so the engine needs no change to be observed; prompt tokens served from the prefix cache
+are never scheduled, so never counted, and neither are warm-up's synthetic batches (they go
+through `run`, which is the runner's own)."""
 
 from __future__ import annotations
 
@@ -21,11 +23,11 @@ class PromptTokenCounter:
         engine.runner = counter
         return counter
 
-    def run(self, batch: Any) -> Any:
+    def launch(self, batch: Any, previous: Any) -> Any:
         for chunk in batch.chunks:
             prompt_end = min(chunk.start + chunk.num_tokens, chunk.request.num_prompt_tokens)
             self.prompt_tokens += max(0, prompt_end - chunk.start)
-        return self._runner.run(batch)
+        return self._runner.launch(batch, previous)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._runner, name)

@@ -227,3 +227,28 @@ async def test_a_worker_that_cannot_bind_cleans_up_and_says_why() -> None:
                 await worker.start("127.0.0.1", port)
             await worker.stop()                   # idempotent after a failed start
             assert not [t for t in threading.enumerate() if t.name == f"{worker.worker_id}-loop"]
+
+
+async def test_renewing_keeps_a_waiting_reservation_past_its_ttl(pair) -> None:
+    _, decode, clients = pair
+    reply = await clients.decode.Reserve(worker_pb2.ReserveRequest(request_id="wait", num_tokens=64,
+                                                                   ttl_ms=150))
+    assert reply.granted
+    for _ in range(8):                                    # 0.4 s: well past the 150 ms ttl
+        renewed = await clients.decode.Renew(worker_pb2.RenewRequest(
+            request_ids=["wait", "never-made"], ttl_ms=150))
+        assert list(renewed.missing_request_ids) == ["never-made"]
+        await asyncio.sleep(0.05)
+    assert (await load(clients, "decode")).reserved_blocks == 4
+    assert decode.reservations.num_expired == 0 and decode.reservations.num_renewed == 8
+    await wait_for(lambda: _no_reservations(clients), timeout_s=2)   # renewals stop: it lapses
+    assert decode.reservations.num_expired == 1
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await clients.decode.Renew(worker_pb2.RenewRequest(request_ids=["wait"], ttl_ms=10**9))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "ttl_ms" in err.value.details()
+
+
+async def test_auto_picks_the_local_transport_inside_one_process(pair) -> None:
+    prefill, decode, _ = pair
+    assert prefill.transports.sender_for(decode.kv_address).name == "local"
+    assert prefill.transports.sender_for(decode.kv_address, "auto").name == "local"

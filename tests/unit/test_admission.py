@@ -233,3 +233,53 @@ async def test_requeue_timeout_leaves_nothing_counted():
         await adm.requeue(ticket, far())
     adm.release(ticket)
     assert adm.running == 0 and adm.queued == 0
+
+
+def _prefill_report(pool, computed: int, queued: int, at: float) -> None:
+    w = pool.prefill[0]
+    w.apply_report(worker_pb2.LoadReport(block_size=BLOCK, num_blocks=100, free_blocks=100,
+                                         queued_prompt_tokens=queued, prompt_tokens_computed=computed,
+                                         role=worker_pb2.WORKER_ROLE_PREFILL), at)
+
+
+async def test_prefill_rate_is_learned_while_busy_only():
+    from services.gateway.prefill_rate import PrefillRates
+    pool, rates = make_pool(), PrefillRates()
+    t = 100.0
+    for computed, queued, dt in ((0, 500, 0), (1000, 500, 1.0), (1000, 0, 1.0), (1000, 0, 5.0)):
+        t += dt
+        _prefill_report(pool, computed, queued, t)
+        rates.observe(pool.prefill, now=t)
+    assert rates.tokens_per_s[pool.prefill[0].address] == pytest.approx(1000.0)  # idle: unchanged
+    assert rates.wait_s(pool.prefill, 1000) == pytest.approx(1.0)               # nothing queued now
+    _prefill_report(pool, 1000, 4000, t)
+    assert rates.wait_s(pool.prefill, 1000) == pytest.approx(5.0)
+    pool.prefill[0].healthy = False
+    assert rates.wait_s(pool.prefill, 1000) is None
+
+
+async def test_a_prompt_that_could_not_start_in_time_is_refused_at_once_with_its_wait():
+    pool = make_pool()
+    adm, metrics = make_admission(pool, max_prefill_wait_s=2.0, queue_timeout_s=1.0)
+    t = time.monotonic()
+    _prefill_report(pool, 0, 100, t - 2.0)
+    adm.prefill_rates.observe(pool.prefill, now=t - 2.0)
+    _prefill_report(pool, 200, 100, t - 1.0)           # 200 prompt tokens/s while busy
+    adm.prefill_rates.observe(pool.prefill, now=t - 1.0)
+    _prefill_report(pool, 200, 1000, t)                # 1,000 queued: 5 s + this prompt
+    with pytest.raises(CapacityError) as info:
+        await adm.admit("late", "", 100, 120, far())
+    assert "wait about 5.5s for prefill" in str(info.value)
+    assert info.value.retry_after_s == pytest.approx(3.5)
+    assert sample(metrics, "tandem_rejections_total", reason="prefill_wait") == 1
+    assert adm.running == 0 and not pool.decode[0].bookings
+    # Within max_prefill_wait_s + queue_timeout_s it queues, and is let in once the queue drains.
+    _prefill_report(pool, 200, 400, t)                 # 2.5 s: over 2 s, within 3 s
+    waiter = asyncio.ensure_future(adm.admit("soon", "", 100, 120, far()))
+    await asyncio.sleep(0.05)
+    assert adm.queued == 1 and not waiter.done()
+    _prefill_report(pool, 400, 100, t + 1.0)
+    adm.on_capacity_change()
+    ticket = await asyncio.wait_for(waiter, 1.0)
+    assert ticket.decode is pool.decode[0]
+    adm.release(ticket)

@@ -74,7 +74,7 @@ def test_factory_validates_its_inputs() -> None:
         transports.sender_for("127.0.0.1:1", "carrier-pigeon")
     with pytest.raises(InvalidRequestError, match="transport"):
         transports.sender_for("nowhere:1", "local")
-    assert transports.sender_for("127.0.0.1:1").name == "grpc"
+    assert transports.sender_for("127.0.0.1:1").name == "auto"      # grpc or cuda_ipc, decided on first use
 
 
 @pytest.mark.parametrize("checksum", ["xxh3_64", "crc32"])

@@ -43,7 +43,9 @@ def result() -> BenchResult:
 
 def test_files(tmp_path):
     paths = write_all(result(), str(tmp_path), "r")
-    assert [os.path.basename(p) for p in paths] == ["r.json", "r.csv", "r.png", "r.html"]
+    assert [os.path.basename(p) for p in paths] == [
+        "r.json", "r.csv", "r.png", "r.cdf.png", "r.timeline-1-concurrency-1.png", "r.timeline-2-concurrency-4.png",
+        "r.html"]
     doc = json.loads((tmp_path / "r.json").read_text())
     run = doc["runs"][0]
     for key in ("mean_ttft_ms", "median_tpot_ms", "p99_itl_ms", "output_throughput", "request_throughput",
@@ -56,7 +58,7 @@ def test_files(tmp_path):
     assert [r["max_concurrency"] for r in rows] == ["1", "4"] and rows[0]["errors_by_code"] == "503:1"
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = (tmp_path / "r.html").read_text()
-    assert "data:image/png;base64," in html and "concurrency=4" in html
+    assert html.count("<svg class='panel'") >= 8 and "concurrency=4" in html and "r.cdf.png" in html
     assert not re.search(r"(src|href)=['\"]?https?:", html)          # no network assets
 
 
@@ -65,7 +67,8 @@ def test_single_run_has_vllm_fields_at_top_level(tmp_path):
     paths = write_all(single, str(tmp_path), "one")
     doc = json.loads((tmp_path / "one.json").read_text())
     assert doc["completed"] == 19 and "median_ttft_ms" in doc and "requests" not in doc
-    assert not any(p.endswith(".png") for p in paths)
+    names = [os.path.basename(p) for p in paths]
+    assert "one.png" not in names and "one.cdf.png" in names      # no curves for one point; its distributions
 
 
 def test_console_tables():

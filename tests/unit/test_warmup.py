@@ -13,7 +13,7 @@ from services.engine.engine import LLMEngine
 from services.engine.errors import InvalidRequestError
 from services.engine.loader import load_model
 from services.engine.sampling_params import SamplingParams
-from services.engine.warmup import run_synthetic_batches
+from services.engine.warmup import generate_through_the_step_loop, run_synthetic_batches
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +46,9 @@ def test_synthetic_batches_leave_the_pool_and_the_outputs_unchanged(loaded):
 
     warmed = LLMEngine(config, loaded)
     assert run_synthetic_batches(warmed) >= 5
+    assert generate_through_the_step_loop(warmed) >= 3
+    assert not warmed.has_unfinished_requests() and not warmed._requests
     assert warmed.kv.num_free_blocks == warmed.kv.num_blocks
-    assert warmed.kv.cached_block_hashes() == []
     warmed.check_integrity()
     assert warmed.warm_up().seconds == 0.0        # nothing to compile on CPU
     assert _generate(warmed, arrivals) == expected
@@ -64,7 +65,8 @@ def test_mixed_batch_puts_decodes_first_and_results_return_in_batch_order(loaded
     engine = LLMEngine(EngineConfig(cache=CacheConfig(block_size=4, num_blocks=64),
                                     scheduler=SchedulerConfig(max_num_batched_tokens=64)), loaded)
     engine.add_request("a", list(range(1, 9)), SamplingParams(max_tokens=5, ignore_eos=True))
-    engine.step()                                           # a: prefilled, decodes next
+    first = engine.scheduler.schedule()                     # a: prefilled, decodes next
+    engine.scheduler.update(first, engine.runner.run(first).token_ids)
     engine.add_request("b", list(range(20, 31)), SamplingParams(max_tokens=5, ignore_eos=True))
     engine.add_request("c", [5, 6], SamplingParams(max_tokens=5, ignore_eos=True))
     batch = engine.scheduler.schedule()

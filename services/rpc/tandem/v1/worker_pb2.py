@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from services.rpc.tandem.v1 import generation_pb2 as tandem_dot_v1_dot_generation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tandem/v1/worker.proto\x12\ttandem.v1\x1a\x1atandem/v1/generation.proto\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1f\n\x0e\x43\x61ncelResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"&\n\x0bLoadRequest\x12\x17\n\x0f\x63heck_integrity\x18\x01 \x01(\x08\"\x9f\x03\n\nLoadReport\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12#\n\x04role\x18\x02 \x01(\x0e\x32\x15.tandem.v1.WorkerRole\x12\x12\n\nblock_size\x18\x03 \x01(\r\x12\x12\n\nnum_blocks\x18\x04 \x01(\r\x12\x13\n\x0b\x66ree_blocks\x18\x05 \x01(\r\x12\x17\n\x0freserved_blocks\x18\x06 \x01(\r\x12\x18\n\x10running_requests\x18\x07 \x01(\r\x12\x18\n\x10waiting_requests\x18\x08 \x01(\r\x12\x1c\n\x14queued_prompt_tokens\x18\t \x01(\x04\x12\x12\n\nkv_address\x18\n \x01(\t\x12\x1b\n\x13\x63\x61\x63hed_block_hashes\x18\x0b \x03(\x04\x12\x1e\n\x16prompt_tokens_computed\x18\x0c \x01(\x04\x12\x15\n\rkv_bytes_sent\x18\r \x01(\x04\x12\x19\n\x11kv_bytes_received\x18\x0e \x01(\x04\x12\x17\n\x0fintegrity_error\x18\x0f \x01(\t\x12\x15\n\rmax_model_len\x18\x10 \x01(\r\"H\n\x0eReserveRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nnum_tokens\x18\x02 \x01(\r\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\r\"m\n\x0fReserveResponse\x12\x0f\n\x07granted\x18\x01 \x01(\x08\x12\x12\n\nnum_blocks\x18\x02 \x01(\r\x12\x12\n\nkv_address\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\tblock_ids\x18\x05 \x03(\r\"\xa8\x01\n\x0ePrefillRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x12\n\nkv_address\x18\x04 \x01(\t\x12\x11\n\ttransport\x18\x05 \x01(\t\x12\x14\n\x0ckv_block_ids\x18\x06 \x03(\r\"\xe9\x01\n\x0fPrefillResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66irst_token_id\x18\x02 \x01(\r\x12\x30\n\x0e\x66irst_logprobs\x18\x03 \x01(\x0b\x32\x18.tandem.v1.TokenLogprobs\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x04 \x01(\r\x12\x10\n\x08kv_bytes\x18\x05 \x01(\x04\x12\x18\n\x10transfer_seconds\x18\x06 \x01(\x01\x12.\n\rfinish_reason\x18\x07 \x01(\x0e\x32\x17.tandem.v1.FinishReason\"\x9d\x01\n\rDecodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x14\n\x0cprefill_here\x18\x04 \x01(\x08\x12\x1b\n\x13generated_token_ids\x18\x05 \x03(\r\"\xad\x01\n\nTokenChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12*\n\x08logprobs\x18\x03 \x03(\x0b\x32\x18.tandem.v1.TokenLogprobs\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x05 \x01(\r\"\x18\n\x07KVChunk\x12\r\n\x05\x66rame\x18\x01 \x01(\x0c\"<\n\x07PushAck\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x16\n\x0e\x62ytes_received\x18\x02 \x01(\x04\x12\r\n\x05\x65rror\x18\x03 \x01(\t*u\n\nWorkerRole\x12\x1b\n\x17WORKER_ROLE_UNSPECIFIED\x10\x00\x12\x17\n\x13WORKER_ROLE_PREFILL\x10\x01\x12\x16\n\x12WORKER_ROLE_DECODE\x10\x02\x12\x19\n\x15WORKER_ROLE_COLOCATED\x10\x03\x32\xc7\x01\n\rPrefillWorker\x12@\n\x07Prefill\x12\x19.tandem.v1.PrefillRequest\x1a\x1a.tandem.v1.PrefillResponse\x12=\n\x06\x43\x61ncel\x12\x18.tandem.v1.CancelRequest\x1a\x19.tandem.v1.CancelResponse\x12\x35\n\x04Load\x12\x16.tandem.v1.LoadRequest\x1a\x15.tandem.v1.LoadReport2\x83\x02\n\x0c\x44\x65\x63odeWorker\x12@\n\x07Reserve\x12\x19.tandem.v1.ReserveRequest\x1a\x1a.tandem.v1.ReserveResponse\x12;\n\x06\x44\x65\x63ode\x12\x18.tandem.v1.DecodeRequest\x1a\x15.tandem.v1.TokenChunk0\x01\x12=\n\x06\x43\x61ncel\x12\x18.tandem.v1.CancelRequest\x1a\x19.tandem.v1.CancelResponse\x12\x35\n\x04Load\x12\x16.tandem.v1.LoadRequest\x1a\x15.tandem.v1.LoadReport2C\n\nKVTransfer\x12\x35\n\tPushPages\x12\x12.tandem.v1.KVChunk\x1a\x12.tandem.v1.PushAck(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tandem/v1/worker.proto\x12\ttandem.v1\x1a\x1atandem/v1/generation.proto\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1f\n\x0e\x43\x61ncelResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"&\n\x0bLoadRequest\x12\x17\n\x0f\x63heck_integrity\x18\x01 \x01(\x08\"\x9f\x03\n\nLoadReport\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12#\n\x04role\x18\x02 \x01(\x0e\x32\x15.tandem.v1.WorkerRole\x12\x12\n\nblock_size\x18\x03 \x01(\r\x12\x12\n\nnum_blocks\x18\x04 \x01(\r\x12\x13\n\x0b\x66ree_blocks\x18\x05 \x01(\r\x12\x17\n\x0freserved_blocks\x18\x06 \x01(\r\x12\x18\n\x10running_requests\x18\x07 \x01(\r\x12\x18\n\x10waiting_requests\x18\x08 \x01(\r\x12\x1c\n\x14queued_prompt_tokens\x18\t \x01(\x04\x12\x12\n\nkv_address\x18\n \x01(\t\x12\x1b\n\x13\x63\x61\x63hed_block_hashes\x18\x0b \x03(\x04\x12\x1e\n\x16prompt_tokens_computed\x18\x0c \x01(\x04\x12\x15\n\rkv_bytes_sent\x18\r \x01(\x04\x12\x19\n\x11kv_bytes_received\x18\x0e \x01(\x04\x12\x17\n\x0fintegrity_error\x18\x0f \x01(\t\x12\x15\n\rmax_model_len\x18\x10 \x01(\r\"H\n\x0eReserveRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nnum_tokens\x18\x02 \x01(\r\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\r\"3\n\x0cRenewRequest\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\x12\x0e\n\x06ttl_ms\x18\x02 \x01(\r\",\n\rRenewResponse\x12\x1b\n\x13missing_request_ids\x18\x01 \x03(\t\"m\n\x0fReserveResponse\x12\x0f\n\x07granted\x18\x01 \x01(\x08\x12\x12\n\nnum_blocks\x18\x02 \x01(\r\x12\x12\n\nkv_address\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\tblock_ids\x18\x05 \x03(\r\"\xa8\x01\n\x0ePrefillRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x12\n\nkv_address\x18\x04 \x01(\t\x12\x11\n\ttransport\x18\x05 \x01(\t\x12\x14\n\x0ckv_block_ids\x18\x06 \x03(\r\"\xe9\x01\n\x0fPrefillResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66irst_token_id\x18\x02 \x01(\r\x12\x30\n\x0e\x66irst_logprobs\x18\x03 \x01(\x0b\x32\x18.tandem.v1.TokenLogprobs\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x04 \x01(\r\x12\x10\n\x08kv_bytes\x18\x05 \x01(\x04\x12\x18\n\x10transfer_seconds\x18\x06 \x01(\x01\x12.\n\rfinish_reason\x18\x07 \x01(\x0e\x32\x17.tandem.v1.FinishReason\"\x9d\x01\n\rDecodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x14\n\x0cprefill_here\x18\x04 \x01(\x08\x12\x1b\n\x13generated_token_ids\x18\x05 \x03(\r\"\xad\x01\n\nTokenChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12*\n\x08logprobs\x18\x03 \x03(\x0b\x32\x18.tandem.v1.TokenLogprobs\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x05 \x01(\r\"\x18\n\x07KVChunk\x12\r\n\x05\x66rame\x18\x01 \x01(\x0c\"<\n\x07PushAck\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x16\n\x0e\x62ytes_received\x18\x02 \x01(\x04\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\x0f\n\rKVPoolRequest\"\xde\x02\n\x0cKVPoolExport\x12\x11\n\tavailable\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65vice_uuid\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x12\n\npool_shape\x18\x06 \x03(\r\x12\x12\n\nipc_handle\x18\x07 \x01(\x0c\x12\x1a\n\x12storage_size_bytes\x18\x08 \x01(\x04\x12\x1c\n\x14storage_offset_bytes\x18\t \x01(\x04\x12\x15\n\rtensor_offset\x18\n \x01(\x04\x12\x1a\n\x12ref_counter_handle\x18\x0b \x01(\x0c\x12\x1a\n\x12ref_counter_offset\x18\x0c \x01(\x04\x12\x14\n\x0c\x65vent_handle\x18\r \x01(\x0c\x12\x1b\n\x13\x65vent_sync_required\x18\x0e \x01(\x08\x12\x12\n\npool_bytes\x18\x0f \x01(\x04\"q\n\x11\x42\x65ginWriteRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tblock_ids\x18\x02 \x03(\r\x12\x12\n\nnum_tokens\x18\x03 \x01(\r\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x12\n\npage_shape\x18\x05 \x03(\r\"f\n\x0f\x45ndWriteRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x11\n\tchecksums\x18\x04 \x03(\x03\x12\x11\n\tnum_bytes\x18\x05 \x01(\x04*u\n\nWorkerRole\x12\x1b\n\x17WORKER_ROLE_UNSPECIFIED\x10\x00\x12\x17\n\x13WORKER_ROLE_PREFILL\x10\x01\x12\x16\n\x12WORKER_ROLE_DECODE\x10\x02\x12\x19\n\x15WORKER_ROLE_COLOCATED\x10\x03\x32\xc7\x01\n\rPrefillWorker\x12@\n\x07Prefill\x12\x19.tandem.v1.PrefillRequest\x1a\x1a.tandem.v1.PrefillResponse\x12=\n\x06\x43\x61ncel\x12\x18.tandem.v1.CancelRequest\x1a\x19.tandem.v1.CancelResponse\x12\x35\n\x04Load\x12\x16.tandem.v1.LoadRequest\x1a\x15.tandem.v1.LoadReport2\xbf\x02\n\x0c\x44\x65\x63odeWorker\x12@\n\x07Reserve\x12\x19.tandem.v1.ReserveRequest\x1a\x1a.tandem.v1.ReserveResponse\x12:\n\x05Renew\x12\x17.tandem.v1.RenewRequest\x1a\x18.tandem.v1.RenewResponse\x12;\n\x06\x44\x65\x63ode\x12\x18.tandem.v1.DecodeRequest\x1a\x15.tandem.v1.TokenChunk0\x01\x12=\n\x06\x43\x61ncel\x12\x18.tandem.v1.CancelRequest\x1a\x19.tandem.v1.CancelResponse\x12\x35\n\x04Load\x12\x16.tandem.v1.LoadRequest\x1a\x15.tandem.v1.LoadReport2\x80\x02\n\nKVTransfer\x12\x35\n\tPushPages\x12\x12.tandem.v1.KVChunk\x1a\x12.tandem.v1.PushAck(\x01\x12?\n\nExportPool\x12\x18.tandem.v1.KVPoolRequest\x1a\x17.tandem.v1.KVPoolExport\x12>\n\nBeginWrite\x12\x1c.tandem.v1.BeginWriteRequest\x1a\x12.tandem.v1.PushAck\x12:\n\x08\x45ndWrite\x12\x1a.tandem.v1.EndWriteRequest\x1a\x12.tandem.v1.PushAckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tandem.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WORKERROLE']._serialized_start=1609
-  _globals['_WORKERROLE']._serialized_end=1726
+  _globals['_WORKERROLE']._serialized_start=2297
+  _globals['_WORKERROLE']._serialized_end=2414
   _globals['_CANCELREQUEST']._serialized_start=65
   _globals['_CANCELREQUEST']._serialized_end=100
   _globals['_CANCELRESPONSE']._serialized_start=102
@@ -44,24 +44,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOADREPORT']._serialized_end=591
   _globals['_RESERVEREQUEST']._serialized_start=593
   _globals['_RESERVEREQUEST']._serialized_end=665
-  _globals['_RESERVERESPONSE']._serialized_start=667
-  _globals['_RESERVERESPONSE']._serialized_end=776
-  _globals['_PREFILLREQUEST']._serialized_start=779
-  _globals['_PREFILLREQUEST']._serialized_end=947
-  _globals['_PREFILLRESPONSE']._serialized_start=950
-  _globals['_PREFILLRESPONSE']._serialized_end=1183
-  _globals['_DECODEREQUEST']._serialized_start=1186
-  _globals['_DECODEREQUEST']._serialized_end=1343
-  _globals['_TOKENCHUNK']._serialized_start=1346
-  _globals['_TOKENCHUNK']._serialized_end=1519
-  _globals['_KVCHUNK']._serialized_start=1521
-  _globals['_KVCHUNK']._serialized_end=1545
-  _globals['_PUSHACK']._serialized_start=1547
-  _globals['_PUSHACK']._serialized_end=1607
-  _globals['_PREFILLWORKER']._serialized_start=1729
-  _globals['_PREFILLWORKER']._serialized_end=1928
-  _globals['_DECODEWORKER']._serialized_start=1931
-  _globals['_DECODEWORKER']._serialized_end=2190
-  _globals['_KVTRANSFER']._serialized_start=2192
-  _globals['_KVTRANSFER']._serialized_end=2259
+  _globals['_RENEWREQUEST']._serialized_start=667
+  _globals['_RENEWREQUEST']._serialized_end=718
+  _globals['_RENEWRESPONSE']._serialized_start=720
+  _globals['_RENEWRESPONSE']._serialized_end=764
+  _globals['_RESERVERESPONSE']._serialized_start=766
+  _globals['_RESERVERESPONSE']._serialized_end=875
+  _globals['_PREFILLREQUEST']._serialized_start=878
+  _globals['_PREFILLREQUEST']._serialized_end=1046
+  _globals['_PREFILLRESPONSE']._serialized_start=1049
+  _globals['_PREFILLRESPONSE']._serialized_end=1282
+  _globals['_DECODEREQUEST']._serialized_start=1285
+  _globals['_DECODEREQUEST']._serialized_end=1442
+  _globals['_TOKENCHUNK']._serialized_start=1445
+  _globals['_TOKENCHUNK']._serialized_end=1618
+  _globals['_KVCHUNK']._serialized_start=1620
+  _globals['_KVCHUNK']._serialized_end=1644
+  _globals['_PUSHACK']._serialized_start=1646
+  _globals['_PUSHACK']._serialized_end=1706
+  _globals['_KVPOOLREQUEST']._serialized_start=1708
+  _globals['_KVPOOLREQUEST']._serialized_end=1723
+  _globals['_KVPOOLEXPORT']._serialized_start=1726
+  _globals['_KVPOOLEXPORT']._serialized_end=2076
+  _globals['_BEGINWRITEREQUEST']._serialized_start=2078
+  _globals['_BEGINWRITEREQUEST']._serialized_end=2191
+  _globals['_ENDWRITEREQUEST']._serialized_start=2193
+  _globals['_ENDWRITEREQUEST']._serialized_end=2295
+  _globals['_PREFILLWORKER']._serialized_start=2417
+  _globals['_PREFILLWORKER']._serialized_end=2616
+  _globals['_DECODEWORKER']._serialized_start=2619
+  _globals['_DECODEWORKER']._serialized_end=2938
+  _globals['_KVTRANSFER']._serialized_start=2941
+  _globals['_KVTRANSFER']._serialized_end=3197
 # @@protoc_insertion_point(module_scope)

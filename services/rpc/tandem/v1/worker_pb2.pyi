@@ -83,6 +83,20 @@ class ReserveRequest(_message.Message):
     ttl_ms: int
     def __init__(self, request_id: _Optional[str] = ..., num_tokens: _Optional[int] = ..., ttl_ms: _Optional[int] = ...) -> None: ...
 
+class RenewRequest(_message.Message):
+    __slots__ = ("request_ids", "ttl_ms")
+    REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    request_ids: _containers.RepeatedScalarFieldContainer[str]
+    ttl_ms: int
+    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., ttl_ms: _Optional[int] = ...) -> None: ...
+
+class RenewResponse(_message.Message):
+    __slots__ = ("missing_request_ids",)
+    MISSING_REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    missing_request_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, missing_request_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class ReserveResponse(_message.Message):
     __slots__ = ("granted", "num_blocks", "kv_address", "reason", "block_ids")
     GRANTED_FIELD_NUMBER: _ClassVar[int]
@@ -174,3 +188,69 @@ class PushAck(_message.Message):
     bytes_received: int
     error: str
     def __init__(self, ok: _Optional[bool] = ..., bytes_received: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+
+class KVPoolRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class KVPoolExport(_message.Message):
+    __slots__ = ("available", "reason", "node_id", "device_uuid", "dtype", "pool_shape", "ipc_handle", "storage_size_bytes", "storage_offset_bytes", "tensor_offset", "ref_counter_handle", "ref_counter_offset", "event_handle", "event_sync_required", "pool_bytes")
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_UUID_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    POOL_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    IPC_HANDLE_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_OFFSET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    REF_COUNTER_HANDLE_FIELD_NUMBER: _ClassVar[int]
+    REF_COUNTER_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    EVENT_HANDLE_FIELD_NUMBER: _ClassVar[int]
+    EVENT_SYNC_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    POOL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    available: bool
+    reason: str
+    node_id: str
+    device_uuid: str
+    dtype: str
+    pool_shape: _containers.RepeatedScalarFieldContainer[int]
+    ipc_handle: bytes
+    storage_size_bytes: int
+    storage_offset_bytes: int
+    tensor_offset: int
+    ref_counter_handle: bytes
+    ref_counter_offset: int
+    event_handle: bytes
+    event_sync_required: bool
+    pool_bytes: int
+    def __init__(self, available: _Optional[bool] = ..., reason: _Optional[str] = ..., node_id: _Optional[str] = ..., device_uuid: _Optional[str] = ..., dtype: _Optional[str] = ..., pool_shape: _Optional[_Iterable[int]] = ..., ipc_handle: _Optional[bytes] = ..., storage_size_bytes: _Optional[int] = ..., storage_offset_bytes: _Optional[int] = ..., tensor_offset: _Optional[int] = ..., ref_counter_handle: _Optional[bytes] = ..., ref_counter_offset: _Optional[int] = ..., event_handle: _Optional[bytes] = ..., event_sync_required: _Optional[bool] = ..., pool_bytes: _Optional[int] = ...) -> None: ...
+
+class BeginWriteRequest(_message.Message):
+    __slots__ = ("request_id", "block_ids", "num_tokens", "dtype", "page_shape")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_IDS_FIELD_NUMBER: _ClassVar[int]
+    NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    block_ids: _containers.RepeatedScalarFieldContainer[int]
+    num_tokens: int
+    dtype: str
+    page_shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, request_id: _Optional[str] = ..., block_ids: _Optional[_Iterable[int]] = ..., num_tokens: _Optional[int] = ..., dtype: _Optional[str] = ..., page_shape: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class EndWriteRequest(_message.Message):
+    __slots__ = ("request_id", "ok", "error", "checksums", "num_bytes")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUMS_FIELD_NUMBER: _ClassVar[int]
+    NUM_BYTES_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    ok: bool
+    error: str
+    checksums: _containers.RepeatedScalarFieldContainer[int]
+    num_bytes: int
+    def __init__(self, request_id: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., checksums: _Optional[_Iterable[int]] = ..., num_bytes: _Optional[int] = ...) -> None: ...

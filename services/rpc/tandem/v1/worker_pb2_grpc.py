@@ -197,6 +197,11 @@ class DecodeWorkerStub:
                 request_serializer=tandem_dot_v1_dot_worker__pb2.ReserveRequest.SerializeToString,
                 response_deserializer=tandem_dot_v1_dot_worker__pb2.ReserveResponse.FromString,
                 _registered_method=True)
+        self.Renew = channel.unary_unary(
+                '/tandem.v1.DecodeWorker/Renew',
+                request_serializer=tandem_dot_v1_dot_worker__pb2.RenewRequest.SerializeToString,
+                response_deserializer=tandem_dot_v1_dot_worker__pb2.RenewResponse.FromString,
+                _registered_method=True)
         self.Decode = channel.unary_stream(
                 '/tandem.v1.DecodeWorker/Decode',
                 request_serializer=tandem_dot_v1_dot_worker__pb2.DecodeRequest.SerializeToString,
@@ -218,6 +223,12 @@ class DecodeWorkerServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Reserve(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Renew(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -248,6 +259,11 @@ def add_DecodeWorkerServicer_to_server(servicer, server):
                     servicer.Reserve,
                     request_deserializer=tandem_dot_v1_dot_worker__pb2.ReserveRequest.FromString,
                     response_serializer=tandem_dot_v1_dot_worker__pb2.ReserveResponse.SerializeToString,
+            ),
+            'Renew': grpc.unary_unary_rpc_method_handler(
+                    servicer.Renew,
+                    request_deserializer=tandem_dot_v1_dot_worker__pb2.RenewRequest.FromString,
+                    response_serializer=tandem_dot_v1_dot_worker__pb2.RenewResponse.SerializeToString,
             ),
             'Decode': grpc.unary_stream_rpc_method_handler(
                     servicer.Decode,
@@ -292,6 +308,33 @@ class DecodeWorker:
             '/tandem.v1.DecodeWorker/Reserve',
             tandem_dot_v1_dot_worker__pb2.ReserveRequest.SerializeToString,
             tandem_dot_v1_dot_worker__pb2.ReserveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Renew(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem.v1.DecodeWorker/Renew',
+            tandem_dot_v1_dot_worker__pb2.RenewRequest.SerializeToString,
+            tandem_dot_v1_dot_worker__pb2.RenewResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -398,6 +441,21 @@ class KVTransferStub:
                 request_serializer=tandem_dot_v1_dot_worker__pb2.KVChunk.SerializeToString,
                 response_deserializer=tandem_dot_v1_dot_worker__pb2.PushAck.FromString,
                 _registered_method=True)
+        self.ExportPool = channel.unary_unary(
+                '/tandem.v1.KVTransfer/ExportPool',
+                request_serializer=tandem_dot_v1_dot_worker__pb2.KVPoolRequest.SerializeToString,
+                response_deserializer=tandem_dot_v1_dot_worker__pb2.KVPoolExport.FromString,
+                _registered_method=True)
+        self.BeginWrite = channel.unary_unary(
+                '/tandem.v1.KVTransfer/BeginWrite',
+                request_serializer=tandem_dot_v1_dot_worker__pb2.BeginWriteRequest.SerializeToString,
+                response_deserializer=tandem_dot_v1_dot_worker__pb2.PushAck.FromString,
+                _registered_method=True)
+        self.EndWrite = channel.unary_unary(
+                '/tandem.v1.KVTransfer/EndWrite',
+                request_serializer=tandem_dot_v1_dot_worker__pb2.EndWriteRequest.SerializeToString,
+                response_deserializer=tandem_dot_v1_dot_worker__pb2.PushAck.FromString,
+                _registered_method=True)
 
 
 class KVTransferServicer:
@@ -409,12 +467,45 @@ class KVTransferServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportPool(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BeginWrite(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EndWrite(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVTransferServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'PushPages': grpc.stream_unary_rpc_method_handler(
                     servicer.PushPages,
                     request_deserializer=tandem_dot_v1_dot_worker__pb2.KVChunk.FromString,
+                    response_serializer=tandem_dot_v1_dot_worker__pb2.PushAck.SerializeToString,
+            ),
+            'ExportPool': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportPool,
+                    request_deserializer=tandem_dot_v1_dot_worker__pb2.KVPoolRequest.FromString,
+                    response_serializer=tandem_dot_v1_dot_worker__pb2.KVPoolExport.SerializeToString,
+            ),
+            'BeginWrite': grpc.unary_unary_rpc_method_handler(
+                    servicer.BeginWrite,
+                    request_deserializer=tandem_dot_v1_dot_worker__pb2.BeginWriteRequest.FromString,
+                    response_serializer=tandem_dot_v1_dot_worker__pb2.PushAck.SerializeToString,
+            ),
+            'EndWrite': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndWrite,
+                    request_deserializer=tandem_dot_v1_dot_worker__pb2.EndWriteRequest.FromString,
                     response_serializer=tandem_dot_v1_dot_worker__pb2.PushAck.SerializeToString,
             ),
     }
@@ -444,6 +535,87 @@ class KVTransfer:
             target,
             '/tandem.v1.KVTransfer/PushPages',
             tandem_dot_v1_dot_worker__pb2.KVChunk.SerializeToString,
+            tandem_dot_v1_dot_worker__pb2.PushAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportPool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem.v1.KVTransfer/ExportPool',
+            tandem_dot_v1_dot_worker__pb2.KVPoolRequest.SerializeToString,
+            tandem_dot_v1_dot_worker__pb2.KVPoolExport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BeginWrite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem.v1.KVTransfer/BeginWrite',
+            tandem_dot_v1_dot_worker__pb2.BeginWriteRequest.SerializeToString,
+            tandem_dot_v1_dot_worker__pb2.PushAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndWrite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem.v1.KVTransfer/EndWrite',
+            tandem_dot_v1_dot_worker__pb2.EndWriteRequest.SerializeToString,
             tandem_dot_v1_dot_worker__pb2.PushAck.FromString,
             options,
             channel_credentials,
