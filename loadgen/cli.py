@@ -135,7 +135,11 @@ def plan_from_args(args: argparse.Namespace) -> BenchPlan:
     num_prompts = args.num_prompts
     if num_prompts is None and args.duration is None:
         num_prompts = DEFAULT_NUM_PROMPTS
-    load = LoadSpec(max_concurrency=args.max_concurrency, request_rate=args.request_rate,
+    sweep = parse_sweep(args.sweep) if args.sweep else None
+    max_concurrency, request_rate = args.max_concurrency, args.request_rate
+    if sweep is not None:
+        max_concurrency, request_rate = sweep.base_pattern(max_concurrency, request_rate)
+    load = LoadSpec(max_concurrency=max_concurrency, request_rate=request_rate,
                     burstiness=args.burstiness, num_prompts=num_prompts, duration_s=args.duration,
                     warmup_requests=args.warmup_requests, request_timeout_s=args.request_timeout, seed=args.seed,
                     ramp_up_s=args.ramp_up)
@@ -147,7 +151,7 @@ def plan_from_args(args: argparse.Namespace) -> BenchPlan:
                         result_filename=args.result_filename, plots=not args.no_plots,
                         show_progress=not args.no_progress)
     return BenchPlan(backend=backend, dataset=dataset, load=load,
-                     sweep=parse_sweep(args.sweep) if args.sweep else None, capacity=capacity,
+                     sweep=sweep, capacity=capacity,
                      goodput=parse_goodput(args.goodput), percentiles=parse_percentiles(args.percentiles),
                      tokenizer=args.tokenizer, num_workers=args.num_workers, output=output)
 

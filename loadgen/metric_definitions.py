@@ -47,6 +47,8 @@ SCALARS = {
                                "client's count.",
     "output_token_mismatches": "Completed requests whose server-reported output tokens differ from the "
                                "client's count.",
+    "output_token_mismatch_cause": "Why output counts differ, in words, from the mismatched requests' "
+                                   "text (none when every count agreed).",
     "prompt_tokens_server_minus_client": "Mean over requests of (server-reported - client-counted) prompt "
                                          "tokens: +1 is typically a BOS token, more a chat template.",
     "output_tokens_server_minus_client": "Mean over requests of (server-reported - client-counted) output "

@@ -10,6 +10,7 @@ import numpy as np
 from loadgen.errors import BenchConfigError
 from loadgen.records import RequestRecord
 from loadgen.stats import max_overlap, summarize
+from loadgen.token_mismatch import output_mismatch_cause
 from loadgen.tokens import TokenCounter
 
 GOODPUT_KEYS = ("ttft", "tpot", "e2el")
@@ -120,13 +121,14 @@ def summarize_run(records: list[RequestRecord], percentiles: tuple[float, ...],
 def _token_agreement(done: list[RequestRecord]) -> dict:
     server_in = [r for r in done if r.server_prompt_tokens is not None]
     server_out = [r for r in done if r.server_output_tokens is not None]
+    mismatched = [r for r in server_out
+                  if r.client_output_tokens is not None and r.server_output_tokens != r.client_output_tokens]
     return {
         "server_input_tokens": sum(r.server_prompt_tokens for r in server_in) if server_in else None,
         "client_output_tokens": sum(r.client_output_tokens or 0 for r in done),
         "prompt_token_mismatches": sum(1 for r in server_in if r.server_prompt_tokens != r.prompt_len),
-        "output_token_mismatches": sum(1 for r in server_out
-                                       if r.client_output_tokens is not None
-                                       and r.server_output_tokens != r.client_output_tokens),
+        "output_token_mismatches": len(mismatched),
+        "output_token_mismatch_cause": output_mismatch_cause(mismatched),
         "requests_with_server_usage": len(server_out),
         "prompt_tokens_server_minus_client": (
             sum(r.server_prompt_tokens - r.prompt_len for r in server_in) / len(server_in) if server_in else None),

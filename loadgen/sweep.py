@@ -25,6 +25,14 @@ class SweepSpec:
                 raise BenchConfigError("--sweep", f"{self.dimension} values must be "
                                                   f"{'integers >= 1' if self.dimension == 'concurrency' else '> 0'}, got {v:g}")
 
+    def base_pattern(self, max_concurrency: int | None, request_rate: float) -> tuple[int | None, float]:
+        """(max_concurrency, request_rate) of the sweep's first point, from the flags given: the
+        base load spec is validated as that point, so a sweep supplies what its dimension sets
+        (a concurrency sweep with --duration needs no --max-concurrency)."""
+        if self.dimension == "concurrency":
+            return int(self.values[0]), float("inf")
+        return max_concurrency, float(self.values[0])
+
     def load_specs(self, base: LoadSpec) -> list[LoadSpec]:
         return [point_spec(base, self.dimension, v) for v in self.values]
 

@@ -76,9 +76,11 @@ class TandemGrpcBackend(Backend):
     async def stream(self, request: BenchRequest, record: RequestRecord) -> None:
         stub = self._stubs[next(self._next) % len(self._stubs)]
         call = stub.Generate(self._message(request), metadata=self._metadata)
+        # grpc.aio has no "request written" signal (wait_for_connection() waits for the server's
+        # headers, which may come with the first token), so the send time is the call's start: the
+        # message and the call object are built by now, and show as queueing, as over HTTP.
+        record.sent = perf_counter()
         try:
-            # grpc.aio has no "request written" signal (wait_for_connection() waits for the server's
-            # headers, which may come with the first token), so the send time stays the call's start.
             async for message in call:
                 now = perf_counter()
                 if message.token_ids:

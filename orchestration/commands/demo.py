@@ -117,6 +117,11 @@ def run(args: argparse.Namespace) -> int:
             url = (f"127.0.0.1:{server.grpc_port}" if args.backend == "tandem"
                    else f"http://127.0.0.1:{server.http_port}")
             result, paths = run_bench(_plan(args, url))
+    for point in result.points:
+        s = point.summary
+        if s.get("output_token_mismatches"):
+            print(f"{point.spec.label}: output token counts differ (server vs client) in "
+                  f"{s['output_token_mismatches']} of {s['completed']} requests: {s['output_token_mismatch_cause']}")
     html = next((p for p in paths if p.endswith(".html")), None)
     if html:
         print(f"report: {os.path.abspath(html)}")

@@ -7,6 +7,7 @@ cope with."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from typing import Any
@@ -100,3 +101,64 @@ def tokenizer_config() -> dict[str, Any]:
     """tokenizer_config.json of the preset (what a checkpoint directory would carry)."""
     return {"bos_token": BOS, "eos_token": EOS, "chat_template": CHAT_TEMPLATE,
             "tokenizer_class": "PreTrainedTokenizerFast"}
+
+
+# --- Full-vocabulary tokenizers of the presets ----------------------------------------------
+#
+# A preset's model can emit any id of its vocabulary (random weights emit them all), so every id
+# must decode on its own to text that encodes back to that id, and any sequence of ids must
+# decode to text that encodes back to the same sequence: then a client that counts tokens by
+# re-encoding the streamed text counts what the server generated. Raw bytes cannot do that (a
+# lone continuation byte is not text), so the vocabulary is made of whole characters and of
+# generated pieces, and its decoding is a prefix code:
+#   - base characters: every ASCII character, Latin-1, and for larger vocabularies more scripts,
+#     one id each;
+#   - pieces: PIECE_MARK followed by exactly PIECE_LETTERS ASCII letters. The mark is never a base
+#     character, so in decoded text each mark starts exactly one piece of known length;
+#   - the chat tokens, UNK (a character outside the base set) and the end tokens, as added tokens
+#     that are not "special": they decode to their own text, so a client's count includes them.
+# The pre-tokenizer splits text into pieces and single characters with one regex, and a
+# WordLevel model maps each to its id. Built in well under a second, the same in every process.
+
+PIECE_MARK = "\u2581"                      # LOWER ONE EIGHTH BLOCK, sentencepiece's word mark
+PIECE_LETTERS = 3
+_LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+UNK = "<|unk|>"
+PRESET_ADDED_TOKENS = (*SPECIAL_TOKENS, UNK)
+
+LATIN = ((0x00, 0x7F), (0xA0, 0xFF))
+# For vocabularies of real size: Latin Extended, Greek, Cyrillic, general punctuation, CJK
+# punctuation, kana, CJK unified ideographs, fullwidth forms, emoji.
+WIDE = LATIN + ((0x100, 0x24F), (0x370, 0x3FF), (0x400, 0x4FF), (0x2000, 0x206F), (0x3000, 0x30FF),
+                (0x4E00, 0x9FFF), (0xFF00, 0xFFEF), (0x1F300, 0x1F6FF))
+
+
+def _base_characters(ranges: tuple[tuple[int, int], ...]) -> list[str]:
+    return [chr(c) for lo, hi in ranges for c in range(lo, hi + 1) if chr(c) != PIECE_MARK]
+
+
+def _pieces(count: int) -> list[str]:
+    if count > len(_LETTERS) ** PIECE_LETTERS:
+        raise ValueError(f"{count} pieces do not fit in {len(_LETTERS)}^{PIECE_LETTERS}")
+    return [PIECE_MARK + "".join(p) for p in itertools.islice(itertools.product(_LETTERS, repeat=PIECE_LETTERS), count)]
+
+
+def build_full_vocab_tokenizer(vocab_size: int, ranges: tuple[tuple[int, int], ...] = LATIN) -> tokenizers.Tokenizer:
+    """A tokenizer of exactly vocab_size ids (added tokens included), each decoding to text that
+    encodes back to it; `ranges` are the code points of the base characters."""
+    base = _base_characters(ranges)
+    num_pieces = vocab_size - len(base) - len(PRESET_ADDED_TOKENS)
+    if num_pieces < 0:
+        raise ValueError(f"vocab_size {vocab_size} is smaller than the {len(base)} base characters "
+                         f"and {len(PRESET_ADDED_TOKENS)} added tokens")
+    vocab = {text: i for i, text in enumerate(base + _pieces(num_pieces))}
+    vocab[UNK] = len(vocab)
+    tok = tokenizers.Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    piece = re.escape(PIECE_MARK) + "[A-Za-z]{%d}" % PIECE_LETTERS
+    tok.pre_tokenizer = pre_tokenizers.Split(tokenizers.Regex(f"{piece}|[\\s\\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_tokens([tokenizers.AddedToken(t, special=False, normalized=False) for t in PRESET_ADDED_TOKENS])
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, tok.token_to_id(BOS))])
+    assert tok.get_vocab_size(with_added_tokens=True) == vocab_size
+    return tok

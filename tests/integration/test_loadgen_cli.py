@@ -39,6 +39,18 @@ def test_sweep_writes_every_report_file(target, tmp_path):
     assert doc["model_id"] == "loadgen-target" and doc["token_count_method"].startswith("approximate")
 
 
+def test_sweep_by_duration_takes_the_concurrency_from_the_sweep(target, tmp_path):
+    proc = tandem_bench("--base-url", target.http_url, "--sweep", "concurrency:1,32,256", "--duration", "1",
+                        "--random-input-len", "8", "--random-output-len", "4", "--save-result",
+                        "--result-dir", str(tmp_path), "--result-filename", "by-duration", "--no-plots")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    doc = json.loads((tmp_path / "by-duration.json").read_text())
+    assert [r["max_concurrency"] for r in doc["runs"]] == [1, 32, 256]
+    assert all(r["completed"] > 0 and r["failed"] == 0 for r in doc["runs"])
+    assert [r["max_concurrency_observed"] for r in doc["runs"]] == [1, 32, 256]
+
+
 def test_ctrl_c_stops_and_still_writes(target, tmp_path):
     before = target.emission_stats()["tokens"]
     proc = tandem_bench("--base-url", target.http_url, "--max-concurrency", "4", "--duration", "30",

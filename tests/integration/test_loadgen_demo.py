@@ -36,6 +36,11 @@ def test_demo_starts_tandem_serve_and_stops_it(tmp_path):
     assert [r["completed"] for r in doc["runs"]] == [4, 4] and all(r["failed"] == 0 for r in doc["runs"])
     assert doc["model_id"] == "tiny-random" and doc["token_count_method"].startswith("exact")
     assert all(r["total_output_tokens"] == 4 * 8 for r in doc["runs"])     # --ignore-eos: exact lengths
+    # The preset's tokenizer covers its vocabulary: the client's count of the streamed text is the
+    # server's, request by request (random ids used to decode to partial UTF-8 and re-encode apart).
+    assert all(r["client_output_tokens"] == r["total_output_tokens"] and r["output_token_mismatches"] == 0
+               and r["output_token_mismatch_cause"] is None for r in doc["runs"])
+    assert "output token counts differ" not in done.stdout
     for ext in ("csv", "png", "html"):
         assert (tmp_path / f"demo.{ext}").stat().st_size > 0
     port = int(re.search(r"HTTP http://127\.0\.0\.1:(\d+)", (tmp_path / "server.log").read_text()).group(1))

@@ -76,6 +76,10 @@ class EmissionLog:
     def summary(self) -> dict:
         def median_ms(values: list[float]) -> float | None:
             return sorted(values)[len(values) // 2] * 1e3 if values else None
+        def mean_ms(values: list[float]) -> float | None:
+            return sum(values) / len(values) * 1e3 if values else None
         return {"tokens": len(self.first_token_late_s) + len(self.token_late_s),
                 "median_first_token_late_ms": median_ms(self.first_token_late_s),
-                "median_token_late_ms": median_ms(self.token_late_s)}
+                "median_token_late_ms": median_ms(self.token_late_s),
+                "mean_first_token_late_ms": mean_ms(self.first_token_late_s),
+                "mean_token_late_ms": mean_ms(self.token_late_s)}

@@ -12,7 +12,7 @@ from services.engine.errors import InvalidRequestError
 from services.engine.loader import load_model
 from services.engine.sampling_params import SamplingParams
 
-PROMPT = "Disaggregated serving moves the KV cache between workers as pages."
+PROMPT = "Disaggregated serving moves KV caches as pages....."   # 51 characters: 52 tokens
 PARAMS = {
     "greedy": SamplingParams(temperature=0, max_tokens=12, ignore_eos=True),
     "seeded": SamplingParams(temperature=0.8, top_p=0.9, seed=11, max_tokens=12, ignore_eos=True),

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from orchestration.cli import main
-from services.engine.presets import byte_level_tokenizer
+from services.engine.presets import tiny_random_tokenizer
 
 
 def generate(capsys, *args: str) -> tuple[int, str, str]:
@@ -23,9 +23,9 @@ def test_json_output(capsys):
                               "--ignore-eos", "Hello, Tandem")
     assert code == 0 and err == ""
     result = json.loads(out)
-    assert result["prompt_token_ids"] == byte_level_tokenizer().encode("Hello, Tandem")
+    assert result["prompt_token_ids"] == tiny_random_tokenizer().encode("Hello, Tandem")
     assert len(result["token_ids"]) == 6 and result["finish_reason"] == "length"
-    assert result["text"] == byte_level_tokenizer().decode(result["token_ids"])
+    assert result["text"] == tiny_random_tokenizer().decode(result["token_ids"])
     assert result["timings"]["ttft_s"] >= 0
 
 

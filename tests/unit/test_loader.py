@@ -162,4 +162,5 @@ def test_load_tokenizer_reads_no_weights(llama_dir):
     loaded = load_tokenizer(str(llama_dir))
     assert loaded.config == load_model(str(llama_dir), dtype="float32").config
     assert loaded.tokenizer.encode("hi") == load_model(str(llama_dir)).tokenizer.encode("hi")
-    assert load_tokenizer("tiny-random").config.vocab_size == loaded.tokenizer.vocab_size
+    preset = load_tokenizer("tiny-random")
+    assert preset.config.vocab_size == preset.tokenizer.vocab_size

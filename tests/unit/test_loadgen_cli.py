@@ -64,6 +64,18 @@ def test_duration_bound_run_has_no_prompt_count():
     assert plan.load.num_prompts is None and plan.load.duration_s == 5
 
 
+def test_a_sweep_supplies_its_dimension_to_a_duration_bound_run():
+    plan = plan_from_args(parse("--sweep", "concurrency:1,32,256", "--duration", "15"))
+    assert [p.max_concurrency for p in plan.sweep.load_specs(plan.load)] == [1, 32, 256]
+    assert all(p.duration_s == 15 and p.num_prompts is None for p in plan.sweep.load_specs(plan.load))
+    plan = plan_from_args(parse("--sweep", "rate:2,4", "--duration", "3", "--max-concurrency", "8"))
+    assert [(p.request_rate, p.max_concurrency) for p in plan.sweep.load_specs(plan.load)] == [(2, 8), (4, 8)]
+    plan = plan_from_args(parse("--sweep", "concurrency:4,8", "--ramp-up", "0.5"))
+    assert all(p.ramp_up_s == 0.5 for p in plan.sweep.load_specs(plan.load))
+    with pytest.raises(BenchConfigError, match="--duration"):      # still refused without a sweep
+        plan_from_args(parse("--duration", "15"))
+
+
 def test_sweep_and_slo_exclude_each_other():
     with pytest.raises(BenchConfigError, match="--sweep"):
         plan_from_args(parse("--sweep", "concurrency:1,2", "--slo", "ttft_ms:100"))

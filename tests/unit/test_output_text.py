@@ -1,14 +1,15 @@
-"""Stop strings through incremental detokenization, on the tiny-random tokenizer."""
+"""Stop strings through incremental detokenization, on a byte-level tokenizer whose tokens can
+hold part of a character (as real checkpoints' do; the presets' tokens are whole characters)."""
 
 import pytest
 
-from services.engine.loader import load_tokenizer
+from services.engine.presets import byte_level_tokenizer
 from services.gateway.output_text import OutputText
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return load_tokenizer("tiny-random").tokenizer
+    return byte_level_tokenizer()
 
 
 def stream(tokenizer, text, stop, step=1):
