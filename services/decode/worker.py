@@ -23,7 +23,7 @@ from services.engine.engine_loop import EngineLoop, RequestStream
 from services.engine.errors import InvalidRequestError, ReservationError
 from services.kvtransfer import KVReceiver, KVTransferServer, LocalEndpoints
 from services.rpc.tandem.v1 import worker_pb2, worker_pb2_grpc
-from services.worker.config import WorkerConfig
+from services.worker.config import WorkerConfig, worker_engine_config
 from services.worker.edge import integrity_error, stream_edge, unary_edge
 from services.worker.prompt_counter import PromptTokenCounter
 from services.worker.readiness import STOPPING, Readiness
@@ -54,7 +54,7 @@ class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
         health checks NOT_SERVING and refuses every other call)."""
         started = time.perf_counter()
         if self.engine is None:
-            self.engine = await asyncio.to_thread(LLMEngine, self.config.engine)
+            self.engine = await asyncio.to_thread(LLMEngine, worker_engine_config(self.config))
         load_s = time.perf_counter() - started
         self.prompt_counter = PromptTokenCounter.install(self.engine)
         self.telemetry = WorkerTelemetry("decode", self.engine, self.prompt_counter,

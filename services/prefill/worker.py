@@ -20,7 +20,7 @@ from services.engine.engine_loop import EngineLoop
 from services.engine.errors import ConfigError, InvalidRequestError, RequestCancelledError
 from services.kvtransfer import KVTransports, PageRun
 from services.rpc.tandem.v1 import worker_pb2, worker_pb2_grpc
-from services.worker.config import WorkerConfig
+from services.worker.config import WorkerConfig, worker_engine_config
 from services.worker.edge import integrity_error, unary_edge
 from services.worker.prompt_counter import PromptTokenCounter
 from services.worker.readiness import STOPPING, Readiness
@@ -52,7 +52,7 @@ class PrefillWorker(worker_pb2_grpc.PrefillWorkerServicer):
         health checks NOT_SERVING and refuses every other call)."""
         started = time.perf_counter()
         if self.engine is None:
-            self.engine = await asyncio.to_thread(LLMEngine, self.config.engine)
+            self.engine = await asyncio.to_thread(LLMEngine, worker_engine_config(self.config))
         load_s = time.perf_counter() - started
         pool_device = self.engine.kv.kv_cache.device
         if self.config.kv_transport == "cuda_ipc" and pool_device.type != "cuda":

@@ -45,11 +45,14 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-batched-tokens", type=int, default=_SCHED.max_num_batched_tokens)
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--scheduler-policy", default=_SCHED.policy, choices=("fcfs", "shortest_prompt_first"))
+    p.add_argument("--enforce-eager", action="store_true",
+                   help="no CUDA graphs: every decode step runs eagerly")
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(
         model=args.model, dtype=args.dtype, device=args.device, seed=args.seed,
+        enforce_eager=args.enforce_eager,
         cache=CacheConfig(block_size=args.block_size, num_blocks=args.num_kv_blocks,
                           cpu_budget_bytes=args.kv_cpu_budget_bytes,
                           gpu_memory_fraction=args.gpu_memory_fraction,
@@ -77,6 +80,8 @@ def engine_arguments(config: EngineConfig) -> list[str]:
             args += [flag, str(value)]
     if not cache.enable_prefix_caching:
         args.append("--no-prefix-caching")
+    if config.enforce_eager:
+        args.append("--enforce-eager")
     return args
 
 

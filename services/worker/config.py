@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+import dataclasses
 from dataclasses import dataclass, field
 
 from services.engine.config import EngineConfig
@@ -49,3 +50,9 @@ class WorkerConfig:
 
     def named(self, role: str) -> str:
         return self.worker_id or f"{role}-{uuid.uuid4().hex[:8]}"
+
+
+def worker_engine_config(config: WorkerConfig) -> EngineConfig:
+    """The engine as a worker runs it: token ids out, no text (the gateway detokenizes for its
+    clients; requests with stop strings are still detokenized, since stopping needs their text)."""
+    return dataclasses.replace(config.engine, detokenize=False)

@@ -107,3 +107,15 @@ def test_each_worker_gets_its_device_share_and_a_pool_no_larger_than_it_can_use(
     # The process launcher's flags carry all of it to the worker process.
     args = build_parser("worker").parse_args(worker_arguments(specs[2].config))
     assert worker_config_from_args(args).engine == specs[2].config.engine
+
+
+def test_engine_flags_reach_the_worker_process() -> None:
+    """Graphs off and the pool settings survive the trip through the process launcher's flags,
+    and the worker's engine streams ids alone."""
+    from services.worker.config import WorkerConfig, worker_engine_config
+
+    engine = EngineConfig(enforce_eager=True, cache=CacheConfig(num_blocks=32, enable_prefix_caching=False))
+    sent = WorkerConfig(engine=engine)
+    received = worker_config_from_args(build_parser("worker").parse_args(worker_arguments(sent)))
+    assert received.engine == engine
+    assert worker_engine_config(received).detokenize is False and engine.detokenize is True
