@@ -143,80 +143,14 @@ class RayLauncher:
         self.actors.remove(actor)
         self._stop_actor(actor)
 
-    def _stop_actor(self, actor) -> None:
+    @staticmethod
+    def _stop_actor(actor) -> None:
         import ray
         try:
             ray.get(actor.stop.remote(), timeout=30)
         except Exception:
             pass    # already dead: nothing left to stop
         ray.kill(actor, no_restart=True)
-
-    def stop(self) -> None:
-        self._thread.stop()
-
-
-class RayLauncher:
-    def __init__(self, start_timeout_s: float, ray_address: str | None = None,
-                 num_cpus: int | None = None, max_restarts: int = 3, strategy: str = "pack") -> None:
-        if strategy not in RAY_STRATEGIES:
-            raise ConfigError(f"ray strategy must be one of {RAY_STRATEGIES}, got {strategy!r}")
-        self._start_timeout_s = start_timeout_s
-        self._ray_address = ray_address
-        self._num_cpus = num_cpus
-        self._max_restarts = max_restarts
-        self._strategy = strategy
-        self._started_ray = False
-        self.actors: list = []
-        self.by_address: dict[str, object] = {}
-        self._group = None
-        self._bundle_of: dict[int, int] = {}     # node group -> bundle index
-
-    def _ensure_ray(self):
-        import ray
-        if not ray.is_initialized():
-            if self._ray_address:
-                ray.init(address=self._ray_address, log_to_driver=False)
-            else:
-                ray.init(num_cpus=self._num_cpus, include_dashboard=False, log_to_driver=False)
-                self._started_ray = True
-        return ray
-
-    def gpus(self) -> Gpus:
-        """The Ray cluster's GPUs; their memory is known only on a local instance (this machine)."""
-        ray = self._ensure_ray()
-        count = int(ray.cluster_resources().get("GPU", 0))
-        memory = local_gpus().memory_bytes if count and not self._ray_address else None
-        return Gpus(count, memory)
-
-    def start(self, specs: list[WorkerSpec]) -> list[str]:
-        ray = self._ensure_ray()
-        from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        bundles = [{"CPU": 1, "GPU": s.gpu_share} if s.gpu_share else {"CPU": 1} for s in specs]
-        group = placement_group(bundles, strategy="PACK")
-        self._groups.append(group)
-        try:
-            ray.get(group.ready(), timeout=self._start_timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            raise ConfigError(f"Ray could not place {len(specs)} workers of {bundles} within "
-                              f"{self._start_timeout_s}s (cluster resources: "
-                              f"{ray.cluster_resources()})") from None
-        actor_class = ray.remote(num_cpus=1, max_restarts=self._max_restarts,
-                                 max_task_retries=0)(WorkerActor)
-        local = not self._ray_address
-        actors = []
-        for index, spec in enumerate(specs):
-            if local and spec.port == 0:
-                spec = dataclasses.replace(spec, port=free_port(spec.host))
-            actors.append(actor_class.options(num_gpus=spec.gpu_share, scheduling_strategy=
-                PlacementGroupSchedulingStrategy(placement_group=group,
-                                                 placement_group_bundle_index=index)).remote(spec))
-        self.actors += actors
-        try:
-            return ray.get([a.address.remote() for a in actors], timeout=self._start_timeout_s)
-        except Exception as exc:
-            raise ConfigError(f"Ray workers failed to start: {exc}") from exc
 
     def stop(self) -> None:
         import ray
