@@ -38,7 +38,7 @@ class RoleLimits:
 
 @dataclass(frozen=True)
 class ScalingPolicyConfig:
-    prefill: RoleLimits = field(default_factory=lambda: RoleLimits(1, 1))
+    prefill: RoleLimits | None = field(default_factory=lambda: RoleLimits(1, 1))  # None: colocated
     decode: RoleLimits = field(default_factory=lambda: RoleLimits(1, 1))
     prefill_wait_up_s: float = 0.5        # estimated prefill queue time that adds a prefill worker
     prefill_wait_down_s: float = 0.05     # ... below which prefill counts as idle
@@ -67,8 +67,12 @@ class ScalingPolicyConfig:
         if self.up_cooldown_s < 0 or self.down_cooldown_s < 0:
             raise ConfigError("cool-downs must be >= 0")
 
-    def limits(self, role: str) -> RoleLimits:
+    def limits(self, role: str) -> RoleLimits | None:
         return self.prefill if role == "prefill" else self.decode
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return tuple(role for role in ROLES if self.limits(role) is not None)
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,7 @@ class ScalingPolicy:
 
     def decide(self, s: ScalingSignals) -> list[ScalingDecision]:
         decisions = []
-        for role in ROLES:
+        for role in self.config.roles:
             decision = self._decide_role(role, s)
             if decision is not None:
                 self._last_change[role] = s.now

@@ -140,3 +140,9 @@ def test_role_limits_are_validated():
         RoleLimits(0, 2)
     with pytest.raises(ConfigError, match="max workers"):
         RoleLimits(3, 2)
+
+
+def test_colocated_scales_decode_only():
+    f = Fleet(ScalingPolicyConfig(prefill=None, decode=RoleLimits(1, 3)), prefill=0)
+    f.run(20, kv_utilization=0.95, prefill_wait_s=5.0)
+    assert {d[1] for d in f.decisions} == {"decode"} and f.counts["prefill"] == 0
