@@ -40,8 +40,13 @@ class WorkerActor:
             # Ray makes the GPU it assigned the only one visible to this actor.
             engine = dataclasses.replace(spec.config.engine, device="cuda")
             spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, engine=engine))
+        self._role = spec.role
         self._thread = WorkerThread(make_worker(spec), f"{spec.role}-actor")
         self._address = self._thread.start(spec.host, spec.port)
+
+    def __repr__(self) -> str:
+        # Ray shows this in its logs and state API (`ray list actors`: repr_name).
+        return f"{self._role}-worker-{getattr(self, '_address', 'starting')}"
 
     def address(self) -> str:
         return self._address

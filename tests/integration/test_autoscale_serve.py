@@ -19,8 +19,7 @@ import pytest
 from tests.integration.test_serve_command import _read_until
 
 _WORKERS = re.compile(r'^tandem_workers\{role="(\w+)"\} (\S+)$', re.M)
-_DECISIONS = re.compile(
-    r'^tandem_scaling_decisions_total\{role="(\w+)",direction="(\w+)",reason="(\w+)"\} (\S+)$', re.M)
+_DECISIONS = re.compile(r'^tandem_scaling_decisions_total\{([^}]*)\} (\S+)$', re.M)
 
 
 def _metrics(url: str) -> str:
@@ -76,7 +75,10 @@ def test_a_rising_then_falling_load_scales_decode_up_then_everything_down(tmp_pa
                 break
             assert serve.poll() is None, "tandem serve exited"
             time.sleep(0.5)
-        decisions = {(d, reason, role): float(n) for role, d, reason, n in _DECISIONS.findall(_metrics(url))}
+        decisions = {}
+        for labels, n in _DECISIONS.findall(_metrics(url)):
+            label = dict(re.findall(r'(\w+)="(\w+)"', labels))
+            decisions[(label["direction"], label["reason"], label["role"])] = float(n)
         ups = {k: n for k, n in decisions.items() if k[0] == "up" and k[2] == "decode"}
         assert ups and set(k[1] for k in ups) <= {"decode_kv", "decode_running", "admission_queue",
                                                     "tpot_slo"}, decisions
