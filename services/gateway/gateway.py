@@ -116,10 +116,14 @@ class Gateway:
 
     async def retire_worker(self, address: str, timeout_s: float | None = None) -> WorkerHandle:
         """Drains the worker (nothing new is routed to it; its running requests finish there),
-        then disconnects it; returns its handle, with its last report. timeout_s (default: the request timeout) bounds the wait; past it
-        TimeoutError and the worker stays draining."""
+        then disconnects it; returns its handle, with its last report. timeout_s (default: the
+        request timeout) bounds the wait; past it the worker is back in service and TimeoutError."""
         worker = self.pool.drain(address)
-        await self.pool.wait_idle(address, timeout_s or self.config.request_timeout_s)
+        try:
+            await self.pool.wait_idle(address, timeout_s or self.config.request_timeout_s)
+        except BaseException:
+            worker.draining = False       # not retired after all: it serves again
+            raise
         await self.pool.remove(address)
         m = self.metrics
         for gauge, labels in ((m.worker_up, [(address, worker.role)]),

@@ -19,10 +19,10 @@ pytestmark = pytest.mark.timeout(180)
 MAX_TOKENS = 24
 
 
-async def _generate(stub, i: int, started: asyncio.Event | None = None) -> int:
+async def _generate(stub, i: int, started: asyncio.Event | None = None, max_tokens: int = MAX_TOKENS) -> int:
     n = 0
     async for msg in stub.Generate(gen.GenerateRequest(text=f"request {i}", sampling=gen.SamplingParams(
-            temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True))):
+            temperature=0.0, max_tokens=max_tokens, ignore_eos=True))):
         n += len(msg.token_ids)
         if started is not None:
             started.set()
@@ -80,3 +80,19 @@ async def test_adding_an_unreachable_worker_times_out_and_leaves_the_pool_as_it_
         assert [w.address for w in c.gateway.pool.all] == before
         with pytest.raises(ValueError, match="already"):
             await c.gateway.pool.add(before[0], "decode", ready_timeout_s=0.3)
+
+
+async def test_a_drain_that_outlasts_its_timeout_puts_the_worker_back_in_service():
+    async with gateway_cluster("disaggregated") as c:
+        gateway, decode = c.gateway, c.decode[0].address
+        async with grpc.aio.insecure_channel(gateway.grpc_address) as ch:
+            stub = gen_grpc.GenerationStub(ch)
+            started = asyncio.Event()
+            running = asyncio.create_task(_generate(stub, 0, started, max_tokens=200))
+            await started.wait()
+            with pytest.raises(TimeoutError, match="still busy"):
+                await gateway.retire_worker(decode, timeout_s=0.01)
+            assert gateway.pool.find(decode).accepting
+            assert await running == 200
+            assert await _generate(stub, 1) == MAX_TOKENS
+        assert await c.blocks_all_free(), c.free_blocks()
