@@ -8,7 +8,8 @@ load reports, then serve the public gRPC and the HTTP APIs on one event loop.
 
 Workers join and leave while it serves (the autoscaler in `tandem serve` calls these on the
 gateway's loop): `await gateway.add_worker(address, "decode")`, `await gateway.retire_worker(address)`
-(no new requests, waits for the running ones to finish, then disconnects).
+(no new requests, waits for the running ones to finish, then disconnects); over HTTP,
+/admin/workers does the same (services/gateway/admin_api.py).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class Gateway:
             await self.pool.start(cfg.worker_ready_timeout_s)
             self._grpc_server, self.grpc_port, self._health = await start_grpc_server(
                 self.service, cfg.host, cfg.grpc_port)
-            api = HttpApi(self.service, self.render_metrics, self.is_healthy)
+            api = HttpApi(self.service, self.render_metrics, self.is_healthy, gateway=self)
             self._http_runner, self.http_port = await start_http_server(api, cfg.host, cfg.http_port,
                                                                         SHUTDOWN_GRACE_S)
         except BaseException:

@@ -1,8 +1,10 @@
-"""Workers join and leave a serving gateway: a worker added while requests stream takes new ones,
-a retired worker gets nothing new, its running requests finish there, and no request is lost."""
+"""Workers join and leave a serving gateway (its Python API and /admin/workers): a worker added
+while requests stream takes new ones, a retired worker gets nothing new, its running requests
+finish there, and no request is lost."""
 
 import asyncio
 
+import aiohttp
 import grpc
 import pytest
 
@@ -95,4 +97,34 @@ async def test_a_drain_that_outlasts_its_timeout_puts_the_worker_back_in_service
             assert gateway.pool.find(decode).accepting
             assert await running == 200
             assert await _generate(stub, 1) == MAX_TOKENS
+        assert await c.blocks_all_free(), c.free_blocks()
+
+
+async def test_admin_http_adds_and_retires_workers_with_the_api_key():
+    engine = engine_config()
+    async with gateway_cluster("disaggregated", engine=engine, api_keys=("secret",)) as c:
+        url = c.gateway.http_url + "/admin/workers"
+        auth = {"Authorization": "Bearer secret"}
+        new_decode = WorkerThread(DecodeWorker(WorkerConfig(engine=engine)), "decode-admin")
+        await asyncio.to_thread(new_decode.start, HOST, 0)
+        c.decode.append(new_decode)
+        old = c.decode[0].address
+        async with aiohttp.ClientSession() as s:
+            async with s.post(url, json={"address": new_decode.address, "role": "decode"}) as r:
+                assert r.status == 401
+            async with s.post(url, json={"address": new_decode.address, "role": "both"}, headers=auth) as r:
+                assert r.status == 400 and (await r.json())["error"]["param"] == "role"
+            async with s.post(url, json={"address": new_decode.address, "role": "decode"}, headers=auth) as r:
+                assert r.status == 200 and (await r.json())["healthy"] is True
+            async with s.delete(f"{url}/{old}", headers=auth) as r:
+                assert r.status == 200 and (await r.json())["removed"] is True
+            async with s.delete(f"{url}/{old}", headers=auth) as r:
+                assert r.status == 400 and (await r.json())["error"]["param"] == "address"
+            async with s.get(url, headers=auth) as r:
+                listed = (await r.json())["workers"]
+            assert sorted(w["role"] for w in listed) == ["decode", "prefill"]
+            assert [w["address"] for w in listed if w["role"] == "decode"] == [new_decode.address]
+            body = {"prompt": "after the swap", "max_tokens": 5, "ignore_eos": True}
+            async with s.post(c.gateway.http_url + "/v1/completions", json=body, headers=auth) as r:
+                assert r.status == 200 and (await r.json())["usage"]["completion_tokens"] == 5
         assert await c.blocks_all_free(), c.free_blocks()
