@@ -59,16 +59,18 @@ class ScalingMetrics:
 
 
 class Autoscaler:
-    def __init__(self, config: AutoscalerConfig, gateway, cluster, max_num_seqs: int) -> None:
+    def __init__(self, config: AutoscalerConfig, gateway, cluster, max_num_seqs: int,
+                 metrics: ScalingMetrics | None = None) -> None:
         """gateway: a started services.gateway.gateway.Gateway (this loop); cluster: a started
-        orchestration.cluster.Cluster whose workers the gateway routes to."""
+        orchestration.cluster.Cluster whose workers the gateway routes to; metrics: registered
+        once per gateway (None: registered here)."""
         self.config = config
         self._gateway = gateway
         self._cluster = cluster
         self.policy = ScalingPolicy(config.policy)
         self._signals = GatewaySignals(gateway, max_num_seqs, config.ttft_slo_s, config.tpot_slo_s,
                                        config.slo_window_s)
-        self.metrics = ScalingMetrics(gateway.metrics.registry)
+        self.metrics = metrics or ScalingMetrics(gateway.metrics.registry)
         self.decisions: list[ScalingDecision] = []   # carried out, in order
         self._task: asyncio.Task | None = None
 
