@@ -24,6 +24,10 @@ class BackgroundCluster:
         """Runs a coroutine on the cluster's loop and waits for its result."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
 
+    async def call(self, coro) -> Any:
+        """Awaits a coroutine run on the cluster's loop (from another event loop)."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
+
     def __enter__(self) -> "BackgroundCluster":
         self._thread.start()
         self._cm = gateway_cluster(self._mode, **self._kwargs)

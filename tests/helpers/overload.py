@@ -1,0 +1,91 @@
+"""A closed-loop overload driver for the HTTP API: `clients` concurrent clients, each sending the
+next /v1/completions request as soon as the last one is answered (a refused client retries at
+once, ignoring Retry-After: the worst case), for `duration_s`. It records every outcome: each
+completion's token count, each refusal's latency from send to answer and its Retry-After.
+Used by tests/integration/test_gateway_overload.py and benchmarks/overload_soak.py."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+
+
+def rss_bytes() -> int:
+    """This process's resident set size now (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class OverloadRun:
+    duration_s: float = 0.0
+    completed: int = 0
+    wrong_length: int = 0                       # completions with fewer tokens than asked (ignore_eos)
+    refused_latency_s: list[float] = field(default_factory=list)
+    completed_latency_s: list[float] = field(default_factory=list)
+    missing_retry_after: int = 0
+    other: collections.Counter = field(default_factory=collections.Counter)   # status -> count
+
+    @property
+    def refused(self) -> int:
+        return len(self.refused_latency_s)
+
+    def summary(self) -> dict:
+        def pct(xs: list[float], q: float) -> float | None:
+            return sorted(xs)[min(len(xs) - 1, int(q * len(xs)))] if xs else None
+        return {"duration_s": round(self.duration_s, 2), "completed": self.completed,
+                "refused": self.refused, "wrong_length": self.wrong_length,
+                "missing_retry_after": self.missing_retry_after, "other": dict(self.other),
+                "refusal_p50_ms": _ms(pct(self.refused_latency_s, 0.5)),
+                "refusal_p99_ms": _ms(pct(self.refused_latency_s, 0.99)),
+                "refusal_max_ms": _ms(max(self.refused_latency_s, default=None)),
+                "completed_p50_s": _s(pct(self.completed_latency_s, 0.5)),
+                "completed_p99_s": _s(pct(self.completed_latency_s, 0.99))}
+
+
+def _ms(x: float | None) -> float | None:
+    return None if x is None else round(x * 1000, 1)
+
+
+def _s(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
+
+
+async def closed_loop(url: str, clients: int, duration_s: float, max_tokens: int) -> OverloadRun:
+    run = OverloadRun()
+    stop_at = time.monotonic() + duration_s
+
+    async def client(session: aiohttp.ClientSession, i: int) -> None:
+        n = 0
+        while time.monotonic() < stop_at:
+            n += 1
+            body = {"prompt": f"client {i} request {n}", "max_tokens": max_tokens, "ignore_eos": True,
+                    "temperature": 0.8, "seed": i}
+            start = time.monotonic()
+            async with session.post(url + "/v1/completions", json=body) as resp:
+                data = await resp.read()
+                took = time.monotonic() - start
+                if resp.status == 200:
+                    run.completed += 1
+                    run.completed_latency_s.append(took)
+                    if json.loads(data)["usage"]["completion_tokens"] != max_tokens:
+                        run.wrong_length += 1
+                elif resp.status == 429:
+                    run.refused_latency_s.append(took)
+                    run.missing_retry_after += "Retry-After" not in resp.headers
+                    await asyncio.sleep(0)      # let the others in; no back-off otherwise
+                else:
+                    run.other[resp.status] += 1
+
+    began = time.monotonic()
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as s:
+        await asyncio.gather(*(client(s, i) for i in range(clients)))
+    run.duration_s = time.monotonic() - began
+    return run
