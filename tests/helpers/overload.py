@@ -1,6 +1,8 @@
-"""A closed-loop overload driver for the HTTP API: `clients` concurrent clients, each sending the
+"""Overload drivers for the HTTP API. `closed_loop`: `clients` concurrent clients, each sending the
 next /v1/completions request as soon as the last one is answered (a refused client retries at
-once, ignoring Retry-After: the worst case), for `duration_s`. It records every outcome: each
+once, ignoring Retry-After: the worst case), for `duration_s`. `open_loop`: requests sent at a
+fixed rate whatever the answers, each on its own (arrivals do not wait for the server, so a
+refusal's latency is the server's, not the clients' own queue). Both record every outcome: each
 completion's token count, each refusal's latency from send to answer and its Retry-After.
 Used by tests/integration/test_gateway_overload.py and benchmarks/overload_soak.py."""
 
@@ -57,6 +59,52 @@ def _s(x: float | None) -> float | None:
     return None if x is None else round(x, 3)
 
 
+async def _send(session: aiohttp.ClientSession, url: str, run: OverloadRun, body: dict,
+                max_tokens: int) -> bool:
+    """One request; True when it was refused."""
+    start = time.monotonic()
+    async with session.post(url + "/v1/completions", json=body) as resp:
+        data = await resp.read()
+        took = time.monotonic() - start
+        if resp.status == 200:
+            run.completed += 1
+            run.completed_latency_s.append(took)
+            if json.loads(data)["usage"]["completion_tokens"] != max_tokens:
+                run.wrong_length += 1
+        elif resp.status == 429:
+            run.refused_latency_s.append(took)
+            run.missing_retry_after += "Retry-After" not in resp.headers
+            return True
+        else:
+            run.other[resp.status] += 1
+    return False
+
+
+def _body(i: int, n: int, max_tokens: int) -> dict:
+    return {"prompt": f"client {i} request {n}", "max_tokens": max_tokens, "ignore_eos": True,
+            "temperature": 0.8, "seed": i}
+
+
+def _session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                 timeout=aiohttp.ClientTimeout(total=120))
+
+
+async def open_loop(url: str, rate_per_s: float, duration_s: float, max_tokens: int) -> OverloadRun:
+    run = OverloadRun()
+    began = time.monotonic()
+    tasks = []
+    async with _session() as s:
+        n = 0
+        while (due := began + n / rate_per_s) < began + duration_s:
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            tasks.append(asyncio.ensure_future(_send(s, url, run, _body(n, n, max_tokens), max_tokens)))
+            n += 1
+        await asyncio.gather(*tasks)
+    run.duration_s = time.monotonic() - began
+    return run
+
+
 async def closed_loop(url: str, clients: int, duration_s: float, max_tokens: int) -> OverloadRun:
     run = OverloadRun()
     stop_at = time.monotonic() + duration_s
@@ -65,27 +113,11 @@ async def closed_loop(url: str, clients: int, duration_s: float, max_tokens: int
         n = 0
         while time.monotonic() < stop_at:
             n += 1
-            body = {"prompt": f"client {i} request {n}", "max_tokens": max_tokens, "ignore_eos": True,
-                    "temperature": 0.8, "seed": i}
-            start = time.monotonic()
-            async with session.post(url + "/v1/completions", json=body) as resp:
-                data = await resp.read()
-                took = time.monotonic() - start
-                if resp.status == 200:
-                    run.completed += 1
-                    run.completed_latency_s.append(took)
-                    if json.loads(data)["usage"]["completion_tokens"] != max_tokens:
-                        run.wrong_length += 1
-                elif resp.status == 429:
-                    run.refused_latency_s.append(took)
-                    run.missing_retry_after += "Retry-After" not in resp.headers
-                    await asyncio.sleep(0)      # let the others in; no back-off otherwise
-                else:
-                    run.other[resp.status] += 1
+            if await _send(session, url, run, _body(i, n, max_tokens), max_tokens):
+                await asyncio.sleep(0)      # let the others in; no back-off otherwise
 
     began = time.monotonic()
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as s:
+    async with _session() as s:
         await asyncio.gather(*(client(s, i) for i in range(clients)))
     run.duration_s = time.monotonic() - began
     return run
