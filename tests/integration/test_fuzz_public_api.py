@@ -16,7 +16,6 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from services.rpc.tandem.v1 import generation_pb2 as gen
-from services.rpc.tandem.v1 import generation_pb2_grpc as gen_grpc
 from tests.helpers.background_cluster import BackgroundCluster
 from tests.helpers.gateway_cluster import engine_config
 
