@@ -109,3 +109,22 @@ async def test_a_prefill_worker_that_comes_back_is_used_again():
             del other.inflight_prompt_tokens["busy"]
         assert back.worker.prompt_counter.prompt_tokens > 0
         assert await c.blocks_all_free(), c.free_blocks()
+
+
+async def test_no_prefill_worker_left_is_unavailable_with_retry_after_at_once():
+    async with gateway_cluster("disaggregated", num_prefill=1, shutdown_grace_s=0.0) as c:
+        await asyncio.to_thread(c.prefill[0].stop)
+        handle = c.gateway.pool.prefill[0]
+        await wait_for(lambda: not handle.healthy)
+        async with grpc.aio.insecure_channel(c.gateway.grpc_address) as ch:
+            start = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                async for _ in gen_grpc.GenerationStub(ch).Generate(
+                        gen.GenerateRequest(text="anyone?", sampling=SAMPLING)):
+                    pass
+            took = time.monotonic() - start
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert dict(info.value.trailing_metadata()).get("retry-after")
+        assert took < 10.0, took          # refused from the pool's state, not after a timeout
+        c.prefill.clear()
+        assert await c.blocks_all_free(), c.free_blocks()
