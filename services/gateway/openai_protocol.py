@@ -8,9 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.engine.errors import InvalidRequestError
-from services.engine.sampling_params import SamplingParams
-
-MAX_STOP_STRINGS = 16
+from services.engine.sampling_params import MAX_STOP_STRINGS, SamplingParams
 # The widths of the wire fields these values travel in (proto SamplingParams).
 _INT32_MAX = 2**31 - 1
 _INT_LIMITS = {"max_tokens": 2**32 - 1, "max_completion_tokens": 2**32 - 1, "seed": 2**64 - 1}

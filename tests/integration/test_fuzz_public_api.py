@@ -230,6 +230,12 @@ def test_grpc_raw_bytes_get_invalid_argument(server, data):
     _check_grpc(*_grpc_call(server, data))
 
 
+def test_grpc_stop_strings_have_the_http_limit(server):
+    request = gen.GenerateRequest(text="x", sampling=gen.SamplingParams(max_tokens=2, stop=["s"] * 17))
+    code, details, _ = _grpc_call(server, request.SerializeToString())
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("stop: at most 16"), details
+
+
 def test_server_serves_normally_after_the_fuzzing(server):
     """Runs after the properties above (file order): nothing leaked, nothing stuck, still serving."""
     status, body = server.run(_post(server.cluster.gateway.http_url + "/v1/completions",
