@@ -46,11 +46,12 @@ async def test_ten_times_the_load_is_refused_fast_and_nothing_is_lost():
         assert run.other == {}, run.summary()                 # only 200 and 429
         assert run.wrong_length == 0 and run.missing_retry_after == 0, run.summary()
         assert run.completed >= HELD and run.refused > run.completed, run.summary()
-        # Refused at once (queue full) or when the queue wait ends: never held beyond it. The
-        # median is a refusal at once; the bounds leave room for a busy 2-core machine.
+        # Refused at once (queue full) or when the queue wait ends: never held beyond it. Most
+        # are refused at once (the median well before the queue deadline: ~0.1 s on a loaded
+        # 2-core machine); the bounds leave room for a busy one, a hang breaks them.
         refusals = sorted(run.refused_latency_s)
-        assert refusals[len(refusals) // 2] < 0.5, run.summary()
-        assert refusals[-1] < QUEUE_TIMEOUT_S + 5.0, run.summary()
+        assert refusals[len(refusals) // 2] < 0.9 * QUEUE_TIMEOUT_S, run.summary()
+        assert refusals[-1] < QUEUE_TIMEOUT_S + 10.0, run.summary()
         assert rss_after - rss_before < RSS_GROWTH_BOUND, (rss_before, rss_after)
 
         # The load is gone: nothing is left running or queued, nothing leaked, and a request is
