@@ -121,3 +121,44 @@ async def closed_loop(url: str, clients: int, duration_s: float, max_tokens: int
         await asyncio.gather(*(client(s, i) for i in range(clients)))
     run.duration_s = time.monotonic() - began
     return run
+
+
+async def grpc_closed_loop(address: str, clients: int, duration_s: float, max_tokens: int) -> OverloadRun:
+    """closed_loop over tandem.v1.Generation/Generate: RESOURCE_EXHAUSTED counts as a refusal
+    (Retry-After: the `retry-after` trailer), any other status under `other` by its name."""
+    import grpc
+
+    from services.rpc.tandem.v1 import generation_pb2 as gen
+    from services.rpc.tandem.v1 import generation_pb2_grpc as gen_grpc
+
+    run = OverloadRun()
+    stop_at = time.monotonic() + duration_s
+
+    async def client(stub, i: int) -> None:
+        n = 0
+        while time.monotonic() < stop_at:
+            n += 1
+            request = gen.GenerateRequest(text=f"client {i} request {n}", sampling=gen.SamplingParams(
+                max_tokens=max_tokens, ignore_eos=True, temperature=0.8, seed=i))
+            start = time.monotonic()
+            call = stub.Generate(request, timeout=120)
+            try:
+                count = sum([len(m.token_ids) async for m in call])
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    run.refused_latency_s.append(time.monotonic() - start)
+                    run.missing_retry_after += "retry-after" not in dict(exc.trailing_metadata() or ())
+                    await asyncio.sleep(0)
+                else:
+                    run.other[exc.code().name] += 1
+                continue
+            run.completed += 1
+            run.completed_latency_s.append(time.monotonic() - start)
+            run.wrong_length += count != max_tokens
+
+    began = time.monotonic()
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = gen_grpc.GenerationStub(channel)
+        await asyncio.gather(*(client(stub, i) for i in range(clients)))
+    run.duration_s = time.monotonic() - began
+    return run

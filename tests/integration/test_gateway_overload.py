@@ -1,5 +1,5 @@
-"""Overload: ten times the requests the server can hold, closed loop for 20 s (clients retry a
-429 at once), on CPU with the tiny model and a small KV pool. Nothing crashes, the process's
+"""Overload: ten times the requests the server can hold, closed loop for 20 s over HTTP and 8 s
+over gRPC (clients retry a 429 / RESOURCE_EXHAUSTED at once), on CPU with the tiny model and a small KV pool. Nothing crashes, the process's
 memory stays flat, every answer is a full completion or a 429 with Retry-After, refusals come
 fast (bounded loosely here for a busy CI machine; benchmarks/overload_soak.py measures the 60 s
 run and its refusal latencies, in benchmarks/RESULTS.md), and afterwards the server serves
@@ -14,7 +14,7 @@ import pytest
 from services.gateway.config import AdmissionConfig
 from tests.helpers.background_cluster import BackgroundCluster
 from tests.helpers.gateway_cluster import engine_config
-from tests.helpers.overload import closed_loop, rss_bytes
+from tests.helpers.overload import closed_loop, grpc_closed_loop, rss_bytes
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -61,3 +61,16 @@ async def test_ten_times_the_load_is_refused_fast_and_nothing_is_lost():
         assert await bg.call(bg.cluster.blocks_all_free(within_s=5.0)), bg.cluster.free_blocks()
         after = await closed_loop(url, 1, 0.5, MAX_TOKENS)
         assert after.completed >= 1 and after.refused == 0 and after.other == {}, after.summary()
+
+
+async def test_ten_times_the_load_over_grpc_is_resource_exhausted_with_retry_after():
+    with overload_cluster() as bg:
+        run = await grpc_closed_loop(bg.cluster.gateway.grpc_address, 10 * HELD, 8.0, MAX_TOKENS)
+        print("overload grpc", run.summary())
+        assert run.other == {}, run.summary()                 # only OK and RESOURCE_EXHAUSTED
+        assert run.wrong_length == 0 and run.missing_retry_after == 0, run.summary()
+        assert run.completed >= 1 and run.refused > run.completed, run.summary()
+        assert sorted(run.refused_latency_s)[-1] < QUEUE_TIMEOUT_S + 10.0, run.summary()
+        gateway = bg.cluster.gateway
+        assert (gateway.admission.running, gateway.admission.queued) == (0, 0)
+        assert await bg.call(bg.cluster.blocks_all_free(within_s=5.0)), bg.cluster.free_blocks()
