@@ -5,7 +5,7 @@ this process), then the gateway in this process in front of them; Ctrl-C stops e
                  [--decode-workers M] [--launcher ray|process|inprocess] [--ray-address ADDR]
                  [--gpus N] [--device cpu|cuda:N] [--gpu-memory-fraction F]
                  [--host H] [--grpc-port P] [--http-port P] [--kv-transport auto|grpc|cuda_ipc|local]
-                 [--num-kv-blocks N] [--max-num-seqs N] [--api-key K] ...
+                 [--num-kv-blocks N] [--max-num-seqs N] [--api-key K] [--insecure] ...
                  [--autoscale --min-prefill-workers N --max-prefill-workers N
                               --min-decode-workers N --max-decode-workers N]
                  [--ray-node-groups N] [--ray-strategy pack|spread]
@@ -28,6 +28,7 @@ from orchestration.launchers import RAY_STRATEGIES
 from orchestration.scaling_policy import RoleLimits, ScalingPolicyConfig
 from services.engine.config import EngineConfig
 from services.kvtransfer import TRANSPORTS
+from services.security.exposure import check_exposure
 from services.worker.cli import add_engine_arguments, engine_config_from_args
 from services.worker.config import WorkerConfig
 
@@ -72,6 +73,8 @@ def add_arguments(p: argparse.ArgumentParser, default_launcher: str = _CLUSTER.l
     p.add_argument("--queue-timeout", type=float, default=_admission_default("queue_timeout_s"),
                    help="seconds a queued request waits for capacity before its 429")
     p.add_argument("--api-key", action="append", default=[], help="accepted API key; repeat for several")
+    p.add_argument("--insecure", action="store_true",
+                   help="serve without API keys although --host is beyond loopback")
     p.add_argument("--served-model-name", default=None)
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--ray-node-groups", type=int, default=_CLUSTER.node_groups,
@@ -152,7 +155,8 @@ def gateway_config(args: argparse.Namespace, handle: ClusterHandle):
                                 queue_timeout_s=args.queue_timeout)
     return GatewayConfig(model=args.model, admission=admission, served_model_name=args.served_model_name, host=args.host,
                          grpc_port=args.grpc_port, http_port=args.http_port,
-                         api_keys=tuple(args.api_key),     # max_model_len: the workers report it
+                         api_keys=tuple(args.api_key), insecure=args.insecure,
+                         # max_model_len: the workers report it
                          reservation_ttl_s=args.reservation_ttl, **handle.gateway_fields())
 
 
@@ -183,6 +187,7 @@ async def serve_gateway(config, cluster: Cluster | None = None, autoscale=None,
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    check_exposure(args.host, tuple(args.api_key), args.insecure)   # before any worker starts
     config = cluster_config_from_args(args)
     started = time.perf_counter()
     cluster = Cluster(config)

@@ -1,7 +1,7 @@
 """`python -m services.gateway`: a gateway in front of running workers (containers, Ray jobs).
 
     python -m services.gateway --decode 10.0.0.2:50061 --prefill 10.0.0.3:50071 \\
-        --model tiny-random --grpc-port 50051 --http-port 8000 [--mode colocated] [--api-key K ...]
+        --model tiny-random --grpc-port 50051 --http-port 8000 [--mode colocated] [--api-key K ...] [--insecure]
 
 Runs until SIGINT / SIGTERM."""
 
@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-port", type=int, default=_DEFAULTS.grpc_port)
     p.add_argument("--http-port", type=int, default=_DEFAULTS.http_port)
     p.add_argument("--api-key", action="append", default=[], help="accepted API key; repeat for several")
+    p.add_argument("--insecure", action="store_true",
+                   help="serve without API keys although --host is beyond loopback")
     p.add_argument("--kv-transport", choices=KV_TRANSPORTS, default=_DEFAULTS.kv_transport)
     p.add_argument("--max-model-len", type=int, default=None,
                    help="a cap on the max_model_len the workers report (default: theirs)")
@@ -53,7 +55,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
     return GatewayConfig(
         model=args.model, served_model_name=args.served_model_name, mode=mode,
         prefill_workers=tuple(args.prefill), decode_workers=tuple(args.decode), host=args.host,
-        grpc_port=args.grpc_port, http_port=args.http_port, api_keys=tuple(args.api_key),
+        grpc_port=args.grpc_port, http_port=args.http_port, api_keys=tuple(args.api_key), insecure=args.insecure,
         kv_transport=args.kv_transport, max_model_len=args.max_model_len,
         request_timeout_s=args.request_timeout, worker_ready_timeout_s=args.worker_ready_timeout,
         admission=AdmissionConfig(max_queued_requests=args.max_queued_requests,

@@ -37,7 +37,7 @@ class Ticket:
     """An admitted request's claim: the decode worker booked for it, and what it counts against."""
 
     request_id: str
-    tenant: str
+    tenant: str = field(repr=False)          # the API key: never printed
     prompt_tokens: int
     num_tokens: int                          # prompt + max_tokens: the KV it may grow to
     decode: WorkerHandle | None = None

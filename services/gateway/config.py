@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from services.engine.errors import ConfigError
+from services.security.exposure import check_exposure
 
 MODES = ("disaggregated", "colocated")
 KV_TRANSPORTS = ("", "auto", "grpc", "local", "cuda_ipc")   # "" / "auto": the prefill worker picks by locality
@@ -62,7 +63,8 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     grpc_port: int = 50051
     http_port: int = 8000
-    api_keys: tuple[str, ...] = ()          # empty: no authentication
+    api_keys: tuple[str, ...] = field(default=(), repr=False)  # empty: no authentication
+    insecure: bool = False                  # no API key although host is beyond loopback
     kv_transport: str = ""                  # how prefill ships pages to decode ("": by locality)
     max_model_len: int | None = None        # a cap on what the workers report (theirs: the model's
                                             # limit, capped by their KV pools); None: no cap
@@ -100,6 +102,7 @@ class GatewayConfig:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if any(not key for key in self.api_keys):
             raise ConfigError("api_keys must not contain an empty key")
+        check_exposure(self.host, self.api_keys, self.insecure)
 
     @property
     def model_id(self) -> str:

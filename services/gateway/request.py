@@ -3,7 +3,7 @@ and the deltas streamed back for it (both APIs render them)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.engine.outputs import TokenLogprob
 from services.engine.sampling_params import SamplingParams
@@ -14,7 +14,7 @@ class PreparedRequest:
     request_id: str
     prompt_token_ids: tuple[int, ...]
     params: SamplingParams
-    tenant: str                   # the API key ("" without authentication)
+    tenant: str = field(repr=False)   # the API key ("" without authentication): never printed
     arrival: float                # time.monotonic()
     deadline: float               # time.monotonic() after which the request is abandoned
 

@@ -59,8 +59,11 @@ def test_the_gateway_reaches_the_workers_by_service_name_and_port(services, prof
     assert config.decode_workers == (f"{decode}:{ports[decode]}",)
     assert config.prefill_workers == (f"{prefill}:{ports[prefill]}",)
     assert config.mode == "disaggregated" and config.host == "0.0.0.0"
-    published = {p.split(":")[0] for p in services[gateway]["ports"]}
+    published = {p.split(":")[-1] for p in services[gateway]["ports"]}
     assert published == {str(config.grpc_port), str(config.http_port)}
+    # --insecure (no API key) only because the host publishes the ports on its loopback alone.
+    assert config.insecure and not config.api_keys
+    assert all(p.startswith("127.0.0.1:") for p in services[gateway]["ports"])
     # The gateway starts once both workers are healthy (warmed up).
     assert services[gateway]["depends_on"] == {decode: {"condition": "service_healthy"},
                                                prefill: {"condition": "service_healthy"}}
