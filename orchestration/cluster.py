@@ -189,11 +189,13 @@ class ClusterHandle:
     kv_transport: str
     prefill_addresses: tuple[str, ...]
     decode_addresses: tuple[str, ...]
+    cluster_token: str = field(default="", repr=False)   # what calls to the workers must carry
 
     def gateway_fields(self) -> dict:
         """The fields of services.gateway.config.GatewayConfig that name these workers."""
         return {"mode": self.mode, "prefill_workers": self.prefill_addresses,
-                "decode_workers": self.decode_addresses, "kv_transport": self.kv_transport}
+                "decode_workers": self.decode_addresses, "kv_transport": self.kv_transport,
+                "cluster_token": self.cluster_token}
 
 
 class Cluster:
@@ -224,7 +226,8 @@ class Cluster:
         self.running = dict(zip(addresses, decode + prefill))
         n = self.config.decode_workers
         self.handle = ClusterHandle(self.config.mode, self.config.kv_transport,
-                                    tuple(addresses[n:]), tuple(addresses[:n]))
+                                    tuple(addresses[n:]), tuple(addresses[:n]),
+                                    self.config.worker.transfer.cluster_token)
         return self.handle
 
     def add_worker(self, role: str) -> str:

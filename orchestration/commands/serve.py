@@ -5,7 +5,7 @@ this process), then the gateway in this process in front of them; Ctrl-C stops e
                  [--decode-workers M] [--launcher ray|process|inprocess] [--ray-address ADDR]
                  [--gpus N] [--device cpu|cuda:N] [--gpu-memory-fraction F]
                  [--host H] [--grpc-port P] [--http-port P] [--kv-transport auto|grpc|cuda_ipc|local]
-                 [--num-kv-blocks N] [--max-num-seqs N] [--api-key K] [--insecure] ...
+                 [--num-kv-blocks N] [--max-num-seqs N] [--api-key K] [--insecure] [--cluster-token-file PATH] ...
                  [--autoscale --min-prefill-workers N --max-prefill-workers N
                               --min-decode-workers N --max-decode-workers N]
                  [--ray-node-groups N] [--ray-strategy pack|spread]
@@ -27,7 +27,8 @@ from orchestration.cluster import LAUNCHERS, MODES, Cluster, ClusterConfig, Clus
 from orchestration.launchers import RAY_STRATEGIES
 from orchestration.scaling_policy import RoleLimits, ScalingPolicyConfig
 from services.engine.config import EngineConfig
-from services.kvtransfer import TRANSPORTS
+from services.kvtransfer import TRANSPORTS, TransferConfig
+from services.security.cluster_token import new_token, read_token_file
 from services.security.exposure import check_exposure
 from services.worker.cli import add_engine_arguments, engine_config_from_args
 from services.worker.config import WorkerConfig
@@ -75,6 +76,9 @@ def add_arguments(p: argparse.ArgumentParser, default_launcher: str = _CLUSTER.l
     p.add_argument("--api-key", action="append", default=[], help="accepted API key; repeat for several")
     p.add_argument("--insecure", action="store_true",
                    help="serve without API keys although --host is beyond loopback")
+    p.add_argument("--cluster-token-file", default=None, metavar="PATH",
+                   help="the secret every call to and between the workers carries (default: a "
+                        "random one, handed to the workers this command starts)")
     p.add_argument("--served-model-name", default=None)
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--ray-node-groups", type=int, default=_CLUSTER.node_groups,
@@ -142,11 +146,16 @@ def cluster_config_from_args(args: argparse.Namespace) -> ClusterConfig:
     return ClusterConfig(
         mode=args.mode, prefill_workers=prefill, decode_workers=decode, **scaling,
         node_groups=args.ray_node_groups, ray_strategy=args.ray_strategy,
-        engine=engine, worker=WorkerConfig(reservation_ttl_s=args.reservation_ttl),
+        engine=engine, worker=WorkerConfig(reservation_ttl_s=args.reservation_ttl,
+                                           transfer=TransferConfig(cluster_token=_cluster_token(args))),
         kv_transport=args.kv_transport, host=args.worker_host or args.host,
         base_port=args.worker_base_port, launcher=args.launcher, gpus=args.gpus,
         ray_address=args.ray_address,
         ray_num_cpus=args.ray_num_cpus, capture_worker_logs=False)
+
+
+def _cluster_token(args: argparse.Namespace) -> str:
+    return read_token_file(args.cluster_token_file) if args.cluster_token_file else new_token()
 
 
 def gateway_config(args: argparse.Namespace, handle: ClusterHandle):

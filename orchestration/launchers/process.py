@@ -5,6 +5,7 @@ this launcher dies, they stop too."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,7 @@ class ProcessLauncher:
         self.processes: list[subprocess.Popen] = []
         self.by_address: dict[str, subprocess.Popen] = {}
         self._logs: list = []
+        self._token_files: dict[str, str] = {}    # cluster token -> the 0600 file that holds it
 
     def gpus(self) -> Gpus:
         return local_gpus()
@@ -52,9 +54,19 @@ class ProcessLauncher:
             self._logs.append(log)
         cmd = [sys.executable, "-m", f"services.{spec.role}", "--host", spec.host,
                "--port", str(spec.port), "--exit-with-parent", *worker_arguments(spec.config)]
+        if spec.config.transfer.cluster_token:      # a file, so it shows on no command line
+            cmd += ["--cluster-token-file", self._token_file(spec.config.transfer.cluster_token)]
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
         self.processes.append(proc)
         return proc, log, spec
+
+    def _token_file(self, token: str) -> str:
+        if token not in self._token_files:
+            fd, path = tempfile.mkstemp(prefix="tandem-cluster-token-")   # mode 0600
+            with os.fdopen(fd, "w") as f:
+                f.write(token)
+            self._token_files[token] = path
+        return self._token_files[token]
 
     def _address(self, proc: subprocess.Popen, log, spec: WorkerSpec) -> str:
         lines: list[bytes] = []
@@ -83,6 +95,9 @@ class ProcessLauncher:
         logs, self._logs = self._logs, []
         for log in logs:
             log.close()
+        files, self._token_files = self._token_files, {}
+        for path in files.values():
+            os.unlink(path)
 
     def _stop(self, processes: list[subprocess.Popen]) -> None:
         for proc in processes:

@@ -2,6 +2,7 @@
 
     python -m services.gateway --decode 10.0.0.2:50061 --prefill 10.0.0.3:50071 \\
         --model tiny-random --grpc-port 50051 --http-port 8000 [--mode colocated] [--api-key K ...] [--insecure]
+        [--cluster-token-file PATH]
 
 Runs until SIGINT / SIGTERM."""
 
@@ -16,6 +17,7 @@ import sys
 from services.engine.errors import TandemError
 from services.gateway.config import KV_TRANSPORTS, MODES, AdmissionConfig, GatewayConfig
 from services.gateway.gateway import Gateway
+from services.security.cluster_token import read_token_file
 
 _DEFAULTS = GatewayConfig(decode_workers=("unused:0",), prefill_workers=("unused:0",))
 _ADMISSION = AdmissionConfig()
@@ -37,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", action="append", default=[], help="accepted API key; repeat for several")
     p.add_argument("--insecure", action="store_true",
                    help="serve without API keys although --host is beyond loopback")
+    p.add_argument("--cluster-token-file", default=None, metavar="PATH",
+                   help="the workers' shared secret, sent on every call to them")
     p.add_argument("--kv-transport", choices=KV_TRANSPORTS, default=_DEFAULTS.kv_transport)
     p.add_argument("--max-model-len", type=int, default=None,
                    help="a cap on the max_model_len the workers report (default: theirs)")
@@ -56,6 +60,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         model=args.model, served_model_name=args.served_model_name, mode=mode,
         prefill_workers=tuple(args.prefill), decode_workers=tuple(args.decode), host=args.host,
         grpc_port=args.grpc_port, http_port=args.http_port, api_keys=tuple(args.api_key), insecure=args.insecure,
+        cluster_token=read_token_file(args.cluster_token_file) if args.cluster_token_file else "",
         kv_transport=args.kv_transport, max_model_len=args.max_model_len,
         request_timeout_s=args.request_timeout, worker_ready_timeout_s=args.worker_ready_timeout,
         admission=AdmissionConfig(max_queued_requests=args.max_queued_requests,

@@ -65,6 +65,7 @@ class GatewayConfig:
     http_port: int = 8000
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # empty: no authentication
     insecure: bool = False                  # no API key although host is beyond loopback
+    cluster_token: str = field(default="", repr=False)  # sent on every call to the workers
     kv_transport: str = ""                  # how prefill ships pages to decode ("": by locality)
     max_model_len: int | None = None        # a cap on what the workers report (theirs: the model's
                                             # limit, capped by their KV pools); None: no cap

@@ -67,7 +67,8 @@ class Gateway:
         disaggregated = cfg.mode == "disaggregated"
         self.pool = WorkerPool(cfg.prefill_workers, cfg.decode_workers, cfg.load_poll_interval_s,
                                min(cfg.worker_rpc_timeout_s, _LOAD_RPC_TIMEOUT_S),
-                               on_reports=self._on_reports, colocated=not disaggregated)
+                               on_reports=self._on_reports, colocated=not disaggregated,
+                               cluster_token=cfg.cluster_token)
         self.admission = AdmissionController(cfg.admission, self.pool, self.metrics, disaggregated)
         self._session = WorkerSession(self.pool, self.admission, self.metrics,
                                       disaggregated=disaggregated, kv_transport=cfg.kv_transport,

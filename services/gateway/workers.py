@@ -19,6 +19,7 @@ from typing import Callable
 import grpc
 
 from services.rpc.tandem.v1 import worker_pb2, worker_pb2_grpc
+from services.security.cluster_token import aio_channel
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,9 @@ class WorkerPool:
 
     def __init__(self, prefill_addresses: tuple[str, ...], decode_addresses: tuple[str, ...],
                  poll_interval_s: float, rpc_timeout_s: float,
-                 on_reports: Callable[[], None] = lambda: None, colocated: bool = False) -> None:
+                 on_reports: Callable[[], None] = lambda: None, colocated: bool = False,
+                 cluster_token: str = "") -> None:
+        self._cluster_token = cluster_token
         self.prefill = [self._handle(a, "prefill") for a in prefill_addresses]
         self.decode = [self._handle(a, "decode") for a in decode_addresses]
         for worker in self.decode:
@@ -151,10 +154,9 @@ class WorkerPool:
         self._tasks: dict[str, asyncio.Task] = {}
         self._started = False
 
-    @staticmethod
-    def _handle(address: str, role: str) -> WorkerHandle:
+    def _handle(self, address: str, role: str) -> WorkerHandle:
         # Many concurrent streams share one channel: HTTP/2 multiplexes them.
-        channel = grpc.aio.insecure_channel(address, options=[("grpc.max_receive_message_length", -1)])
+        channel = aio_channel(address, self._cluster_token, options=[("grpc.max_receive_message_length", -1)])
         stub_type = worker_pb2_grpc.PrefillWorkerStub if role == "prefill" else worker_pb2_grpc.DecodeWorkerStub
         return WorkerHandle(address=address, role=role, channel=channel, stub=stub_type(channel))
 

@@ -34,6 +34,7 @@ from services.kvtransfer.device_checksum import page_checksums
 from services.kvtransfer.pages import PageLayout, PageRun
 from services.kvtransfer.transport import KVSender, TransferConfig, TransferReceipt
 from services.rpc.tandem.v1 import worker_pb2
+from services.security.cluster_token import aio_channel
 
 log = logging.getLogger("tandem.kvtransfer")
 
@@ -45,7 +46,7 @@ class KVControlChannel:
 
     def __init__(self, address: str, config: TransferConfig) -> None:
         self.address = address
-        self._channel = grpc.aio.insecure_channel(address)
+        self._channel = aio_channel(address, config.cluster_token)
         self._timeout_s = config.timeout_s
         self.export_pool = self._unary("ExportPool", worker_pb2.KVPoolExport)
         self.begin_write = self._unary("BeginWrite", worker_pb2.PushAck)

@@ -19,6 +19,7 @@ from services.kvtransfer.inbox import KVReceiver, PageChecker, PageInbox
 from services.kvtransfer.grpc_sender import channel_options
 from services.kvtransfer.transport import TransferConfig
 from services.rpc.tandem.v1 import worker_pb2
+from services.security.cluster_token import server_interceptors
 
 
 class KVTransferService:
@@ -98,7 +99,8 @@ class KVTransferServer:
         # (CUDA IPC) from waiting behind page streams.
         self._server = grpc.server(ThreadPoolExecutor(config.max_concurrent_streams + CONTROL_THREADS,
                                                       thread_name_prefix="kv-receive"),
-                                   options=channel_options(config))
+                                   options=channel_options(config),
+                                   interceptors=server_interceptors(config.cluster_token, sync=True))
         KVTransferService(receiver).add_to_server(self._server)
 
     def start(self, host: str, port: int) -> int:

@@ -21,6 +21,7 @@ from services.kvtransfer import checksums, frames
 from services.kvtransfer.pages import PageRun, host_pages, page_bytes_view, stripes
 from services.kvtransfer.transport import KVSender, TransferConfig, TransferReceipt
 from services.rpc.tandem.v1 import worker_pb2
+from services.security.cluster_token import sync_channel
 
 PUSH_PAGES = "/tandem.v1.KVTransfer/PushPages"
 _MAX_HTTP2_FRAME = 2**24 - 1        # the largest frame HTTP/2 allows
@@ -112,7 +113,8 @@ class GrpcKVSender(KVSender):
         # A local subchannel pool gives each channel its own connection (otherwise channels with
         # the same target and arguments share one).
         options = channel_options(config) + [("grpc.use_local_subchannel_pool", 1)]
-        self._channels = [grpc.insecure_channel(address, options=options) for _ in range(config.streams)]
+        self._channels = [sync_channel(grpc.insecure_channel(address, options=options), config.cluster_token)
+                          for _ in range(config.streams)]
         self._push = [ch.stream_unary(PUSH_PAGES, request_serializer=_identity,
                                       response_deserializer=worker_pb2.PushAck.FromString)
                       for ch in self._channels]

@@ -11,7 +11,7 @@ the same inbox."""
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.engine.errors import ConfigError
 from services.kvtransfer.pages import PageRun
@@ -32,6 +32,9 @@ class TransferConfig:
     window_bytes: int = 64 * 2**20          # HTTP/2 flow-control window per stream
     timeout_s: float = 60.0
     ipc_checksums: bool = True              # cuda_ipc: per-page checksums on both GPUs
+    # The secret every call between workers (and from the gateway) carries; "": none asked or sent
+    # (services/security/cluster_token.py). Never printed.
+    cluster_token: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         if not 64 * 2**10 <= self.chunk_bytes <= 64 * 2**20:

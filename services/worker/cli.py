@@ -17,8 +17,10 @@ import threading
 from typing import Callable
 
 from services.engine.config import CacheConfig, EngineConfig, SchedulerConfig
-from services.engine.errors import TandemError
-from services.kvtransfer import TRANSPORTS
+from services.engine.errors import ConfigError, TandemError
+from services.kvtransfer import TRANSPORTS, TransferConfig
+from services.security.cluster_token import read_token_file
+from services.security.exposure import is_loopback
 from services.worker.config import WorkerConfig
 
 _ENGINE, _CACHE, _SCHED, _WORKER = EngineConfig(), CacheConfig(), SchedulerConfig(), WorkerConfig()
@@ -101,6 +103,10 @@ def add_worker_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reservation-ttl", type=float, default=_WORKER.reservation_ttl_s)
     p.add_argument("--exit-with-parent", action="store_true",
                    help="stop when stdin closes (set by launchers, so no worker outlives them)")
+    p.add_argument("--cluster-token-file", default=None, metavar="PATH",
+                   help="a shared secret every call to this worker must carry, and that it sends")
+    p.add_argument("--insecure", action="store_true",
+                   help="listen beyond loopback without --cluster-token-file")
     p.add_argument("--log-level", default="INFO")
     add_engine_arguments(p)
 
@@ -116,11 +122,16 @@ def worker_arguments(config: WorkerConfig) -> list[str]:
 
 
 def worker_config_from_args(args: argparse.Namespace) -> WorkerConfig:
+    token = read_token_file(args.cluster_token_file) if args.cluster_token_file else ""
+    if not token and not args.insecure and not is_loopback(args.host):
+        raise ConfigError(f"--host {args.host} listens beyond loopback: give --cluster-token-file "
+                          "PATH (or --insecure to accept calls without a token)")
     return WorkerConfig(engine=engine_config_from_args(args), worker_id=args.worker_id,
                         advertise_host=args.advertise_host, kv_port=args.kv_port,
                         metrics_port=args.metrics_port,
                         colocated=args.colocated, kv_transport=args.kv_transport,
-                        reservation_ttl_s=args.reservation_ttl)
+                        reservation_ttl_s=args.reservation_ttl,
+                        transfer=TransferConfig(cluster_token=token))
 
 
 async def _serve(worker, host: str, port: int, exit_with_parent: bool) -> None:

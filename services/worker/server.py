@@ -12,6 +12,7 @@ import grpc
 from services.addresses import bracket_host
 from services.engine.errors import ConfigError
 from services.kvtransfer import TransferConfig, channel_options
+from services.security.cluster_token import server_interceptors
 from services.worker.readiness import Readiness
 
 WILDCARDS = ("0.0.0.0", "::", "[::]", "")
@@ -32,7 +33,8 @@ async def start_server(register, host: str, port: int, transfer: TransferConfig,
     given, else the bound host (for a wildcard bind, this machine's host name)."""
     if not 0 <= port <= 65535:
         raise ConfigError(f"port must be in [0, 65535], got {port}")
-    server = grpc.aio.server(options=[*channel_options(transfer), *PENDING_CALLS, *EXCLUSIVE_PORT])
+    server = grpc.aio.server(options=[*channel_options(transfer), *PENDING_CALLS, *EXCLUSIVE_PORT],
+                             interceptors=server_interceptors(transfer.cluster_token))
     register(server)
     readiness.add_to(server)
     await readiness.set_not_serving()

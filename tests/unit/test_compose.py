@@ -45,6 +45,8 @@ def test_each_worker_command_builds_a_valid_config(services, profile) -> None:
         args = worker_parser(module).parse_args(argv)
         config = worker_config_from_args(args)             # validates
         assert args.host == "0.0.0.0" and args.advertise_host == name and args.port > 0
+        # --insecure (no cluster token) only because the port is not published beyond the network.
+        assert args.insecure and "ports" not in services[name]
         assert config.engine.device == ("cuda:0" if profile == "gpu" else None)
 
 
