@@ -5,7 +5,8 @@ this process), then the gateway in this process in front of them; Ctrl-C stops e
                  [--decode-workers M] [--launcher ray|process|inprocess] [--ray-address ADDR]
                  [--gpus N] [--device cpu|cuda:N] [--gpu-memory-fraction F]
                  [--host H] [--grpc-port P] [--http-port P] [--kv-transport auto|grpc|cuda_ipc|local]
-                 [--num-kv-blocks N] [--max-num-seqs N] [--api-key K] [--insecure] [--cluster-token-file PATH] ...
+                 [--num-kv-blocks N] [--max-num-seqs N] [--api-key K] [--insecure] [--cluster-token-file PATH]
+                 [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]] ...
                  [--autoscale --min-prefill-workers N --max-prefill-workers N
                               --min-decode-workers N --max-decode-workers N]
                  [--ray-node-groups N] [--ray-strategy pack|spread]
@@ -30,6 +31,7 @@ from services.engine.config import EngineConfig
 from services.kvtransfer import TRANSPORTS, TransferConfig
 from services.security.cluster_token import new_token, read_token_file
 from services.security.exposure import check_exposure
+from services.security.tls import add_tls_arguments, tls_from_args
 from services.worker.cli import add_engine_arguments, engine_config_from_args
 from services.worker.config import WorkerConfig
 
@@ -79,6 +81,7 @@ def add_arguments(p: argparse.ArgumentParser, default_launcher: str = _CLUSTER.l
     p.add_argument("--cluster-token-file", default=None, metavar="PATH",
                    help="the secret every call to and between the workers carries (default: a "
                         "random one, handed to the workers this command starts)")
+    add_tls_arguments(p)
     p.add_argument("--served-model-name", default=None)
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--ray-node-groups", type=int, default=_CLUSTER.node_groups,
@@ -164,7 +167,7 @@ def gateway_config(args: argparse.Namespace, handle: ClusterHandle):
                                 queue_timeout_s=args.queue_timeout)
     return GatewayConfig(model=args.model, admission=admission, served_model_name=args.served_model_name, host=args.host,
                          grpc_port=args.grpc_port, http_port=args.http_port,
-                         api_keys=tuple(args.api_key), insecure=args.insecure,
+                         api_keys=tuple(args.api_key), insecure=args.insecure, tls=tls_from_args(args),
                          # max_model_len: the workers report it
                          reservation_ttl_s=args.reservation_ttl, **handle.gateway_fields())
 
@@ -197,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     check_exposure(args.host, tuple(args.api_key), args.insecure)   # before any worker starts
+    tls_from_args(args)
     config = cluster_config_from_args(args)
     started = time.perf_counter()
     cluster = Cluster(config)

@@ -2,7 +2,7 @@
 
     python -m services.gateway --decode 10.0.0.2:50061 --prefill 10.0.0.3:50071 \\
         --model tiny-random --grpc-port 50051 --http-port 8000 [--mode colocated] [--api-key K ...] [--insecure]
-        [--cluster-token-file PATH]
+        [--cluster-token-file PATH] [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
 
 Runs until SIGINT / SIGTERM."""
 
@@ -18,6 +18,7 @@ from services.engine.errors import TandemError
 from services.gateway.config import KV_TRANSPORTS, MODES, AdmissionConfig, GatewayConfig
 from services.gateway.gateway import Gateway
 from services.security.cluster_token import read_token_file
+from services.security.tls import add_tls_arguments, tls_from_args
 
 _DEFAULTS = GatewayConfig(decode_workers=("unused:0",), prefill_workers=("unused:0",))
 _ADMISSION = AdmissionConfig()
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve without API keys although --host is beyond loopback")
     p.add_argument("--cluster-token-file", default=None, metavar="PATH",
                    help="the workers' shared secret, sent on every call to them")
+    add_tls_arguments(p)
     p.add_argument("--kv-transport", choices=KV_TRANSPORTS, default=_DEFAULTS.kv_transport)
     p.add_argument("--max-model-len", type=int, default=None,
                    help="a cap on the max_model_len the workers report (default: theirs)")
@@ -61,6 +63,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         prefill_workers=tuple(args.prefill), decode_workers=tuple(args.decode), host=args.host,
         grpc_port=args.grpc_port, http_port=args.http_port, api_keys=tuple(args.api_key), insecure=args.insecure,
         cluster_token=read_token_file(args.cluster_token_file) if args.cluster_token_file else "",
+        tls=tls_from_args(args),
         kv_transport=args.kv_transport, max_model_len=args.max_model_len,
         request_timeout_s=args.request_timeout, worker_ready_timeout_s=args.worker_ready_timeout,
         admission=AdmissionConfig(max_queued_requests=args.max_queued_requests,

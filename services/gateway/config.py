@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from services.engine.errors import ConfigError
 from services.security.exposure import check_exposure
+from services.security.tls import TlsConfig
 
 MODES = ("disaggregated", "colocated")
 KV_TRANSPORTS = ("", "auto", "grpc", "local", "cuda_ipc")   # "" / "auto": the prefill worker picks by locality
@@ -66,6 +67,7 @@ class GatewayConfig:
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # empty: no authentication
     insecure: bool = False                  # no API key although host is beyond loopback
     cluster_token: str = field(default="", repr=False)  # sent on every call to the workers
+    tls: TlsConfig | None = None            # TLS for gRPC and HTTP; None: plaintext
     kv_transport: str = ""                  # how prefill ships pages to decode ("": by locality)
     max_model_len: int | None = None        # a cap on what the workers report (theirs: the model's
                                             # limit, capped by their KV pools); None: no cap

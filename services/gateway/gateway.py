@@ -57,7 +57,8 @@ class Gateway:
 
     @property
     def http_url(self) -> str:
-        return f"http://{bracket_host(self.config.host)}:{self.http_port}"
+        scheme = "https" if self.config.tls is not None else "http"
+        return f"{scheme}://{bracket_host(self.config.host)}:{self.http_port}"
 
     async def start(self) -> None:
         cfg = self.config
@@ -81,10 +82,11 @@ class Gateway:
         try:
             await self.pool.start(cfg.worker_ready_timeout_s)
             self._grpc_server, self.grpc_port, self._health = await start_grpc_server(
-                self.service, cfg.host, cfg.grpc_port)
+                self.service, cfg.host, cfg.grpc_port, cfg.tls)
             api = HttpApi(self.service, self.render_metrics, self.is_healthy, gateway=self)
-            self._http_runner, self.http_port = await start_http_server(api, cfg.host, cfg.http_port,
-                                                                        SHUTDOWN_GRACE_S)
+            self._http_runner, self.http_port = await start_http_server(
+                api, cfg.host, cfg.http_port, SHUTDOWN_GRACE_S,
+                cfg.tls.ssl_context() if cfg.tls is not None else None)
         except BaseException:
             await self.stop()
             raise

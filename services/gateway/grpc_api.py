@@ -19,6 +19,7 @@ from services.gateway.request import GenerationDelta
 from services.gateway.service import GenerationService
 from services.gateway.status import client_error
 from services.rpc.tandem.v1 import generation_pb2, generation_pb2_grpc
+from services.security.tls import TlsConfig
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,8 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
     await context.abort(err.grpc_code, err.message)
 
 
-async def start_grpc_server(service: GenerationService, host: str, port: int) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+async def start_grpc_server(service: GenerationService, host: str, port: int,
+                            tls: TlsConfig | None = None) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A started server, the port it bound, and its health servicer (set NOT_SERVING on stop)."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
     add_generation_service(GenerationServicer(service), server)
@@ -139,7 +141,9 @@ async def start_grpc_server(service: GenerationService, host: str, port: int) ->
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (GENERATION_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    bound = server.add_insecure_port(f"{bracket_host(host)}:{port}")
+    address = f"{bracket_host(host)}:{port}"
+    bound = (server.add_secure_port(address, tls.grpc_credentials()) if tls is not None
+             else server.add_insecure_port(address))
     if bound == 0:
         raise OSError(f"cannot bind gRPC on {host}:{port}")
     await server.start()

@@ -175,14 +175,14 @@ class HttpApi:
         return response
 
 
-async def start_http_server(api: HttpApi, host: str, port: int,
-                            shutdown_grace_s: float) -> tuple[web.AppRunner, int]:
+async def start_http_server(api: HttpApi, host: str, port: int, shutdown_grace_s: float,
+                            ssl_context=None) -> tuple[web.AppRunner, int]:
     # handler_cancellation: a client that disconnects cancels its handler, hence its request.
     # On shutdown, streams still open after the grace period are cancelled the same way (aiohttp
     # waits its timeout twice: for handlers to finish, then for them to stop).
     runner = web.AppRunner(api.app, handler_cancellation=True, access_log=None,
                            shutdown_timeout=shutdown_grace_s / 2)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     return runner, runner.addresses[0][1]
