@@ -4,6 +4,8 @@ worker's services or its KVTransfer endpoint without it, or with another, gets U
 naming the metadata key; health checks need none. Workers started by hand refuse to listen beyond
 loopback without a token unless --insecure."""
 
+import os
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -79,3 +81,24 @@ def test_a_worker_by_hand_beyond_loopback_needs_a_token_or_insecure(tmp_path):
         worker_config_from_args(parser.parse_args(["--cluster-token-file", str(path)]))
     with pytest.raises(ConfigError, match="--cluster-token-file .*: cannot read it"):
         worker_config_from_args(parser.parse_args(["--cluster-token-file", str(tmp_path / "absent")]))
+
+
+async def test_the_process_launcher_hands_the_token_over_in_a_private_file():
+    from orchestration.cluster import Cluster, ClusterConfig
+    from orchestration.launchers.process import ProcessLauncher
+    from services.worker.config import WorkerConfig
+    from tests.helpers.workers import engine_config
+    config = ClusterConfig(mode="colocated", launcher="process", engine=engine_config(), start_timeout_s=90,
+                           worker=WorkerConfig(transfer=TransferConfig(cluster_token=TOKEN)))
+    cluster = Cluster(config)
+    with cluster as handle:
+        assert handle.gateway_fields()["cluster_token"] == TOKEN
+        launcher: ProcessLauncher = cluster.launcher
+        (path,) = launcher._token_files.values()
+        assert os.stat(path).st_mode & 0o077 == 0
+        assert all(TOKEN not in " ".join(p.args) for p in launcher.processes)   # not on a command line
+        async with grpc.aio.insecure_channel(handle.decode_addresses[0]) as ch:
+            stub = worker_pb2_grpc.DecodeWorkerStub(ch)
+            await _refused(stub.Load(worker_pb2.LoadRequest()))
+            assert (await stub.Load(worker_pb2.LoadRequest(), metadata=((METADATA_KEY, TOKEN),))).num_blocks
+    assert not os.path.exists(path)

@@ -120,3 +120,17 @@ def test_node_groups_pair_prefill_and_decode_workers_round_robin() -> None:
 def test_bad_scaling_configs_name_the_field(fields, message) -> None:
     with pytest.raises(ConfigError, match=message):
         ClusterConfig(**fields)
+
+
+def test_serve_hands_its_workers_a_cluster_token_and_the_gateway_the_same(tmp_path) -> None:
+    first, second = (serve.cluster_config_from_args(parse([])) for _ in range(2))
+    tokens = [c.worker.transfer.cluster_token for c in (first, second)]
+    assert all(len(t) >= 32 for t in tokens) and tokens[0] != tokens[1]      # random each start
+    assert all(s.config.transfer.cluster_token == tokens[0] for s in first.specs())
+    handle = ClusterHandle("disaggregated", "grpc", ("p:1",), ("d:2",), tokens[0])
+    assert serve.gateway_config(parse([]), handle).cluster_token == tokens[0]
+    assert tokens[0] not in repr(first) + repr(handle)
+    path = tmp_path / "token"
+    path.write_text("given-token\n")
+    given = serve.cluster_config_from_args(parse(["--cluster-token-file", str(path)]))
+    assert given.worker.transfer.cluster_token == "given-token"
