@@ -2,7 +2,9 @@
 gateway in the job's driver process. Same flags as `tandem serve`.
 
     ray job submit --working-dir . -- python -m orchestration.ray_main \\
-        --prefill-workers 2 --decode-workers 2 --worker-host 0.0.0.0 --host 0.0.0.0"""
+        --prefill-workers 2 --decode-workers 2 --worker-host 0.0.0.0 --host 0.0.0.0 --api-key KEY
+
+(a gateway beyond loopback needs --api-key, or --insecure)."""
 
 from __future__ import annotations
 
