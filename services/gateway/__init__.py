@@ -4,7 +4,8 @@ APIs on one routing core, with admission control in front of the workers.
 Interfaces:
 - `GatewayConfig` (config.py): frozen; host, grpc_port, http_port (0: a free port), model,
   served_model_name, mode ("disaggregated" | "colocated"), prefill_workers, decode_workers
-  (host:port of the workers' gRPC services), api_keys (empty: no auth), kv_transport,
+  (host:port of the workers' gRPC services), api_keys (empty: no auth; required beyond loopback
+  unless insecure), cluster_token (sent to the workers), tls (TlsConfig or None), kv_transport,
   max_model_len, request_timeout_s, reservation_ttl_s, load_poll_interval_s,
   worker_ready_timeout_s, admission
   (AdmissionConfig: queue bound and timeout, running limit, prefill queue tokens and wait,
@@ -13,7 +14,8 @@ Interfaces:
   `gateway.http_port` (bound ports), `gateway.grpc_address`, `gateway.http_url`; `await gateway.stop()`.
   Also an async context manager.
 - `python -m services.gateway --decode ADDR [--decode ADDR] [--prefill ADDR ...] [--mode colocated]
-  [--model NAME] [--grpc-port P] [--http-port P] [--api-key K]` (__main__.py): for containers.
+  [--model NAME] [--grpc-port P] [--http-port P] [--api-key K] [--insecure] [--cluster-token-file F]
+  [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]` (__main__.py): for containers.
 - `remote_outputs(target, prompt, params)` (client.py): RequestOutputs streamed from a running
   server, for `tandem generate --target HOST:PORT`.
 
