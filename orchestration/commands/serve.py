@@ -54,6 +54,9 @@ def add_arguments(p: argparse.ArgumentParser, default_launcher: str = _CLUSTER.l
     p.add_argument("--kv-transport", choices=TRANSPORTS, default=_CLUSTER.kv_transport,
                    help="auto: cuda_ipc on one node with CUDA, else grpc; local needs --launcher inprocess")
     p.add_argument("--reservation-ttl", type=float, default=_WORKER.reservation_ttl_s)
+    p.add_argument("--engine-process", action="store_true",
+                   help="each worker's engine in a process of its own (docs/enginecore.md; on a "
+                        "GPU: --mode colocated only)")
     p.add_argument("--api-key", action="append", default=[], help="accepted API key; repeat for several")
     p.add_argument("--served-model-name", default=None)
     p.add_argument("--log-level", default="INFO")
@@ -64,7 +67,8 @@ def cluster_config_from_args(args: argparse.Namespace) -> ClusterConfig:
     engine: EngineConfig = engine_config_from_args(args)
     return ClusterConfig(
         mode=args.mode, prefill_workers=args.prefill_workers, decode_workers=args.decode_workers,
-        engine=engine, worker=WorkerConfig(reservation_ttl_s=args.reservation_ttl),
+        engine=engine, worker=WorkerConfig(reservation_ttl_s=args.reservation_ttl,
+                                               engine_process=args.engine_process),
         kv_transport=args.kv_transport, host=args.worker_host or args.host,
         base_port=args.worker_base_port, launcher=args.launcher, gpus=args.gpus,
         ray_address=args.ray_address,

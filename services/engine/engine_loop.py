@@ -62,13 +62,14 @@ class RequestStream:
 
 
 class EngineLoop:
-    """`on_step(seconds, outputs)`, if given, runs on the engine thread after every step (metrics)."""
+    """`on_step(seconds, outputs)`, if given (or set before the first request), runs on the engine
+    thread after every step (metrics)."""
 
     def __init__(self, engine: Any, name: str = "engine",
                  on_step: Callable[[float, list[RequestOutput]], None] | None = None) -> None:
         self.engine = engine
         self.name = name
-        self._on_step = on_step
+        self.on_step = on_step
         self.num_steps = 0
         self._wake = threading.Condition()
         self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
@@ -182,9 +183,9 @@ class EngineLoop:
             self._fail_streams(error)
             return
         self.num_steps += 1
-        if self._on_step is not None:
+        if self.on_step is not None:
             try:
-                self._on_step(time.perf_counter() - start, outputs)
+                self.on_step(time.perf_counter() - start, outputs)
             except Exception:
                 log.exception("%s: on_step failed (the outputs are still delivered)", self.name)
         deliveries: dict[asyncio.AbstractEventLoop, list[tuple[RequestStream, RequestOutput]]] = {}

@@ -78,7 +78,7 @@ class EngineCoreClient:
                                          f"within {timeout_s} s")
             first = m.unpack(parent.recv_bytes())
             if first[0] == "error":
-                raise m.error_from_wire(*first[2:])
+                raise m.error_from_wire(*first[2:5])
             pool = parent.recv()
         except (EOFError, OSError):
             self._process.join(5)
@@ -197,9 +197,11 @@ class EngineCoreClient:
                 if kind == "step":
                     self._on_step_message(event[1], event[2], event[3])
                 elif kind == "result":
+                    self.engine.update(event[3])
                     self._resolve(event[1], result=event[2])
                 elif kind == "error":
-                    self._resolve(event[1], error=m.error_from_wire(*event[2:]))
+                    self.engine.update(event[5])
+                    self._resolve(event[1], error=m.error_from_wire(*event[2:5]))
                 elif kind == "step_failed":
                     self._fail_streams(EngineStoppedError(f"{self.name} step failed: {event[1]}"))
         except (EOFError, OSError):

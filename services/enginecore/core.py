@@ -17,17 +17,12 @@ from services.enginecore import messages as m
 log = logging.getLogger("tandem.enginecore")
 
 
-def describe_device(engine, cache) -> str:
-    """The start-up line's device text, computed where CUDA lives."""
-    from services.worker.startup import _where
-    return _where(engine.device, cache)
-
-
 def run_engine_process(conn: Connection, config: EngineConfig, log_level: int) -> None:
     """The engine process's entry point (multiprocessing, spawn)."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from services.engine.engine import LLMEngine
     from services.worker.prompt_counter import PromptTokenCounter
+    from services.worker.startup import device_text
     try:
         engine = LLMEngine(config)
     except BaseException as exc:
@@ -42,8 +37,9 @@ def run_engine_process(conn: Connection, config: EngineConfig, log_level: int) -
         shared_pool = pool
     info = {"block_size": kv.block_size, "num_blocks": kv.num_blocks,
             "max_model_len": engine.max_model_len, "device": str(engine.device),
-            "where": describe_device(engine, config.cache),
-            "pool_bytes": pool.numel() * pool.element_size()}
+            "where": device_text(engine.device, config.cache),
+            "pool_bytes": pool.numel() * pool.element_size(),
+            "pool_dtype": str(pool.dtype).removeprefix("torch."), "pool_shape": list(pool.shape)}
     conn.send_bytes(m.pack(["ready", info]))
     conn.send(shared_pool)          # pickled by multiprocessing: a shared-memory handle, or None
     EngineCore(engine, counter, conn).run()
@@ -96,6 +92,7 @@ class EngineCore:
             reply = ["result", call_id, value]
         except BaseException as exc:
             reply = m.error_to_wire(call_id, exc)
+        reply.append(self._stats())     # the stats after the call (a release frees blocks)
         self.conn.send_bytes(m.pack(reply))
         return True
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from services.enginecore.messages import CALLABLE
 
 
@@ -37,7 +39,10 @@ class RemoteKV:
         self.num_blocks: int = info["num_blocks"]
         self.num_free_blocks: int = info["num_blocks"]
         self.pool_bytes: int = info["pool_bytes"]
-        self.kv_cache = pool            # the shared CPU pool; None when it lives on a GPU
+        # The shared CPU pool; for a pool on a GPU, a tensor on the meta device of its dtype and
+        # shape (the page layout, no memory): the front end never initialises CUDA.
+        self.kv_cache = pool if pool is not None else torch.empty(
+            info["pool_shape"], dtype=getattr(torch, info["pool_dtype"]), device="meta")
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -57,7 +62,7 @@ class RemoteEngine:
         self.scheduler = RemoteScheduler()
         self.prompt_counter = RemotePromptCounter()
         self.max_model_len: int = info["max_model_len"]
-        self.device_name: str = info["device"]
+        self.device = torch.device(info["device"])     # a name: touches no CUDA
         self.where: str = info["where"]
 
     def update(self, stats: list) -> None:
