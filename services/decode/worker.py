@@ -21,6 +21,7 @@ from services.decode.reservations import ReservationBook
 from services.engine.engine import LLMEngine
 from services.engine.engine_loop import RequestStream
 from services.engine.errors import InvalidRequestError, ReservationError
+from services.engine.outputs import merged
 from services.kvtransfer import KVReceiver, KVTransferServer, LocalEndpoints
 from services.rpc.tandem.v1 import worker_pb2, worker_pb2_grpc
 from services.worker.config import WorkerConfig
@@ -149,6 +150,9 @@ class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
             stream = await self._join_landed(request, params)
         try:
             async for output in stream:
+                # Outputs that piled up while this stream waited go out as one message.
+                while (later := stream.next_ready()) is not None:
+                    output = merged(output, later)
                 yield wire.chunk_from_output(output)
             if stream.aborted:      # cancelled: the last message says so
                 yield worker_pb2.TokenChunk(request_id=request.request_id,
