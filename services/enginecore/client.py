@@ -17,8 +17,13 @@ import asyncio
 import itertools
 import logging
 import multiprocessing
+import os
+import socket
+import subprocess
+import sys
 import threading
 from concurrent.futures import Future
+from multiprocessing.connection import Connection
 from typing import Any, Callable, Sequence
 
 from services.engine.config import EngineConfig
@@ -27,7 +32,6 @@ from services.engine.errors import InvalidRequestError
 from services.engine.outputs import RequestOutput
 from services.engine.sampling_params import SamplingParams
 from services.enginecore import messages as m
-from services.enginecore.core import run_engine_process
 from services.enginecore.remote_engine import RemoteEngine, RemoteMethod
 
 log = logging.getLogger("tandem.enginecore")
@@ -59,20 +63,24 @@ class EngineCoreClient:
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self, timeout_s: float | None = None) -> None:
-        """Spawns the engine process and returns once its engine is built (blocking: run it in a
+        """Starts the engine process and returns once its engine is built (blocking: run it in a
         thread from an event loop). A process that dies while loading raises EngineStoppedError,
         an engine that failed to build raises the engine's own error."""
         if self._process is not None:
             raise RuntimeError(f"{self.name} engine process already started")
-        ctx = multiprocessing.get_context("spawn")     # a fresh interpreter: no CUDA inherited
-        parent, child = ctx.Pipe(duplex=True)
-        self._process = ctx.Process(target=run_engine_process, name=f"{self.name}-engine",
-                                    args=(child, self.config, logging.getLogger().level),
-                                    daemon=True)
-        self._process.start()
-        child.close()       # only the engine holds its end: its exit closes the pipe for us
-        self._conn = parent
+        # A fresh interpreter (nothing of this process's CUDA state, no re-import of its main
+        # module), linked by a socket pair whose other end only the engine process holds.
+        ours, theirs = socket.socketpair()
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "services.enginecore", str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
+        theirs.close()
+        self._conn = parent = Connection(ours.detach())
         try:
+            # The authkey lets this process fetch the shared pool's descriptor from the engine's.
+            parent.send((self.config, logging.getLogger().level,
+                         bytes(multiprocessing.current_process().authkey)))
             if timeout_s is not None and not parent.poll(timeout_s):
                 raise EngineStoppedError(f"{self.name}: the engine process did not start "
                                          f"within {timeout_s} s")
@@ -81,9 +89,9 @@ class EngineCoreClient:
                 raise m.error_from_wire(*first[2:5])
             pool = parent.recv()
         except (EOFError, OSError):
-            self._process.join(5)
+            self._process.wait(5)
             raise EngineStoppedError(f"{self.name}: the engine process exited while starting "
-                                     f"(exit code {self._process.exitcode})") from None
+                                     f"(exit code {self._process.returncode})") from None
         except BaseException:
             self._kill()
             raise
@@ -102,16 +110,19 @@ class EngineCoreClient:
             self._send(["stop", 0])
         except EngineStoppedError:
             pass
-        self._process.join(10)
+        try:
+            self._process.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
         self._kill()
         if self._reader is not None:
             self._reader.join(10)
         self._fail_all(EngineStoppedError(f"{self.name} stopped"))
 
     def _kill(self) -> None:
-        if self._process.is_alive():
+        if self._process.poll() is None:
             self._process.kill()
-            self._process.join()
+            self._process.wait()
 
     @property
     def pid(self) -> int | None:
@@ -206,8 +217,11 @@ class EngineCoreClient:
                     self._fail_streams(EngineStoppedError(f"{self.name} step failed: {event[1]}"))
         except (EOFError, OSError):
             pass
-        self._process.join(5)
-        reason = (f"{self.name}: the engine process exited (exit code {self._process.exitcode})")
+        try:
+            self._process.wait(5)
+        except subprocess.TimeoutExpired:
+            pass        # the pipe closed first: the exit code follows
+        reason = f"{self.name}: the engine process exited (exit code {self._process.returncode})"
         with self._state_lock:
             self._dead = reason
             asked = self._stopping

@@ -8,17 +8,27 @@ no engine outlives its worker)."""
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import signal
 import time
 from multiprocessing.connection import Connection
 
-from services.engine.config import EngineConfig
 from services.enginecore import messages as m
 
 log = logging.getLogger("tandem.enginecore")
 
 
-def run_engine_process(conn: Connection, config: EngineConfig, log_level: int) -> None:
-    """The engine process's entry point (multiprocessing, spawn)."""
+def run_engine_process(conn: Connection) -> None:
+    """The engine process's entry point (`python -m services.enginecore FD`): its config comes
+    first on the pipe."""
+    # A Ctrl-C reaches the whole process group: the worker stops this process itself ("stop",
+    # or the pipe closing), after its streams are done.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        config, log_level, authkey = conn.recv()
+    except (EOFError, OSError):
+        return
+    multiprocessing.current_process().authkey = authkey
     logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from services.engine.engine import LLMEngine
     from services.worker.prompt_counter import PromptTokenCounter
