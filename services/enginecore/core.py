@@ -17,6 +17,9 @@ from services.enginecore import messages as m
 
 log = logging.getLogger("tandem.enginecore")
 
+AFFINITY_SAMPLE = 4096          # the most recently cached block hashes a load report carries
+HASHES_EVERY_S = 0.05           # how often a step message refreshes them (every reply does)
+
 
 def run_engine_process(conn: Connection) -> None:
     """The engine process's entry point (`python -m services.enginecore FD`): its config comes
@@ -61,6 +64,7 @@ class EngineCore:
         self.counter = counter
         self.conn = conn
         self.streaming: set[str] = set()    # requests whose outputs the front end streams
+        self._hashes_at = 0.0
 
     def run(self) -> None:
         engine, conn = self.engine, self.conn
@@ -102,14 +106,20 @@ class EngineCore:
             reply = ["result", call_id, value]
         except BaseException as exc:
             reply = m.error_to_wire(call_id, exc)
-        reply.append(self._stats())     # the stats after the call (a release frees blocks)
+        reply.append(self._stats(hashes=True))  # after the call (a release frees blocks)
         self.conn.send_bytes(m.pack(reply))
         return True
 
-    def _stats(self) -> list:
+    def _stats(self, hashes: bool = False) -> list:
+        """running, waiting, free blocks, prompt tokens computed, and the cached block hashes
+        (for prefix-affinity routing) when asked or due, else None."""
         scheduler, kv = self.engine.scheduler, self.engine.kv
+        now = time.monotonic()
+        sample = None
+        if hashes or now - self._hashes_at >= HASHES_EVERY_S:
+            sample, self._hashes_at = kv.cached_block_hashes()[-AFFINITY_SAMPLE:], now
         return [len(scheduler.running), len(scheduler.waiting), kv.num_free_blocks,
-                self.counter.prompt_tokens]
+                self.counter.prompt_tokens, sample]
 
     def _step(self) -> None:
         start = time.perf_counter()

@@ -10,7 +10,8 @@ Events (engine -> front end):
     ["ready", info]                         after the engine is built (info: EngineInfo fields)
     ["result", id, value, stats] / ["error", id, kind, text, field, stats]
     ["step", seconds, stats, outputs]       ONE per engine step: every request's new tokens
-(stats: running, waiting, free KV blocks, prompt tokens computed: what a worker's Load reads)
+(stats: running, waiting, free KV blocks, prompt tokens computed, cached block hashes or None:
+what a worker's Load reads)
     ["step_failed", text]                   the step raised; what was running was aborted
 
 Outputs travel as flat lists (no per-output dict keys): the hot path of a 256-stream batch."""

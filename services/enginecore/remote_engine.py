@@ -41,6 +41,7 @@ class RemoteKV:
         self.pool_bytes: int = info["pool_bytes"]
         # The shared CPU pool; for a pool on a GPU, a tensor on the meta device of its dtype and
         # shape (the page layout, no memory): the front end never initialises CUDA.
+        self.hashes: list[bytes] = []
         self.kv_cache = pool if pool is not None else torch.empty(
             info["pool_shape"], dtype=getattr(torch, info["pool_dtype"]), device="meta")
 
@@ -48,7 +49,9 @@ class RemoteKV:
         return -(-num_tokens // self.block_size)
 
     def cached_block_hashes(self) -> list[bytes]:
-        return []       # the hashes stay in the engine process (decode workers report none)
+        """The engine's most recent sample (core.AFFINITY_SAMPLE hashes, refreshed by every
+        reply and at least every core.HASHES_EVERY_S while stepping)."""
+        return self.hashes
 
 
 class RemotePromptCounter:
@@ -66,10 +69,12 @@ class RemoteEngine:
         self.where: str = info["where"]
 
     def update(self, stats: list) -> None:
-        running, waiting, free_blocks, prompt_tokens = stats
+        running, waiting, free_blocks, prompt_tokens, hashes = stats
         self.scheduler.running.n, self.scheduler.waiting.n = running, waiting
         self.kv.num_free_blocks = free_blocks
         self.prompt_counter.prompt_tokens = prompt_tokens
+        if hashes is not None:
+            self.kv.hashes = hashes
 
     def __getattr__(self, name: str) -> RemoteMethod:
         if name in CALLABLE:

@@ -46,7 +46,9 @@ async def test_disaggregated_over_grpc_into_the_shared_pool() -> None:
         assert handoff.prefill.kv_bytes > 0
         report = await clients.decode.Load(worker_pb2.LoadRequest(check_integrity=True))
         assert report.prompt_tokens_computed == 0 and not report.integrity_error
-        assert (await clients.prefill.Load(worker_pb2.LoadRequest())).prompt_tokens_computed == len(PROMPT)
+        prefill_report = await clients.prefill.Load(worker_pb2.LoadRequest())
+        assert prefill_report.prompt_tokens_computed == len(PROMPT)
+        assert len(prefill_report.cached_block_hashes) == 2     # for prefix-affinity routing
         await _check_whole(prefill, decode)
     finally:
         await clients.close()
