@@ -14,7 +14,7 @@ from loadgen.datasets import DATASET_NAMES, DatasetSpec
 from loadgen.errors import BenchConfigError
 from loadgen.load_pattern import LoadSpec
 from loadgen.metrics import GOODPUT_KEYS, GoodputSpec
-from loadgen.sweep import parse_sweep
+from loadgen.sweep import parse_sweep, point_spec
 
 DEFAULT_NUM_PROMPTS = 1000
 
@@ -139,14 +139,20 @@ def plan_from_args(args: argparse.Namespace) -> BenchPlan:
     max_concurrency, request_rate = args.max_concurrency, args.request_rate
     if sweep is not None:
         max_concurrency, request_rate = sweep.base_pattern(max_concurrency, request_rate)
-    load = LoadSpec(max_concurrency=max_concurrency, request_rate=request_rate,
-                    burstiness=args.burstiness, num_prompts=num_prompts, duration_s=args.duration,
-                    warmup_requests=args.warmup_requests, request_timeout_s=args.request_timeout, seed=args.seed,
-                    ramp_up_s=args.ramp_up)
     capacity = None
     if args.slo:
         capacity = CapacitySpec(parse_slo(args.slo), args.capacity_search, args.capacity_start,
                                 args.capacity_max, args.capacity_max_runs)
+    if sweep is None and capacity is not None:
+        # The base load is validated as the search's first probe, which sets its own dimension.
+        first = point_spec(LoadSpec(max_concurrency=max_concurrency, request_rate=request_rate,
+                                    num_prompts=num_prompts or 1), args.capacity_search,
+                           args.capacity_start)
+        max_concurrency, request_rate = first.max_concurrency, first.request_rate
+    load = LoadSpec(max_concurrency=max_concurrency, request_rate=request_rate,
+                    burstiness=args.burstiness, num_prompts=num_prompts, duration_s=args.duration,
+                    warmup_requests=args.warmup_requests, request_timeout_s=args.request_timeout, seed=args.seed,
+                    ramp_up_s=args.ramp_up)
     output = OutputSpec(save_result=args.save_result, result_dir=args.result_dir,
                         result_filename=args.result_filename, plots=not args.no_plots,
                         show_progress=not args.no_progress)

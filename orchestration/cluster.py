@@ -19,6 +19,11 @@ share GPUs (fractional Ray GPUs, or one `--device cuda:N` per process) and split
 memory fraction; no GPU: CPU. A plan whose workers cannot hold the model's weights in their share
 is refused before any worker starts. `gpus` caps how many GPUs are used (0: CPU).
 
+Autoscaling (`max_prefill_workers`, `max_decode_workers`): placement plans every worker the
+cluster may grow to; `add_worker(role)` starts one in a free slot, `remove_worker(address)` stops
+one the gateway has drained. On Ray, `node_groups` splits the workers into groups that each stay
+on one node (a prefill worker with the decode workers it feeds), packed or spread (`ray_strategy`).
+
 Each decode worker also listens for KV pages on a port of its own; its ReserveResponse and
 LoadReport carry that `kv_address`, which the gateway passes on to Prefill."""
 
@@ -28,7 +33,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 
-from orchestration.launchers import Launcher, WorkerSpec
+from orchestration.launchers import RAY_STRATEGIES, Launcher, WorkerSpec
 from orchestration.placement import Gpus, Placement, check_fit, place
 from services.engine.config import EngineConfig, ModelConfig
 from services.engine.errors import ConfigError
@@ -57,6 +62,14 @@ class ClusterConfig:
     ray_num_cpus: int | None = None         # for the local Ray instance; None: all
     start_timeout_s: float = 300.0
     capture_worker_logs: bool = True        # process launcher: logs to temp files, not stderr
+    # The most workers of each role the cluster may grow to (autoscaling; None: the start counts).
+    # Placement plans for them all, so a worker added later still has its device and share.
+    max_prefill_workers: int | None = None
+    max_decode_workers: int | None = None
+    # Ray: workers split into this many node groups (round robin by role: a prefill worker and the
+    # decode workers it feeds), each group on one node; groups packed onto few nodes or spread.
+    node_groups: int = 1
+    ray_strategy: str = "pack"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -78,6 +91,25 @@ class ClusterConfig:
             raise ConfigError(f"gpus must be >= 0, got {self.gpus}")
         if self.start_timeout_s <= 0:
             raise ConfigError(f"start_timeout_s must be > 0, got {self.start_timeout_s}")
+        if self.max_decode_workers is not None and self.max_decode_workers < self.decode_workers:
+            raise ConfigError(f"max_decode_workers must be >= decode_workers ({self.decode_workers}), "
+                              f"got {self.max_decode_workers}")
+        if self.max_prefill_workers is not None and self.max_prefill_workers < self.num_prefill:
+            raise ConfigError(f"max_prefill_workers must be >= prefill_workers ({self.num_prefill}), "
+                              f"got {self.max_prefill_workers}")
+        if self.node_groups < 1:
+            raise ConfigError(f"node_groups must be >= 1, got {self.node_groups}")
+        if self.ray_strategy not in RAY_STRATEGIES:
+            raise ConfigError(f"ray_strategy must be one of {RAY_STRATEGIES}, got {self.ray_strategy!r}")
+        if self.mode == "colocated" and self.max_prefill_workers:
+            raise ConfigError("max_prefill_workers must be unset in colocated mode")
+
+    def capacity(self) -> "ClusterConfig":
+        """This config at its largest: what placement plans for."""
+        return dataclasses.replace(
+            self, max_prefill_workers=None, max_decode_workers=None,
+            prefill_workers=self.num_prefill if self.max_prefill_workers is None else self.max_prefill_workers,
+            decode_workers=self.decode_workers if self.max_decode_workers is None else self.max_decode_workers)
 
     @property
     def num_prefill(self) -> int:
@@ -103,6 +135,7 @@ class ClusterConfig:
         colocated = self.mode == "colocated"
         worker = dataclasses.replace(self.worker, engine=self.engine, kv_transport=self.kv_transport)
         specs = []
+        index_in_role = {"decode": 0, "prefill": 0}
         for i, role in enumerate(self.roles):
             config = dataclasses.replace(worker, colocated=colocated and role == "decode",
                                          worker_id=worker.worker_id and f"{worker.worker_id}-{role}-{i}")
@@ -110,8 +143,10 @@ class ClusterConfig:
             if placements is not None:
                 config = dataclasses.replace(config, engine=_placed(self.engine, placements[i], model))
                 share = placements[i].gpu_share
+            group = index_in_role[role] % self.node_groups
+            index_in_role[role] += 1
             specs.append(WorkerSpec(role, config, self.host, self.base_port + i if self.base_port else 0,
-                                    share))
+                                    share, group))
         return specs
 
 
@@ -170,32 +205,61 @@ class Cluster:
         self.launcher: Launcher | None = None
         self.handle: ClusterHandle | None = None
         self.placements: tuple[Placement, ...] = ()
+        self._slots: list[WorkerSpec] = []          # every worker the cluster may run, placed
+        self.running: dict[str, WorkerSpec] = {}    # address -> the slot it runs in
 
     def start(self) -> ClusterHandle:
         if self.launcher is not None:
             raise ConfigError("cluster already started")
         self.launcher = _make_launcher(self.config)
         try:
-            specs = self._placed_specs(self.gpus if self.gpus is not None else self.launcher.gpus())
-            addresses = self.launcher.start(specs)
+            self._slots = self._placed_specs(self.gpus if self.gpus is not None else self.launcher.gpus())
+            self.launcher.reserve(self._slots)
+            decode = [s for s in self._slots if s.role == "decode"][:self.config.decode_workers]
+            prefill = [s for s in self._slots if s.role == "prefill"][:self.config.num_prefill]
+            addresses = self.launcher.start(decode + prefill)
         except BaseException:
             self.stop()
             raise
+        self.running = dict(zip(addresses, decode + prefill))
         n = self.config.decode_workers
         self.handle = ClusterHandle(self.config.mode, self.config.kv_transport,
                                     tuple(addresses[n:]), tuple(addresses[:n]))
         return self.handle
 
+    def add_worker(self, role: str) -> str:
+        """Starts one more worker of `role` in a free slot of the plan; returns its address once
+        it is ready. ConfigError when the role is at its maximum."""
+        if self.launcher is None:
+            raise ConfigError("cluster not started")
+        taken = {id(spec) for spec in self.running.values()}
+        spec = next((s for s in self._slots if s.role == role and id(s) not in taken), None)
+        if spec is None:
+            raise ConfigError(f"no room for another {role} worker: the cluster runs its maximum "
+                              f"({sum(s.role == role for s in self._slots)})")
+        address = self.launcher.start([spec])[0]
+        self.running[address] = spec
+        return address
+
+    def remove_worker(self, address: str) -> None:
+        """Stops one worker (the gateway has drained it); its slot is free again."""
+        if address not in self.running:
+            raise ConfigError(f"no worker {address} in this cluster")
+        self.launcher.stop_worker(address)
+        del self.running[address]
+
     def _placed_specs(self, gpus: Gpus) -> list[WorkerSpec]:
-        model = _served_model_config(self.config.engine, usable_gpus(self.config, gpus))
-        self.placements = plan(self.config, gpus, model)
-        for name, placement in zip(self.config.worker_names(), self.placements):
+        capacity = self.config.capacity()
+        model = _served_model_config(capacity.engine, usable_gpus(capacity, gpus))
+        self.placements = plan(capacity, gpus, model)
+        for name, placement in zip(capacity.worker_names(), self.placements):
             log.info("%s: %s", name, placement)
-        return self.config.specs(self.placements, model)
+        return capacity.specs(self.placements, model)
 
     def stop(self) -> None:
         """Stops every worker this cluster started. Idempotent."""
         launcher, self.launcher, self.handle = self.launcher, None, None
+        self.running = {}
         if launcher is not None:
             launcher.stop()
 
@@ -224,4 +288,5 @@ def _make_launcher(config: ClusterConfig) -> Launcher:
         from orchestration.launchers.process import ProcessLauncher
         return ProcessLauncher(config.start_timeout_s, capture_logs=config.capture_worker_logs)
     from orchestration.launchers.ray_actors import RayLauncher
-    return RayLauncher(config.start_timeout_s, config.ray_address, config.ray_num_cpus)
+    return RayLauncher(config.start_timeout_s, config.ray_address, config.ray_num_cpus,
+                       strategy=config.ray_strategy)

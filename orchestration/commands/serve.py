@@ -5,7 +5,13 @@ this process), then the gateway in this process in front of them; Ctrl-C stops e
                  [--decode-workers M] [--launcher ray|process|inprocess] [--ray-address ADDR]
                  [--gpus N] [--device cpu|cuda:N] [--gpu-memory-fraction F]
                  [--host H] [--grpc-port P] [--http-port P] [--kv-transport auto|grpc|cuda_ipc|local]
-                 [--num-kv-blocks N] [--max-num-seqs N] [--api-key K] ..."""
+                 [--num-kv-blocks N] [--max-num-seqs N] [--api-key K] ...
+                 [--autoscale --min-prefill-workers N --max-prefill-workers N
+                              --min-decode-workers N --max-decode-workers N]
+                 [--ray-node-groups N] [--ray-strategy pack|spread]
+
+With --autoscale the cluster starts at the minimum counts and the autoscaler
+(orchestration/autoscaler.py) adds and removes workers within the limits."""
 
 from __future__ import annotations
 
@@ -18,6 +24,8 @@ import sys
 import time
 
 from orchestration.cluster import LAUNCHERS, MODES, Cluster, ClusterConfig, ClusterHandle
+from orchestration.launchers import RAY_STRATEGIES
+from orchestration.scaling_policy import RoleLimits, ScalingPolicyConfig
 from services.engine.config import EngineConfig
 from services.kvtransfer import TRANSPORTS
 from services.worker.cli import add_engine_arguments, engine_config_from_args
@@ -60,15 +68,73 @@ def add_arguments(p: argparse.ArgumentParser, default_launcher: str = _CLUSTER.l
     p.add_argument("--api-key", action="append", default=[], help="accepted API key; repeat for several")
     p.add_argument("--served-model-name", default=None)
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--ray-node-groups", type=int, default=_CLUSTER.node_groups,
+                   help="Ray: split the workers into this many groups, each on one node (a prefill "
+                        "worker with the decode workers it feeds, so pages stay on the node)")
+    p.add_argument("--ray-strategy", choices=RAY_STRATEGIES, default=_CLUSTER.ray_strategy,
+                   help="Ray: pack the node groups onto few nodes, or spread them across nodes")
+    add_scaling_arguments(p)
     add_engine_arguments(p)
+
+
+def add_scaling_arguments(p: argparse.ArgumentParser) -> None:
+    from orchestration.autoscaler import AutoscalerConfig
+    auto, policy = AutoscalerConfig(), ScalingPolicyConfig()
+    g = p.add_argument_group("autoscaling")
+    g.add_argument("--autoscale", action="store_true",
+                   help="add and remove workers as the load changes, within the limits below")
+    for role in ("prefill", "decode"):
+        g.add_argument(f"--min-{role}-workers", type=int, default=None,
+                       help=f"default: --{role}-workers")
+        g.add_argument(f"--max-{role}-workers", type=int, default=None,
+                       help=f"default: --{role}-workers")
+    g.add_argument("--scale-interval", type=float, default=auto.interval_s)
+    g.add_argument("--scale-up-cooldown", type=float, default=policy.up_cooldown_s)
+    g.add_argument("--scale-down-cooldown", type=float, default=policy.down_cooldown_s)
+    g.add_argument("--scale-sustain-ticks", type=int, default=policy.sustain_ticks)
+    g.add_argument("--prefill-wait-up", type=float, default=policy.prefill_wait_up_s,
+                   help="estimated prefill queue seconds that add a prefill worker")
+    g.add_argument("--ttft-slo", type=float, default=auto.ttft_slo_s)
+    g.add_argument("--tpot-slo", type=float, default=auto.tpot_slo_s)
+
+
+def _limits(args: argparse.Namespace, role: str) -> RoleLimits:
+    start = getattr(args, f"{role}_workers")
+    low, high = getattr(args, f"min_{role}_workers"), getattr(args, f"max_{role}_workers")
+    low = start if low is None else low
+    return RoleLimits(low, max(low, start) if high is None else high)
+
+
+def autoscaler_config(args: argparse.Namespace):
+    """None without --autoscale."""
+    if not args.autoscale:
+        return None
+    from orchestration.autoscaler import AutoscalerConfig
+    policy = ScalingPolicyConfig(
+        prefill=_limits(args, "prefill") if args.mode == "disaggregated" else None,
+        decode=_limits(args, "decode"), up_cooldown_s=args.scale_up_cooldown,
+        down_cooldown_s=args.scale_down_cooldown, sustain_ticks=args.scale_sustain_ticks,
+        prefill_wait_up_s=args.prefill_wait_up)
+    return AutoscalerConfig(policy=policy, interval_s=args.scale_interval, ttft_slo_s=args.ttft_slo,
+                            tpot_slo_s=args.tpot_slo)
 
 
 def cluster_config_from_args(args: argparse.Namespace) -> ClusterConfig:
     engine: EngineConfig = engine_config_from_args(args)
+    prefill, decode = args.prefill_workers, args.decode_workers
+    scaling = {}
+    auto = autoscaler_config(args)
+    if auto is not None:        # start at the minimum, plan for the maximum
+        decode = auto.policy.decode.min_workers
+        scaling["max_decode_workers"] = auto.policy.decode.max_workers
+        if auto.policy.prefill is not None:
+            prefill = auto.policy.prefill.min_workers
+            scaling["max_prefill_workers"] = auto.policy.prefill.max_workers
     return ClusterConfig(
-        mode=args.mode, prefill_workers=args.prefill_workers, decode_workers=args.decode_workers,
+        mode=args.mode, prefill_workers=prefill, decode_workers=decode, **scaling,
+        node_groups=args.ray_node_groups, ray_strategy=args.ray_strategy,
         engine=engine, worker=WorkerConfig(reservation_ttl_s=args.reservation_ttl,
-                                               engine_process=args.engine_process),
+                                           engine_process=args.engine_process),
         kv_transport=args.kv_transport, host=args.worker_host or args.host,
         base_port=args.worker_base_port, launcher=args.launcher, gpus=args.gpus,
         ray_address=args.ray_address,
@@ -83,17 +149,28 @@ def gateway_config(args: argparse.Namespace, handle: ClusterHandle):
                          reservation_ttl_s=args.reservation_ttl, **handle.gateway_fields())
 
 
-async def serve_gateway(config) -> None:
-    """Runs the gateway until SIGINT / SIGTERM."""
+async def serve_gateway(config, cluster: Cluster | None = None, autoscale=None,
+                        max_num_seqs: int = 1) -> None:
+    """Runs the gateway (and, given `autoscale`, the autoscaler over `cluster`) until SIGINT /
+    SIGTERM."""
+    from orchestration.autoscaler import Autoscaler
     from services.gateway.gateway import Gateway
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with Gateway(config) as gateway:
+        autoscaler = None
+        if autoscale is not None:
+            autoscaler = Autoscaler(autoscale, gateway, cluster, max_num_seqs)
+            await autoscaler.start()
         print(f"tandem: serving {config.model_id} ({config.mode}) on gRPC {gateway.grpc_address}, "
               f"HTTP {gateway.http_url}; Ctrl-C stops", flush=True)
-        await stop.wait()
+        try:
+            await stop.wait()
+        finally:
+            if autoscaler is not None:
+                await autoscaler.stop()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,5 +184,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"tandem: workers up and warmed up in {time.perf_counter() - started:.1f}s "
               f"({config.launcher}; {where}): prefill {list(handle.prefill_addresses)}, "
               f"decode {list(handle.decode_addresses)}", flush=True)
-        asyncio.run(serve_gateway(gateway_config(args, handle)))
+        asyncio.run(serve_gateway(gateway_config(args, handle), cluster, autoscaler_config(args),
+                                  config.engine.scheduler.max_num_seqs))
     return 0

@@ -1,6 +1,8 @@
 """Ways to run a cluster's workers: in this process (threads), as local processes, or as Ray
 actors. Each launcher says which GPUs its workers can use (`gpus()`), starts a list of
-`WorkerSpec`s and returns their gRPC addresses, in order; `stop()` stops everything it started."""
+`WorkerSpec`s and returns their gRPC addresses, in order (it may be called again to add workers);
+`stop_worker(address)` stops one, `stop()` everything it started. `reserve(slots)` comes first,
+with every worker the cluster may run (the Ray launcher books their resources, node by node)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from orchestration.placement import Gpus
 from services.worker.config import WorkerConfig
 
 ROLES = ("prefill", "decode")
+RAY_STRATEGIES = ("pack", "spread")   # Ray: node groups on as few nodes as possible, or across nodes
 
 
 @dataclass(frozen=True)
@@ -20,11 +23,14 @@ class WorkerSpec:
     host: str
     port: int = 0
     gpu_share: float = 0.0  # of one GPU, reserved for it on Ray (0: CPU)
+    node_group: int = 0     # workers of one group run on one node (Ray), so pages stay on it
 
 
 class Launcher(Protocol):
     def gpus(self) -> Gpus: ...
+    def reserve(self, slots: list[WorkerSpec]) -> None: ...   # every worker it may ever start
     def start(self, specs: list[WorkerSpec]) -> list[str]: ...
+    def stop_worker(self, address: str) -> None: ...
     def stop(self) -> None: ...
 
 

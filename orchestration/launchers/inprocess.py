@@ -19,6 +19,9 @@ class InProcessLauncher:
     def gpus(self) -> Gpus:
         return local_gpus()
 
+    def reserve(self, slots: list[WorkerSpec]) -> None:
+        pass    # this machine's resources are not booked ahead
+
     def start(self, specs: list[WorkerSpec]) -> list[str]:
         new = [WorkerThread(make_worker(s), f"{s.role}-{len(self.threads) + i}") for i, s in enumerate(specs)]
         self.threads += new
@@ -26,6 +29,11 @@ class InProcessLauncher:
             futures = [pool.submit(t.start, s.host, s.port, self._start_timeout_s)
                        for t, s in zip(new, specs)]
             return [f.result() for f in futures]
+
+    def stop_worker(self, address: str) -> None:
+        thread = next(t for t in self.threads if t.address == address)
+        self.threads.remove(thread)
+        thread.stop()
 
     def stop(self) -> None:
         threads, self.threads = self.threads, []

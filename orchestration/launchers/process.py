@@ -27,18 +27,24 @@ class ProcessLauncher:
         self._stop_timeout_s = stop_timeout_s
         self._capture_logs = capture_logs
         self.processes: list[subprocess.Popen] = []
+        self.by_address: dict[str, subprocess.Popen] = {}
         self._logs: list = []
 
     def gpus(self) -> Gpus:
         return local_gpus()
 
+    def reserve(self, slots: list[WorkerSpec]) -> None:
+        pass    # this machine's resources are not booked ahead
+
     def start(self, specs: list[WorkerSpec]) -> list[str]:
         launched = [self._spawn(spec) for spec in specs]
         try:
-            return [self._address(proc, log, spec) for proc, log, spec in launched]
+            addresses = [self._address(proc, log, spec) for proc, log, spec in launched]
         except BaseException:
             self.stop()
             raise
+        self.by_address.update(zip(addresses, (proc for proc, _, _ in launched)))
+        return addresses
 
     def _spawn(self, spec: WorkerSpec):
         log = tempfile.TemporaryFile() if self._capture_logs else None
@@ -65,8 +71,20 @@ class ProcessLauncher:
                               f"(exit code {proc.poll()}): {tail}")
         return line.split()[1]
 
+    def stop_worker(self, address: str) -> None:
+        proc = self.by_address.pop(address)
+        self.processes.remove(proc)
+        self._stop([proc])
+
     def stop(self) -> None:
         processes, self.processes = self.processes, []
+        self.by_address = {}
+        self._stop(processes)
+        logs, self._logs = self._logs, []
+        for log in logs:
+            log.close()
+
+    def _stop(self, processes: list[subprocess.Popen]) -> None:
         for proc in processes:
             if proc.poll() is None:
                 proc.terminate()
@@ -80,6 +98,3 @@ class ProcessLauncher:
             for pipe in (proc.stdin, proc.stdout):
                 if pipe is not None:
                     pipe.close()
-        logs, self._logs = self._logs, []
-        for log in logs:
-            log.close()

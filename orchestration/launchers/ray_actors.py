@@ -1,10 +1,15 @@
 """Workers as Ray actors: one actor per worker, each running the worker's gRPC server on a thread
 of its own. Each actor reserves the GPU share the cluster's placement gave it: a whole GPU when
 there is one per worker, else a fraction (1/k of a GPU shared by k workers, Ray then hands the
-same device to each), or none on a cluster without GPUs; and one CPU. All actors go in one
-placement group packed onto as few nodes as possible, so prefill and decode sit together and
-pages travel over the fastest link. An actor is ready once its worker has warmed up. Ray restarts
-a dead actor (max_restarts); it comes back on the same port, so the gateway's addresses stay
+same device to each), or none on a cluster without GPUs; and one CPU.
+
+Locality: the workers of one node group (WorkerSpec.node_group: a prefill worker and the decode
+workers it feeds) share one bundle of one placement group, and a bundle always sits on one node,
+so their pages travel over that node's fastest link (cuda_ipc with CUDA). The groups' bundles are
+packed onto as few nodes as possible (strategy "pack") or spread across nodes ("spread"). The
+bundles are booked at `reserve` for every worker the cluster may run, so a worker the autoscaler
+adds later finds its node's room. An actor is ready once its worker has warmed up. Ray restarts a
+dead actor (max_restarts); it comes back on the same port, so the gateway's addresses stay
 valid. Ray is the control plane only: tokens and KV pages go over gRPC, never through the object
 store."""
 
@@ -13,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 
 from orchestration.gpus import local_gpus
-from orchestration.launchers import WorkerSpec, make_worker
+from orchestration.launchers import RAY_STRATEGIES, WorkerSpec, make_worker
 from orchestration.placement import Gpus
 from services.addresses import free_port
 from services.engine.errors import ConfigError
@@ -35,11 +40,20 @@ class WorkerActor:
             # Ray makes the GPU it assigned the only one visible to this actor.
             engine = dataclasses.replace(spec.config.engine, device="cuda")
             spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, engine=engine))
+        self._role = spec.role
         self._thread = WorkerThread(make_worker(spec), f"{spec.role}-actor")
         self._address = self._thread.start(spec.host, spec.port)
 
+    def __repr__(self) -> str:
+        # Ray shows this in its logs and state API (`ray list actors`: repr_name).
+        return f"{self._role}-worker-{getattr(self, '_address', 'starting')}"
+
     def address(self) -> str:
         return self._address
+
+    def node_id(self) -> str:
+        import ray
+        return ray.get_runtime_context().get_node_id()
 
     def stop(self) -> None:
         self._thread.stop()
@@ -47,14 +61,19 @@ class WorkerActor:
 
 class RayLauncher:
     def __init__(self, start_timeout_s: float, ray_address: str | None = None,
-                 num_cpus: int | None = None, max_restarts: int = 3) -> None:
+                 num_cpus: int | None = None, max_restarts: int = 3, strategy: str = "pack") -> None:
+        if strategy not in RAY_STRATEGIES:
+            raise ConfigError(f"ray strategy must be one of {RAY_STRATEGIES}, got {strategy!r}")
         self._start_timeout_s = start_timeout_s
         self._ray_address = ray_address
         self._num_cpus = num_cpus
         self._max_restarts = max_restarts
+        self._strategy = strategy
         self._started_ray = False
         self.actors: list = []
-        self._groups: list = []
+        self.by_address: dict[str, object] = {}
+        self._group = None
+        self._bundle_of: dict[int, int] = {}     # node group -> bundle index
 
     def _ensure_ray(self):
         import ray
@@ -73,50 +92,81 @@ class RayLauncher:
         memory = local_gpus().memory_bytes if count and not self._ray_address else None
         return Gpus(count, memory)
 
-    def start(self, specs: list[WorkerSpec]) -> list[str]:
+    def reserve(self, slots: list[WorkerSpec]) -> None:
+        """One bundle per node group, holding the CPUs and GPU shares of all its workers."""
         ray = self._ensure_ray()
         from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        bundles = [{"CPU": 1, "GPU": s.gpu_share} if s.gpu_share else {"CPU": 1} for s in specs]
-        group = placement_group(bundles, strategy="PACK")
-        self._groups.append(group)
+        groups = sorted({s.node_group for s in slots})
+        self._bundle_of = {g: i for i, g in enumerate(groups)}
+        bundles = []
+        for g in groups:
+            members = [s for s in slots if s.node_group == g]
+            bundle = {"CPU": float(len(members))}
+            gpu = sum(s.gpu_share for s in members)
+            if gpu:
+                bundle["GPU"] = round(gpu, 4)
+            bundles.append(bundle)
+        self._group = placement_group(bundles, strategy="SPREAD" if self._strategy == "spread" else "PACK")
         try:
-            ray.get(group.ready(), timeout=self._start_timeout_s)
+            ray.get(self._group.ready(), timeout=self._start_timeout_s)
         except ray.exceptions.GetTimeoutError:
-            raise ConfigError(f"Ray could not place {len(specs)} workers of {bundles} within "
-                              f"{self._start_timeout_s}s (cluster resources: "
-                              f"{ray.cluster_resources()})") from None
+            raise ConfigError(f"Ray could not place {len(slots)} workers in {len(bundles)} node "
+                              f"groups {bundles} within {self._start_timeout_s}s (each group must "
+                              f"fit on one node; cluster resources: {ray.cluster_resources()})") from None
+
+    def start(self, specs: list[WorkerSpec]) -> list[str]:
+        ray = self._ensure_ray()
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+        if self._group is None:
+            self.reserve(specs)
         actor_class = ray.remote(num_cpus=1, max_restarts=self._max_restarts,
                                  max_task_retries=0)(WorkerActor)
         local = not self._ray_address
         actors = []
-        for index, spec in enumerate(specs):
+        for spec in specs:
             if local and spec.port == 0:
                 spec = dataclasses.replace(spec, port=free_port(spec.host))
-            actors.append(actor_class.options(num_gpus=spec.gpu_share, scheduling_strategy=
-                PlacementGroupSchedulingStrategy(placement_group=group,
-                                                 placement_group_bundle_index=index)).remote(spec))
+            strategy = PlacementGroupSchedulingStrategy(
+                placement_group=self._group, placement_group_bundle_index=self._bundle_of[spec.node_group])
+            actors.append(actor_class.options(num_gpus=spec.gpu_share,
+                                              scheduling_strategy=strategy).remote(spec))
         self.actors += actors
         try:
-            return ray.get([a.address.remote() for a in actors], timeout=self._start_timeout_s)
+            addresses = ray.get([a.address.remote() for a in actors], timeout=self._start_timeout_s)
         except Exception as exc:
             raise ConfigError(f"Ray workers failed to start: {exc}") from exc
+        self.by_address.update(zip(addresses, actors))
+        return addresses
+
+    def node_of(self, address: str) -> str:
+        """The Ray node id the worker at `address` runs on."""
+        import ray
+        return ray.get(self.by_address[address].node_id.remote(), timeout=30)
+
+    def stop_worker(self, address: str) -> None:
+        actor = self.by_address.pop(address)
+        self.actors.remove(actor)
+        self._stop_actor(actor)
+
+    @staticmethod
+    def _stop_actor(actor) -> None:
+        import ray
+        try:
+            ray.get(actor.stop.remote(), timeout=30)
+        except Exception:
+            pass    # already dead: nothing left to stop
+        ray.kill(actor, no_restart=True)
 
     def stop(self) -> None:
         import ray
         if not ray.is_initialized():
             return
-        actors, self.actors = self.actors, []
+        actors, self.actors, self.by_address = self.actors, [], {}
         for actor in actors:
-            try:
-                ray.get(actor.stop.remote(), timeout=30)
-            except Exception:
-                pass    # already dead: nothing left to stop
-            ray.kill(actor, no_restart=True)
+            self._stop_actor(actor)
         from ray.util.placement_group import remove_placement_group
-        groups, self._groups = self._groups, []
-        for group in groups:
+        group, self._group = self._group, None
+        if group is not None:
             remove_placement_group(group)
         if self._started_ray:
             ray.shutdown()

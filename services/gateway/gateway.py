@@ -5,6 +5,11 @@ load reports, then serve the public gRPC and the HTTP APIs on one event loop.
     await gateway.start()          # gateway.grpc_port / gateway.http_port: the bound ports
     ...
     await gateway.stop()
+
+Workers join and leave while it serves (the autoscaler in `tandem serve` calls these on the
+gateway's loop): `await gateway.add_worker(address, "decode")`, `await gateway.retire_worker(address)`
+(no new requests, waits for the running ones to finish, then disconnects); over HTTP,
+/admin/workers does the same (services/gateway/admin_api.py).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from services.gateway.grpc_api import start_grpc_server
 from services.gateway.http_api import HttpApi, start_http_server
 from services.gateway.service import GenerationService
 from services.gateway.session import WorkerSession
-from services.gateway.workers import WorkerPool
+from services.gateway.workers import WorkerHandle, WorkerPool
 from services.rpc.tandem.v1 import worker_pb2
 from services.telemetry.gpu import GpuGauges
 from services.telemetry.metrics import GatewayMetrics, render
@@ -76,7 +81,7 @@ class Gateway:
             await self.pool.start(cfg.worker_ready_timeout_s)
             self._grpc_server, self.grpc_port, self._health = await start_grpc_server(
                 self.service, cfg.host, cfg.grpc_port)
-            api = HttpApi(self.service, self.render_metrics, self.is_healthy)
+            api = HttpApi(self.service, self.render_metrics, self.is_healthy, gateway=self)
             self._http_runner, self.http_port = await start_http_server(api, cfg.host, cfg.http_port,
                                                                         SHUTDOWN_GRACE_S)
         except BaseException:
@@ -105,6 +110,33 @@ class Gateway:
 
     async def __aexit__(self, *exc) -> None:
         await self.stop()
+
+    async def add_worker(self, address: str, role: str) -> None:
+        """Routes to a new worker once it has answered a load report."""
+        await self.pool.add(address, role, self.config.worker_ready_timeout_s)
+
+    async def retire_worker(self, address: str, timeout_s: float | None = None) -> WorkerHandle:
+        """Drains the worker (nothing new is routed to it; its running requests finish there),
+        then disconnects it; returns its handle, with its last report. timeout_s (default: the
+        request timeout) bounds the wait; past it the worker is back in service and TimeoutError."""
+        worker = self.pool.drain(address)
+        try:
+            await self.pool.wait_idle(address, timeout_s or self.config.request_timeout_s)
+        except BaseException:
+            worker.draining = False       # not retired after all: it serves again
+            raise
+        await self.pool.remove(address)
+        m = self.metrics
+        for gauge, labels in ((m.worker_up, [(address, worker.role)]),
+                              (m.worker_requests, [(address, "running"), (address, "waiting")]),
+                              (m.kv_blocks, [(address, s) for s in ("free", "reserved", "used")]),
+                              (m.prefill_queue_tokens, [(address,)])):
+            for label in labels:
+                try:
+                    gauge.remove(*label)
+                except KeyError:
+                    pass        # never set for this worker's role
+        return worker
 
     def is_healthy(self) -> bool:
         pool = self.pool

@@ -1,6 +1,6 @@
 """The OpenAI-compatible HTTP API (aiohttp): /v1/completions and /v1/chat/completions (JSON or SSE
 streaming, stream_options.include_usage), /v1/models (and /v1/models/{id}), /health and /metrics
-(Prometheus text).
+(Prometheus text), and /admin/workers (admin_api.py: workers join and leave).
 Errors become HTTP codes here and only here (via services/gateway/status.py), as OpenAI error
 objects; 429 and 503 carry Retry-After."""
 
@@ -59,7 +59,8 @@ async def _json_http_errors(request: web.Request, handler) -> web.StreamResponse
 
 class HttpApi:
     def __init__(self, service: GenerationService, render_metrics: Callable[[], bytes],
-                 is_healthy: Callable[[], bool]) -> None:
+                 is_healthy: Callable[[], bool], gateway=None) -> None:
+        """gateway: given, /admin/workers adds and retires its workers (admin_api.py)."""
         self._service = service
         self._render_metrics = render_metrics
         self._is_healthy = is_healthy
@@ -72,6 +73,9 @@ class HttpApi:
             web.get("/health", self.health),
             web.get("/metrics", self.metrics),
         ])
+        if gateway is not None:
+            from services.gateway.admin_api import AdminApi
+            self.app.add_routes(AdminApi(gateway, service.authenticate, error_response, _bearer).routes())
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, chat=False)

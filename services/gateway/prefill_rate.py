@@ -52,7 +52,7 @@ class PrefillRates:
 
     def wait_s(self, workers: Sequence[WorkerHandle], prompt_tokens: int) -> float | None:
         """Seconds until a prompt of prompt_tokens, queued now, would be computed; None: unknown."""
-        healthy = [w for w in workers if w.healthy]
+        healthy = [w for w in workers if w.accepting]
         rates = [self.tokens_per_s.get(w.address) for w in healthy]
         if not healthy or any(r is None for r in rates):
             return None

@@ -1,8 +1,8 @@
 """Which worker gets a request. Pure functions of the workers' state, so they decide in
 microseconds and are tested without servers.
 
-- Decode first: among the healthy workers whose available blocks hold the request, the one with
-  the most available blocks (ties: fewest running requests). The caller reserves there and falls
+- Decode first: among the healthy workers not draining whose available blocks hold the request,
+  the one with the most available blocks (ties: fewest running requests). The caller reserves there and falls
   back to the next one on refusal.
 - Prefill then: the one that already caches the longest run of the prompt's leading blocks
   (prefix-cache affinity), else the one with the fewest queued prompt tokens. Affinity only wins
@@ -27,7 +27,7 @@ def rank_decode_workers(workers: Sequence[WorkerHandle], num_tokens: int,
                         exclude: frozenset[str] = frozenset()) -> list[WorkerHandle]:
     """Healthy decode workers that can hold num_tokens now, best first."""
     fitting = [w for w in workers
-               if w.healthy and w.address not in exclude and w.block_size
+               if w.accepting and w.address not in exclude and w.block_size
                and w.available_blocks >= blocks_for(num_tokens, w.block_size)]
     return sorted(fitting, key=lambda w: (-w.available_blocks, w.running_requests))
 
@@ -39,7 +39,7 @@ def largest_pool_tokens(workers: Sequence[WorkerHandle]) -> int:
 
 def pick_prefill_worker(workers: Sequence[WorkerHandle], prompt_block_hashes: Sequence[int],
                         exclude: frozenset[str] = frozenset()) -> WorkerHandle | None:
-    candidates = [w for w in workers if w.healthy and w.address not in exclude]
+    candidates = [w for w in workers if w.accepting and w.address not in exclude]
     if not candidates:
         return None
     least = min(candidates, key=lambda w: w.queued_prompt_tokens)

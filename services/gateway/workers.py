@@ -1,6 +1,11 @@
 """The gateway's view of its workers: one gRPC channel each, the last LoadReport (polled, so its
 staleness is bounded by the poll interval), and the gateway's own ledger of what it has sent since
-that report, so that two requests admitted between polls never count the same free blocks."""
+that report, so that two requests admitted between polls never count the same free blocks.
+
+The pool changes while the gateway serves (the autoscaler, an operator): `add` connects a new
+worker and routes to it once it has reported; `drain` stops routing new requests to one while its
+running requests finish; `remove` (after `wait_idle`) disconnects it. Routing skips a draining
+worker for everything new, retries and mid-stream moves included."""
 
 from __future__ import annotations
 
@@ -37,12 +42,28 @@ class WorkerHandle:
     stub: object
     report: worker_pb2.LoadReport | None = None
     healthy: bool = False
+    draining: bool = False                  # no new requests; the running ones finish here
     failed_polls: int = 0
+    reported_at: float = -math.inf          # monotonic start of the poll that gave `report`
     # A colocated worker takes a request's blocks as it generates, not at Reserve: its bookings
     # stay for the request's life and count what the request will still grow into.
     keeps_bookings: bool = False
     bookings: dict[str, _Booking] = field(default_factory=dict)
     inflight_prompt_tokens: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def accepting(self) -> bool:
+        """Routing may send it a new request (or a retry)."""
+        return self.healthy and not self.draining
+
+    @property
+    def idle(self) -> bool:
+        """Nothing of any request is on it, by the gateway's ledger and by its own last report."""
+        if self.bookings or self.inflight_prompt_tokens:
+            return False
+        r = self.report
+        return r is None or not (r.running_requests or r.waiting_requests or r.reserved_blocks
+                                 or r.queued_prompt_tokens)
 
     # --- decode: blocks ---------------------------------------------------------------------------
     @property
@@ -103,6 +124,7 @@ class WorkerHandle:
         """A booking granted before this poll started is counted in the report's reserved or used
         blocks: it leaves the ledger."""
         self.report = report
+        self.reported_at = poll_started_at
         self.healthy = True
         self.failed_polls = 0
         if self.keeps_bookings:
@@ -124,8 +146,10 @@ class WorkerPool:
         self._poll_interval_s = poll_interval_s
         self._rpc_timeout_s = rpc_timeout_s
         self._on_reports = on_reports
+        self._colocated = colocated
         self._poll_now: dict[str, asyncio.Event] = {}
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._started = False
 
     @staticmethod
     def _handle(address: str, role: str) -> WorkerHandle:
@@ -160,17 +184,97 @@ class WorkerPool:
                     break
                 raise TimeoutError(f"workers did not answer within {ready_timeout_s}s: {missing}")
             await asyncio.sleep(min(0.1, self._poll_interval_s))
-        # One loop per worker: a slow worker delays only its own reports.
+        self._started = True
         for w in self.all:
-            self._poll_now[w.address] = asyncio.Event()
-            self._tasks.append(asyncio.create_task(self._poll_loop(w), name=f"load-poll {w.address}"))
+            self._start_polling(w)
+
+    def _start_polling(self, worker: WorkerHandle) -> None:
+        # One loop per worker: a slow worker delays only its own reports.
+        self._poll_now[worker.address] = asyncio.Event()
+        self._tasks[worker.address] = asyncio.create_task(self._poll_loop(worker),
+                                                          name=f"load-poll {worker.address}")
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        self._started = False
         await asyncio.gather(*(w.channel.close() for w in self.all), return_exceptions=True)
+
+    # --- membership -------------------------------------------------------------------------------
+    def find(self, address: str) -> WorkerHandle | None:
+        return next((w for w in self.all if w.address == address), None)
+
+    async def add(self, address: str, role: str, ready_timeout_s: float) -> WorkerHandle:
+        """Connects a new worker and returns once it has answered a load report (routing takes it
+        from then on); TimeoutError if it does not within ready_timeout_s (it is then left out)."""
+        if role not in ("prefill", "decode"):
+            raise ValueError(f"role must be prefill or decode, got {role!r}")
+        if self.find(address) is not None:
+            raise ValueError(f"worker {address} is already in the pool")
+        worker = self._handle(address, role)
+        worker.keeps_bookings = role == "decode" and self._colocated
+        deadline = time.monotonic() + ready_timeout_s
+        while worker.report is None:
+            await self._poll(worker)
+            if worker.report is not None:
+                break
+            if time.monotonic() > deadline:
+                await worker.channel.close()
+                raise TimeoutError(f"worker {address} did not answer within {ready_timeout_s}s")
+            await asyncio.sleep(min(0.1, self._poll_interval_s))
+        (self.prefill if role == "prefill" else self.decode).append(worker)
+        if self._started:
+            self._start_polling(worker)
+        self._on_reports()
+        log.info("worker %s (%s) joined", address, role)
+        return worker
+
+    def drain(self, address: str) -> WorkerHandle:
+        """No new request goes to the worker from now on; the ones it holds finish there."""
+        worker = self._require(address)
+        worker.draining = True
+        log.info("worker %s (%s) draining", address, worker.role)
+        return worker
+
+    async def wait_idle(self, address: str, timeout_s: float) -> None:
+        """Returns once a draining worker holds nothing, by a report polled after that was so on
+        the gateway's side; TimeoutError after timeout_s (the worker stays draining)."""
+        worker = self._require(address)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            quiet_since = time.monotonic()
+            if worker.idle:
+                await self._poll(worker)
+                # Nothing was sent to it since `quiet_since` (it drains), so a fresh report that
+                # shows nothing running proves nothing is left.
+                if worker.reported_at >= quiet_since and worker.idle or not worker.healthy:
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker {address} still busy after {timeout_s}s of draining")
+            await asyncio.sleep(self._poll_interval_s)
+
+    async def remove(self, address: str) -> WorkerHandle:
+        """Stops polling the worker and closes its channel; routing no longer sees it."""
+        worker = self._require(address)
+        (self.prefill if worker.role == "prefill" else self.decode).remove(worker)
+        task = self._tasks.pop(address, None)
+        self._poll_now.pop(address, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await worker.channel.close()
+        self._on_reports()
+        log.info("worker %s (%s) removed", address, worker.role)
+        return worker
+
+    def _require(self, address: str) -> WorkerHandle:
+        worker = self.find(address)
+        if worker is None:
+            raise ValueError(f"no worker {address} in the pool")
+        return worker
 
     def request_poll(self) -> None:
         """Poll the decode workers now rather than at the next tick (capacity came back)."""

@@ -1,7 +1,8 @@
 """The Ray launcher scenario, run in a fresh interpreter by test_workers_ray.py: prefill and
 decode as Ray actors on a small local Ray instance, a disaggregated request through them,
 token-identical to a colocated engine; a killed actor is restarted and serves again at its
-address. Exits 0 when every check holds; an AssertionError's traceback says which did not."""
+address; a decode worker added to the running cluster (autoscaling) serves, and once removed
+its actor is gone. Exits 0 when every check holds; an AssertionError's traceback says which did not."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ PROMPT = [9 + (i * 5) % 100 for i in range(20)]
 
 async def main() -> None:
     params = SamplingParams(temperature=0.0, max_tokens=6)
-    cluster = Cluster(ClusterConfig(launcher="ray", engine=CONFIG, ray_num_cpus=2, start_timeout_s=180))
+    cluster = Cluster(ClusterConfig(launcher="ray", engine=CONFIG, ray_num_cpus=3, start_timeout_s=180,
+                                    max_decode_workers=2))
     handle = cluster.start()
     clients = WorkerClients(handle.prefill_addresses[0], handle.decode_addresses[0])
     try:
@@ -37,9 +39,30 @@ async def main() -> None:
         await wait_for(lambda: _answers(clients), timeout_s=60, interval_s=0.5)
         again = await clients.disaggregated("ray-2", PROMPT, params)
         assert again.tokens == handoff.tokens
+        await _added_decode_worker_serves_then_goes(cluster, handle.prefill_addresses[0], params,
+                                                    handoff.tokens)
     finally:
         await clients.close()
         cluster.stop()
+
+
+async def _added_decode_worker_serves_then_goes(cluster: Cluster, prefill: str, params,
+                                                expected: list[int]) -> None:
+    address = await asyncio.to_thread(cluster.add_worker, "decode")
+    assert address not in cluster.handle.decode_addresses and address in cluster.running
+    actor = cluster.launcher.by_address[address]
+    added = WorkerClients(prefill, address)
+    try:
+        assert (await added.disaggregated("ray-3", PROMPT, params)).tokens == expected
+    finally:
+        await added.close()
+    await asyncio.to_thread(cluster.remove_worker, address)
+    assert address not in cluster.running and actor not in cluster.launcher.actors
+    try:
+        ray.get(actor.address.remote(), timeout=30)
+        raise AssertionError("the removed worker's actor still answers")
+    except ray.exceptions.RayActorError:
+        pass
 
 
 async def _answers(clients: WorkerClients) -> bool:

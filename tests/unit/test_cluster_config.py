@@ -85,3 +85,38 @@ def test_serve_passes_the_gpu_cap() -> None:
     assert serve.cluster_config_from_args(parse(["--gpus", "0"])).gpus == 0
     with pytest.raises(ConfigError, match="gpus"):
         ClusterConfig(gpus=-1)
+
+
+def test_autoscale_flags_start_at_the_minimum_and_plan_for_the_maximum() -> None:
+    args = parse(["--autoscale", "--min-prefill-workers", "1", "--max-prefill-workers", "3",
+                  "--min-decode-workers", "2", "--max-decode-workers", "4", "--scale-up-cooldown", "5"])
+    cluster = serve.cluster_config_from_args(args)
+    assert (cluster.prefill_workers, cluster.decode_workers) == (1, 2)
+    assert (cluster.max_prefill_workers, cluster.max_decode_workers) == (3, 4)
+    capacity = cluster.capacity()
+    assert (capacity.prefill_workers, capacity.decode_workers) == (3, 4)
+    auto = serve.autoscaler_config(args)
+    assert (auto.policy.prefill.min_workers, auto.policy.prefill.max_workers) == (1, 3)
+    assert (auto.policy.decode.min_workers, auto.policy.decode.max_workers) == (2, 4)
+    assert auto.policy.up_cooldown_s == 5
+    assert serve.autoscaler_config(parse([])) is None
+    colocated = serve.autoscaler_config(parse(["--autoscale", "--mode", "colocated", "--max-decode-workers", "3"]))
+    assert colocated.policy.prefill is None and colocated.policy.decode.max_workers == 3
+
+
+def test_node_groups_pair_prefill_and_decode_workers_round_robin() -> None:
+    config = ClusterConfig(prefill_workers=2, decode_workers=4, node_groups=2, launcher="process")
+    groups = [(s.role, s.node_group) for s in config.specs()]
+    assert groups == [("decode", 0), ("decode", 1), ("decode", 0), ("decode", 1), ("prefill", 0), ("prefill", 1)]
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"decode_workers": 2, "max_decode_workers": 1}, "max_decode_workers"),
+    ({"prefill_workers": 2, "max_prefill_workers": 1}, "max_prefill_workers"),
+    ({"mode": "colocated", "max_prefill_workers": 2}, "max_prefill_workers"),
+    ({"node_groups": 0}, "node_groups"),
+    ({"ray_strategy": "scatter"}, "ray_strategy"),
+])
+def test_bad_scaling_configs_name_the_field(fields, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        ClusterConfig(**fields)

@@ -76,6 +76,17 @@ def test_a_sweep_supplies_its_dimension_to_a_duration_bound_run():
         plan_from_args(parse("--duration", "15"))
 
 
+def test_a_capacity_search_supplies_its_dimension_to_a_duration_bound_run():
+    plan = plan_from_args(parse("--slo", "ttft_ms:1000,tpot_ms:40,p:90", "--capacity-search", "rate",
+                                "--capacity-start", "0.5", "--duration", "20"))
+    assert plan.load.request_rate == 0.5 and plan.load.duration_s == 20
+    plan = plan_from_args(parse("--slo", "ttft_ms:500", "--capacity-search", "concurrency",
+                                "--capacity-start", "4", "--duration", "20"))
+    assert plan.load.max_concurrency == 4
+    with pytest.raises(BenchConfigError, match="--duration"):      # still refused without either
+        plan_from_args(parse("--duration", "15"))
+
+
 def test_sweep_and_slo_exclude_each_other():
     with pytest.raises(BenchConfigError, match="--sweep"):
         plan_from_args(parse("--sweep", "concurrency:1,2", "--slo", "ttft_ms:100"))
