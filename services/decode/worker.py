@@ -11,6 +11,7 @@ reservation, an error."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -19,7 +20,7 @@ import grpc
 from services import wire
 from services.decode.reservations import ReservationBook
 from services.engine.engine import LLMEngine
-from services.engine.engine_loop import RequestStream
+from services.engine.engine_loop import EngineStoppedError, RequestStream
 from services.engine.errors import InvalidRequestError, ReservationError
 from services.engine.outputs import merged
 from services.kvtransfer import KVReceiver, KVTransferServer, LocalEndpoints
@@ -100,7 +101,8 @@ class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
         if self.telemetry is not None:
             await self.telemetry.stop()
         if self.loop is not None:
-            await self.reservations.cancel_all()
+            with contextlib.suppress(EngineStoppedError):   # a dead engine process holds nothing
+                await self.reservations.cancel_all()
             self.loop.stop()
         self._reaper = self._server = self._kv_server = self.loop = self.kv_address = None
 

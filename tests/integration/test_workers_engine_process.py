@@ -79,6 +79,9 @@ async def test_colocated_tokens_cancel_and_a_dead_engine() -> None:
             request_id="d", prompt_token_ids=PROMPT, sampling=wire.sampling_to_proto(long),
             prefill_here=True))
         await call.read()
+        # A reservation held when the engine dies: the worker still stops cleanly.
+        assert (await clients.decode.Reserve(worker_pb2.ReserveRequest(
+            request_id="held", num_tokens=20))).granted
         os.kill(decode.loop.pid, signal.SIGKILL)
         with pytest.raises(grpc.aio.AioRpcError) as info:
             while await call.read() is not grpc.aio.EOF:
