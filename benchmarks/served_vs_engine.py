@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.serve_gpu import Server, bench
+from benchmarks.served import Server
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -97,18 +97,19 @@ def engine_alone(args: argparse.Namespace) -> list[dict]:
 
 # --- 2. served ----------------------------------------------------------------------------------
 def served(args: argparse.Namespace, variant: str, out: Path) -> list[dict]:
-    serve_args = argparse.Namespace(
-        launcher="process", model=args.model,
-        serve_arg=[*args.engine_arg, *(["--engine-process"] if variant == "process" else [])],
-        input_len=args.input_len, output_len=args.output_len, duration=args.duration)
-    server = Server(serve_args, "colocated", out / f"{variant}-serve.log")
+    extra = [*args.engine_arg, *(["--engine-process"] if variant == "process" else [])]
+    server = Server(args.model, "process", "colocated", extra, out / f"{variant}-serve.log")
     rows = []
     try:
         print(f"# served ({variant}): ready in {server.wait_ready(args.ready_timeout):.1f} s",
               file=sys.stderr, flush=True)
         for concurrency in args.concurrency.split(","):
+            load = ["--random-input-len", str(args.input_len),
+                    "--random-output-len", str(args.output_len),
+                    "--sweep", f"concurrency:{concurrency}", "--duration", str(args.duration),
+                    "--warmup-requests", "0"]
             cpu = _cpu_seconds(server.process.pid)
-            doc = bench(serve_args, server, "tandem", concurrency, out, f"{variant}-c{concurrency}")
+            doc = server.bench("tandem", load, out, f"{variant}-c{concurrency}")
             cpu = _cpu_seconds(server.process.pid) - cpu
             run = doc["runs"][0]
             tokens = run["total_output_tokens"]
