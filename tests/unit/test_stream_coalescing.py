@@ -36,7 +36,7 @@ async def test_an_abort_or_error_behind_outputs_is_still_raised(end) -> None:
     stream = RequestStream("r", asyncio.get_running_loop())
     for item in (out([1], "a"), out([2], "b"), end):
         stream._push(item)
-    first = await stream.__anext__()
+    assert (await stream.__anext__()).new_token_ids == (1,)
     assert stream.next_ready().new_token_ids == (2,)
     assert stream.next_ready() is None and stream.next_ready() is None
     if end is _ABORTED:
