@@ -10,7 +10,7 @@ from time import perf_counter
 import aiohttp
 
 from loadgen.backends.base import Backend
-from loadgen.backends.sse import SSEDecoder
+from loadgen.backends.sse import SSEDecoder, SSEError
 from loadgen.errors import TargetUnreachableError
 from loadgen.records import BenchRequest, RequestRecord
 
@@ -21,6 +21,10 @@ IDLE_KEEPALIVE_S = 3.0
 async def _mark_sent(_session, context, _params) -> None:
     if isinstance(context.trace_request_ctx, RequestRecord):
         context.trace_request_ctx.sent = perf_counter()
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 class OpenAIBackend(Backend):
@@ -89,6 +93,8 @@ class OpenAIBackend(Backend):
                     record.fail(str(resp.status), (await resp.text(errors="replace")).strip())
                     return
                 await self._consume(resp, record)
+        except SSEError as exc:
+            record.fail("bad_event", str(exc))
         except aiohttp.ClientPayloadError as exc:
             record.fail("stream_closed", str(exc))
         except (aiohttp.ServerDisconnectedError, ConnectionResetError) as exc:
@@ -118,21 +124,31 @@ class OpenAIBackend(Backend):
         except ValueError:
             record.fail("bad_event", payload[:200])
             return False
+        if not isinstance(event, dict):
+            record.fail("bad_event", payload[:200])
+            return False
         if "error" in event:
             error = event["error"]
-            record.fail("stream_error", json.dumps(error) if not isinstance(error, str) else error)
+            record.fail("stream_error", error if isinstance(error, str) else json.dumps(error))
             return False
-        for choice in event.get("choices") or ():
-            text = choice.get("delta", {}).get("content") if self.chat else choice.get("text")
-            if text:
+        choices, usage = event.get("choices") or (), event.get("usage")
+        if not isinstance(choices, (list, tuple)) or not all(isinstance(c, dict) for c in choices) \
+                or not isinstance(usage, (dict, type(None))):
+            record.fail("bad_event", payload[:200])
+            return False
+        for choice in choices:
+            delta = choice.get("delta") if self.chat else None
+            text = (delta.get("content") if isinstance(delta, dict) else None) if self.chat else choice.get("text")
+            if text and isinstance(text, str):
                 record.chunk_times.append(now)
                 record.text_parts.append(text)
-            if choice.get("finish_reason"):
-                record.finish_reason = choice["finish_reason"]
-        usage = event.get("usage")
+            reason = choice.get("finish_reason")
+            if reason and isinstance(reason, str):
+                record.finish_reason = reason
         if usage:
-            record.server_prompt_tokens = usage.get("prompt_tokens")
-            record.server_output_tokens = usage.get("completion_tokens")
+            prompt, output = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            record.server_prompt_tokens = prompt if _is_count(prompt) else None
+            record.server_output_tokens = output if _is_count(output) else None
         return False
 
     async def close(self) -> None:

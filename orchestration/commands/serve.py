@@ -34,6 +34,11 @@ from services.worker.config import WorkerConfig
 _CLUSTER, _WORKER = ClusterConfig(), WorkerConfig()
 
 
+def _admission_default(name: str):
+    from services.gateway.config import AdmissionConfig
+    return getattr(AdmissionConfig(), name)
+
+
 def _gateway_default(name: str):
     from services.gateway.config import GatewayConfig
     return next(f.default for f in dataclasses.fields(GatewayConfig) if f.name == name)
@@ -65,6 +70,10 @@ def add_arguments(p: argparse.ArgumentParser, default_launcher: str = _CLUSTER.l
     p.add_argument("--engine-process", action="store_true",
                    help="each worker's engine in a process of its own (docs/enginecore.md; on a "
                         "GPU: --mode colocated only)")
+    p.add_argument("--max-queued-requests", type=int, default=_admission_default("max_queued_requests"),
+                   help="requests waiting for capacity at the gateway; beyond this: 429 at once")
+    p.add_argument("--queue-timeout", type=float, default=_admission_default("queue_timeout_s"),
+                   help="seconds a queued request waits for capacity before its 429")
     p.add_argument("--api-key", action="append", default=[], help="accepted API key; repeat for several")
     p.add_argument("--served-model-name", default=None)
     p.add_argument("--log-level", default="INFO")
@@ -142,8 +151,10 @@ def cluster_config_from_args(args: argparse.Namespace) -> ClusterConfig:
 
 
 def gateway_config(args: argparse.Namespace, handle: ClusterHandle):
-    from services.gateway.config import GatewayConfig
-    return GatewayConfig(model=args.model, served_model_name=args.served_model_name, host=args.host,
+    from services.gateway.config import AdmissionConfig, GatewayConfig
+    admission = AdmissionConfig(max_queued_requests=args.max_queued_requests,
+                                queue_timeout_s=args.queue_timeout)
+    return GatewayConfig(model=args.model, admission=admission, served_model_name=args.served_model_name, host=args.host,
                          grpc_port=args.grpc_port, http_port=args.http_port,
                          api_keys=tuple(args.api_key),     # max_model_len: the workers report it
                          reservation_ttl_s=args.reservation_ttl, **handle.gateway_fields())

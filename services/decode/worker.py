@@ -164,12 +164,13 @@ class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
                 await self.loop.abort(request.request_id)
 
     async def _start_here(self, request: worker_pb2.DecodeRequest, params) -> RequestStream:
-        if request.generated_token_ids:
-            raise InvalidRequestError("generated_token_ids", "must be empty with prefill_here")
         # The blocks a colocated request needs are taken by the engine as it runs; a reservation
         # made for admission only would count them twice.
         await self.reservations.cancel(request.request_id)
-        return await self.loop.add_request(request.request_id, request.prompt_token_ids, params)
+        # generated_token_ids: a stream another worker began; the prompt and those tokens are
+        # computed here again and decoding continues after them.
+        return await self.loop.add_request(request.request_id, request.prompt_token_ids, params,
+                                           generated_token_ids=request.generated_token_ids)
 
     async def _join_landed(self, request: worker_pb2.DecodeRequest, params) -> RequestStream:
         rid = request.request_id

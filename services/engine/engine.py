@@ -108,10 +108,15 @@ class LLMEngine:
         return self._in_flight is not None or self.scheduler.has_unfinished()
 
     def add_request(self, request_id: str, prompt_token_ids: Sequence[int], params: SamplingParams,
-                    *, prefill_only: bool = False) -> None:
+                    *, prefill_only: bool = False, generated_token_ids: Sequence[int] = ()) -> None:
+        """A new request; with `generated_token_ids` (tokens another worker already streamed),
+        one that resumes: the prompt and those tokens are computed again, as after a preemption,
+        and sampling continues at output index len(generated_token_ids)."""
         self._check_new_id(request_id)
         prompt = self._validated_prompt(prompt_token_ids, params)
-        request = Request(request_id, prompt, params, time.time(), prefill_only=prefill_only)
+        generated = self._validated_generated(generated_token_ids, params, prefill_only)
+        request = Request(request_id, prompt, params, time.time(), prefill_only=prefill_only,
+                          output_token_ids=generated)
         self._requests[request_id] = request
         self.outputs.add(request)
         self.scheduler.add(request)
@@ -198,6 +203,21 @@ class LLMEngine:
             raise InvalidRequestError("request_id", "must not be empty")
         if request_id in self._requests or request_id in self._reserved:
             raise InvalidRequestError("request_id", f"{request_id!r} is already in use")
+
+    def _validated_generated(self, generated_token_ids: Sequence[int], params: SamplingParams,
+                             prefill_only: bool) -> list[int]:
+        generated = list(generated_token_ids)
+        if not generated:
+            return generated
+        if prefill_only:
+            raise InvalidRequestError("generated_token_ids", "must be empty for a prefill")
+        if len(generated) >= params.max_tokens:
+            raise InvalidRequestError("generated_token_ids", f"must hold fewer than max_tokens "
+                                      f"({params.max_tokens}) tokens, got {len(generated)}")
+        vocab = self.model_config.vocab_size
+        if any(not 0 <= t < vocab for t in generated):
+            raise InvalidRequestError("generated_token_ids", f"token ids must be in [0, {vocab})")
+        return generated
 
     def _validated_prompt(self, prompt_token_ids: Sequence[int], params: SamplingParams) -> list[int]:
         prompt = list(prompt_token_ids)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from services.engine.errors import InvalidRequestError
 
 MAX_LOGPROBS = 20   # top-n logprobs per token; more is a denial-of-service lever, not a feature
+MAX_STOP_STRINGS = 16   # each is matched against every new piece of text
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class SamplingParams:
             raise InvalidRequestError("max_tokens", f"must be >= 1, got {self.max_tokens}")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise InvalidRequestError("seed", f"must be in [0, 2**63), got {self.seed}")
+        if len(self.stop) > MAX_STOP_STRINGS:
+            raise InvalidRequestError("stop", f"at most {MAX_STOP_STRINGS} stop strings, got {len(self.stop)}")
         if any(not s for s in self.stop):
             raise InvalidRequestError("stop", "stop strings must not be empty")
         if any(t < 0 for t in self.stop_token_ids):

@@ -137,9 +137,11 @@ class EngineCoreClient:
         return await asyncio.wrap_future(self._request(["call", fn.name, list(args)]))
 
     async def add_request(self, request_id: str, prompt_token_ids: Sequence[int],
-                          params: SamplingParams, *, prefill_only: bool = False) -> RequestStream:
-        return await self._start_stream(request_id, ["add", request_id, list(prompt_token_ids),
-                                                     m.params_to_wire(params), prefill_only])
+                          params: SamplingParams, *, prefill_only: bool = False,
+                          generated_token_ids: Sequence[int] = ()) -> RequestStream:
+        return await self._start_stream(request_id, [
+            "add", request_id, list(prompt_token_ids), m.params_to_wire(params), prefill_only,
+            list(generated_token_ids)])
 
     async def add_prefilled_request(self, request_id: str, prompt_token_ids: Sequence[int],
                                     generated_token_ids: Sequence[int],

@@ -87,9 +87,9 @@ class EngineCore:
         engine = self.engine
         try:
             if kind == "add":
-                _, _, rid, prompt, params, prefill_only = cmd
+                _, _, rid, prompt, params, prefill_only, generated = cmd
                 value = engine.add_request(rid, prompt, m.params_from_wire(params),
-                                           prefill_only=prefill_only)
+                                           prefill_only=prefill_only, generated_token_ids=generated)
                 self.streaming.add(rid)
             elif kind == "add_prefilled":
                 _, _, rid, prompt, generated, params = cmd

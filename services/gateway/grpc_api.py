@@ -5,8 +5,10 @@ services/gateway/status.py); RESOURCE_EXHAUSTED and UNAVAILABLE carry a `retry-a
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -28,6 +30,42 @@ GENERATION_SERVICE = generation_pb2.DESCRIPTOR.services_by_name["Generation"].fu
 SERVER_OPTIONS = (("grpc.server.max_pending_requests", 1 << 16),
                   ("grpc.server.max_pending_requests_hard_limit", 1 << 16),
                   ("grpc.so_reuseport", 0))
+
+
+class UndecodableRequest:
+    """What a request that is not the method's message parses to, so that the handler refuses it
+    as INVALID_ARGUMENT (grpc's own deserializer failure would reach the client as UNKNOWN)."""
+
+    def __init__(self, message_type: str, reason: str) -> None:
+        self.message_type = message_type
+        self.reason = reason
+
+    def error(self) -> InvalidRequestError:
+        return InvalidRequestError("request", f"not a valid {self.message_type}: {self.reason}")
+
+
+def lenient_deserializer(message_cls) -> Callable[[bytes], object]:
+    def parse(data: bytes):
+        try:
+            return message_cls.FromString(data)
+        except DecodeError as exc:
+            return UndecodableRequest(message_cls.DESCRIPTOR.full_name, str(exc))
+    return parse
+
+
+def add_generation_service(servicer: "GenerationServicer", server: grpc.aio.Server) -> None:
+    """generation_pb2_grpc.add_GenerationServicer_to_server, with undecodable requests handed to the
+    handler instead of failing inside grpc."""
+    handlers = {
+        "Generate": grpc.unary_stream_rpc_method_handler(
+            servicer.Generate, request_deserializer=lenient_deserializer(generation_pb2.GenerateRequest),
+            response_serializer=generation_pb2.GenerateResponse.SerializeToString),
+        "ListModels": grpc.unary_unary_rpc_method_handler(
+            servicer.ListModels, request_deserializer=lenient_deserializer(generation_pb2.ListModelsRequest),
+            response_serializer=generation_pb2.ListModelsResponse.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(GENERATION_SERVICE, handlers),))
+    server.add_registered_method_handlers(GENERATION_SERVICE, handlers)
 
 
 def api_key_from_metadata(metadata) -> str | None:
@@ -60,6 +98,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         try:
             svc = self._service
             tenant = svc.authenticate(api_key_from_metadata(context.invocation_metadata()))
+            if isinstance(request, UndecodableRequest):
+                raise request.error()
             svc.check_model(request.model)
             params = wire.sampling_from_proto(request.sampling if request.HasField("sampling") else None)
             kind = request.WhichOneof("prompt")
@@ -76,6 +116,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
             await _abort(context, exc)
 
     async def ListModels(self, request, context):
+        if isinstance(request, UndecodableRequest):
+            await _abort(context, request.error())
         return generation_pb2.ListModelsResponse(models=[generation_pb2.ModelInfo(
             id=self._service.model_id, max_model_len=self._service.max_model_len)])
 
@@ -92,7 +134,7 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
 async def start_grpc_server(service: GenerationService, host: str, port: int) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A started server, the port it bound, and its health servicer (set NOT_SERVING on stop)."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    generation_pb2_grpc.add_GenerationServicer_to_server(GenerationServicer(service), server)
+    add_generation_service(GenerationServicer(service), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

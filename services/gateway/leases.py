@@ -77,6 +77,8 @@ class LeaseKeeper:
         self.renewals += len(request_ids) - len(missing)
         if missing:
             self.lost = (self.lost + missing)[-64:]
+            for request_id in missing:      # gone from the worker: counted once, not renewed again
+                self.drop(worker, request_id)
         if self._metrics is not None:
             self._metrics.lease_renewals.inc(len(request_ids) - len(missing))
             self._metrics.leases_lost.inc(len(missing))

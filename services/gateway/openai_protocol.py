@@ -8,9 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.engine.errors import InvalidRequestError
-from services.engine.sampling_params import SamplingParams
-
-MAX_STOP_STRINGS = 16
+from services.engine.sampling_params import MAX_STOP_STRINGS, SamplingParams
 # The widths of the wire fields these values travel in (proto SamplingParams).
 _INT32_MAX = 2**31 - 1
 _INT_LIMITS = {"max_tokens": 2**32 - 1, "max_completion_tokens": 2**32 - 1, "seed": 2**64 - 1}
@@ -39,6 +37,7 @@ class OpenAIRequest:
 def parse_request(body: Any, chat: bool) -> OpenAIRequest:
     if not isinstance(body, dict):
         raise InvalidRequestError("body", "must be a JSON object")
+    _check_unicode(body, "")
     for name in _UNSUPPORTED_IF_SET:
         if body.get(name) not in (None, [], {}, ""):
             raise InvalidRequestError(name, "is not supported by this server")
@@ -84,6 +83,23 @@ def parse_request(body: Any, chat: bool) -> OpenAIRequest:
         raise InvalidRequestError("stream_options", "only allowed when stream is true")
     return OpenAIRequest(chat, model, prompt_text, prompt_ids, messages, sampling, max_tokens, stream,
                          include_usage, logprobs, _str(body, "user", None))
+
+
+def _check_unicode(value: Any, path: str) -> None:
+    """JSON may spell lone UTF-16 surrogates (\\ud800), which no tokenizer or proto string takes:
+    refuse them here, naming where they are."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequestError(path or "body", "is not valid Unicode (lone surrogate)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_unicode(key, path or "body")
+            _check_unicode(item, f"{path}.{key}" if path else key)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_unicode(item, f"{path}[{i}]")
 
 
 def _prompt(body: dict) -> tuple[str | None, tuple[int, ...] | None]:

@@ -8,9 +8,11 @@ While a request waits for its prefill and its pages, this gateway renews its dec
 (leases.py), so waiting never expires it. Failures before anything was streamed are retried on
 another worker (a prefill that failed on every worker is tried again, up to
 MAX_PREFILL_ATTEMPTS in all: a rejected transfer is prefilled again, never decoded). After tokens were streamed,
-a disaggregated request moves to another decode worker: a prefill of the prompt and the tokens
-already sent lands there, and decoding resumes after them (no duplicate, no missing token).
-Colocated, or with no worker left, the client gets UNAVAILABLE.
+the request moves to another worker: disaggregated, a prefill of the prompt and the tokens
+already sent lands on another decode worker; colocated, another worker computes the prompt and
+those tokens again itself (Decode with prefill_here and generated_token_ids). Either way decoding
+resumes after them (no duplicate, no missing token). With no worker left, the client gets
+UNAVAILABLE.
 
 Whatever way the request ends (finished, client gone, deadline, error), every worker still holding
 something for it gets a Cancel, so blocks and reservations never leak.
@@ -93,10 +95,10 @@ class WorkerSession:
                     if time.monotonic() >= req.deadline - _DEADLINE_SLACK_S:
                         raise RequestTimeoutError(f"request timed out ({req.request_id})") from None
                     failed = attempt.calling
-                    # Nothing sent yet: any worker may start afresh. Tokens sent (disaggregated):
-                    # another decode worker resumes after them; seeded sampling draws by output
-                    # index, so the continuation is the one the failed worker would have sent.
-                    if not is_retryable(exc) or (streamed and not self._disaggregated):
+                    # Nothing sent yet: any worker may start afresh. Tokens sent: another worker
+                    # resumes after them; seeded sampling draws by output index, so the
+                    # continuation is the one the failed worker would have sent.
+                    if not is_retryable(exc):
                         raise worker_error(exc, failed) from None
                     await self._cancel_all(req.request_id, attempt)
                     if failed in {w.address for w in self._pool.prefill}:

@@ -147,7 +147,9 @@ class PrefillWorker(worker_pb2_grpc.PrefillWorkerServicer):
             self.queued_prompt_tokens -= counted
             # Prefilled: its pages are on the decode side now (or the hand-off failed); either
             # way they are not needed here. Otherwise abort frees whatever it still holds.
-            await self.loop.abort(rid)
+            # A worker stopped in the middle has no engine left to free anything in.
+            if self.loop is not None:
+                await self.loop.abort(rid)
 
     @unary_edge
     async def Cancel(self, request: worker_pb2.CancelRequest, context) -> worker_pb2.CancelResponse:

@@ -15,6 +15,7 @@ from services.decode.worker import DecodeWorker
 from services.engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from services.gateway.config import AdmissionConfig, GatewayConfig
 from services.gateway.gateway import Gateway
+from services.kvtransfer import TransferConfig
 from services.prefill.worker import PrefillWorker
 from services.worker.config import WorkerConfig
 from services.worker.hosting import WorkerThread
@@ -67,18 +68,21 @@ async def gateway_cluster(mode: str = "disaggregated", *, kv_transport: str = ""
                           num_decode: int = 1, engine: EngineConfig | None = None,
                           decode_engine: EngineConfig | None = None,
                           admission: AdmissionConfig | None = None, shutdown_grace_s: float = 1.0,
-                          **gateway_fields) -> AsyncIterator[GatewayCluster]:
+                          transfer: TransferConfig | None = None, **gateway_fields) -> AsyncIterator[GatewayCluster]:
     engine = engine or engine_config()
     decode_engine = decode_engine or engine
     colocated = mode == "colocated"
+    transfer = transfer or TransferConfig()
     threads: list[WorkerThread] = []
     cluster = None
     try:
         decode = [WorkerThread(DecodeWorker(WorkerConfig(engine=decode_engine, colocated=colocated,
-                                                         shutdown_grace_s=shutdown_grace_s)),
+                                                         shutdown_grace_s=shutdown_grace_s,
+                                                         transfer=transfer)),
                                f"decode-{i}") for i in range(num_decode)]
         prefill = [] if colocated else [
-            WorkerThread(PrefillWorker(WorkerConfig(engine=engine, shutdown_grace_s=shutdown_grace_s)),
+            WorkerThread(PrefillWorker(WorkerConfig(engine=engine, shutdown_grace_s=shutdown_grace_s,
+                                                    transfer=transfer)),
                          f"prefill-{i}") for i in range(num_prefill)]
         for t in decode + prefill:
             threads.append(t)

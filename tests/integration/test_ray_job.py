@@ -18,7 +18,7 @@ import urllib.request
 
 import pytest
 
-from services.addresses import free_port
+from services.addresses import free_ports
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(sys.executable).parent
@@ -79,15 +79,16 @@ def _stop_group(head: subprocess.Popen) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_ray_job_submit_runs_ray_main_and_serves() -> None:
-    gcs, dashboard, http_port, grpc_port = (free_port(HOST) for _ in range(4))
+    (gcs, dashboard, http_port, grpc_port, client, node_manager, object_manager, metrics, agent,
+     agent_grpc, runtime_env) = free_ports(11, HOST)
     temp_dir = tempfile.mkdtemp(prefix="ray-job-")          # short: Ray puts unix sockets under it
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", HOST, "--port", str(gcs),
          "--dashboard-host", HOST, "--dashboard-port", str(dashboard), "--include-dashboard", "true",
-         "--ray-client-server-port", str(free_port(HOST)), "--node-manager-port", str(free_port(HOST)),
-         "--object-manager-port", str(free_port(HOST)), "--metrics-export-port", str(free_port(HOST)),
-         "--dashboard-agent-listen-port", str(free_port(HOST)),
-         "--dashboard-agent-grpc-port", str(free_port(HOST)), "--runtime-env-agent-port", str(free_port(HOST)),
+         "--ray-client-server-port", str(client), "--node-manager-port", str(node_manager),
+         "--object-manager-port", str(object_manager), "--metrics-export-port", str(metrics),
+         "--dashboard-agent-listen-port", str(agent),
+         "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(runtime_env),
          "--num-cpus", "3", "--temp-dir", temp_dir, "--disable-usage-stats"],
         cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     address = f"http://{HOST}:{dashboard}"

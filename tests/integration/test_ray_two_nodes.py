@@ -15,21 +15,22 @@ from collections import Counter
 
 import pytest
 
-from services.addresses import free_port
+from services.addresses import free_ports
 from tests.integration.test_ray_job import BIN, HOST, ROOT, _env, _get, _ray, _stop_group, _wait_healthy
 
 
-def _node(temp_dir: str, head_port: int, resource: str, dashboard_port: int | None = None):
-    """The head when dashboard_port is given (its GCS on head_port), else a node joining it."""
-    ports = ["--node-manager-port", str(free_port(HOST)), "--object-manager-port", str(free_port(HOST)),
-             "--metrics-export-port", str(free_port(HOST)),
-             "--dashboard-agent-listen-port", str(free_port(HOST)),
-             "--dashboard-agent-grpc-port", str(free_port(HOST)),
-             "--runtime-env-agent-port", str(free_port(HOST))]
+def _node(temp_dir: str, head_port: int, resource: str, picked: list[int],
+          dashboard_port: int | None = None):
+    """The head when dashboard_port is given (its GCS on head_port), else a node joining it;
+    picked: 7 free ports of its own."""
+    ports = [arg for flag, port in zip(("--node-manager-port", "--object-manager-port",
+                                        "--metrics-export-port", "--dashboard-agent-listen-port",
+                                        "--dashboard-agent-grpc-port", "--runtime-env-agent-port"),
+                                       picked) for arg in (flag, str(port))]
     if dashboard_port is not None:     # the head
         where = ["--head", "--port", str(head_port), "--dashboard-host", HOST,
                  "--dashboard-port", str(dashboard_port), "--include-dashboard", "true",
-                 "--ray-client-server-port", str(free_port(HOST))]
+                 "--ray-client-server-port", str(picked[6])]
     else:
         where = ["--address", f"{HOST}:{head_port}"]
     return subprocess.Popen(
@@ -52,15 +53,16 @@ def _wait(predicate, what: str, nodes: list, timeout_s: float = 120) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_workers_spread_over_two_nodes_serve_through_the_gateway() -> None:
-    gcs, dashboard, http_port, grpc_port = (free_port(HOST) for _ in range(4))
+    # Every port of the test in one pick, so no two of them can be the same.
+    gcs, dashboard, http_port, grpc_port, *node_ports = free_ports(4 + 7 + 7, HOST)
     temp_dirs = [tempfile.mkdtemp(prefix="ray2n-") for _ in range(2)]   # short: unix sockets live there
-    nodes = [_node(temp_dirs[0], gcs, "node_head", dashboard)]
+    nodes = [_node(temp_dirs[0], gcs, "node_head", node_ports[:7], dashboard)]
     address = f"http://{HOST}:{dashboard}"
     job_id = None
     try:
         _wait(lambda: _ray("job", "list", "--address", address, timeout=60).returncode == 0,
               "the Ray job server did not come up", nodes)
-        nodes.append(_node(temp_dirs[1], gcs, "node_second"))
+        nodes.append(_node(temp_dirs[1], gcs, "node_second", node_ports[7:]))
 
         def two_alive() -> bool:
             listed = _ray("list", "nodes", "--address", address, "--format", "json", timeout=60)

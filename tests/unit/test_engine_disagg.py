@@ -147,3 +147,34 @@ def test_prefill_only_request_that_is_already_done_does_not_hold(loaded):
     assert reason == "length" and eng.kv.num_free_blocks == eng.kv.num_blocks
     with pytest.raises(InvalidRequestError):
         eng.held_pages("one")
+
+
+@pytest.mark.parametrize("kind", sorted(PARAMS))
+@pytest.mark.parametrize("cut", [1, 5, 11])
+def test_request_resumed_from_streamed_tokens_continues_the_same_stream(loaded, kind, cut):
+    """A colocated worker that died mid-stream: another engine gets the prompt and the tokens
+    already streamed, computes them again and continues; greedy and seeded outputs equal the
+    unbroken run (no token lost, none repeated)."""
+    params = PARAMS[kind]
+    ids = loaded.tokenizer.encode(PROMPT)
+    single = engine(loaded, 64)
+    single.add_request("r", ids, params)
+    expected, _ = run(single, "r")
+
+    other = engine(loaded, 48, budget=16)            # chunked: the recompute spans several steps
+    other.add_request("busy", ids[3:], SamplingParams(max_tokens=20, ignore_eos=True))
+    other.add_request("r", ids, params, generated_token_ids=expected[:cut])
+    rest, reason = run(other, "r")
+    assert expected[:cut] + rest == expected and reason == "length"
+    assert other.kv.num_free_blocks == other.kv.num_blocks
+
+
+def test_resumed_request_misuse_is_refused_by_field(loaded):
+    eng = engine(loaded, 32)
+    ids = loaded.tokenizer.encode(PROMPT)
+    params = SamplingParams(max_tokens=4)
+    for generated, prefill_only in (([1, 2, 3, 4], False), ([10**6], False), ([1], True)):
+        with pytest.raises(InvalidRequestError) as info:
+            eng.add_request("r", ids, params, generated_token_ids=generated, prefill_only=prefill_only)
+        assert info.value.field == "generated_token_ids"
+    eng.check_integrity()

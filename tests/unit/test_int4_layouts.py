@@ -89,7 +89,7 @@ def test_awq_tensors_load_as_documented():
 
 @pytest.mark.parametrize("sym", [True, False])
 def test_gptq_writer_tensors_decode_to_the_quantized_weight(sym):
-    weight = torch.randn(24, 40)                          # a partial last group of 8
+    weight = torch.randn(24, 40, generator=torch.Generator().manual_seed(int(sym)))  # a partial last group of 8
     groups = quantize_gptq_rtn(weight, GROUP, sym)
     tensors = gptq_tensors(groups.codes, groups.zeros, groups.scales.half().float(),
                            torch.arange(40) // GROUP)
@@ -100,11 +100,14 @@ def test_gptq_writer_tensors_decode_to_the_quantized_weight(sym):
     assert torch.equal(decoded, rounded.dequantize(GROUP))
     # Round to nearest: within half a step of the weight wherever no code was clamped.
     step = groups.scales[torch.arange(40) // GROUP].t()
-    assert ((rounded.dequantize(GROUP) - weight).abs() <= step * 0.51 + 1e-3).all()
+    unclamped = ((groups.codes > 0) & (groups.codes < 15)).t()      # codes are [K, N]
+    assert unclamped.float().mean() > 0.8
+    error = (rounded.dequantize(GROUP) - weight).abs()
+    assert (error <= step * 0.51 + 1e-3)[unclamped].all()
 
 
 def test_awq_writer_tensors_decode_to_the_quantized_weight():
-    weight = torch.randn(24, 48)
+    weight = torch.randn(24, 48, generator=torch.Generator().manual_seed(0))
     groups = quantize_awq_rtn(weight, GROUP)
     tensors = awq_tensors(groups.codes, groups.zeros, groups.scales)
     assert tensors["qweight"].shape == (48, 3) and tensors["qzeros"].shape == (3, 3)
