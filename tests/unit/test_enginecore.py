@@ -125,3 +125,10 @@ async def test_a_killed_engine_process_fails_streams_and_calls_at_once() -> None
         assert exits and "exit code" in exits[0]
     finally:
         client.stop()
+
+
+async def test_a_resumed_stream_continues_after_its_generated_tokens(core) -> None:
+    prompt = list(range(40, 60))
+    full = direct_tokens(prompt)
+    stream = await core.add_request("resume", prompt, GREEDY, generated_token_ids=full[:2])
+    assert await collect(stream) == full[2:]
