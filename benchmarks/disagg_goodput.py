@@ -46,6 +46,7 @@ def run_setup(args: argparse.Namespace, setup: str, out: Path) -> list[dict]:
                                                "--capacity-search", "rate",
                                                "--capacity-start", args.rates.split(",")[0],
                                                "--capacity-max", str(args.capacity_max),
+                                               "--capacity-max-runs", str(args.capacity_max_runs),
                                                "--duration", str(args.duration)],
                                     out, f"{name}-capacity")
             for run in sweep["runs"]:
@@ -68,6 +69,7 @@ def main() -> None:
     parser.add_argument("--workloads", default="4096/256,512/512")
     parser.add_argument("--rates", default="0.5,1,2,4,8")
     parser.add_argument("--capacity-max", type=float, default=64)
+    parser.add_argument("--capacity-max-runs", type=int, default=8)
     parser.add_argument("--duration", type=float, default=60)
     parser.add_argument("--slo", default="ttft_ms:1000,tpot_ms:40,p:90")
     parser.add_argument("--launcher", default="process", choices=("process", "ray"))

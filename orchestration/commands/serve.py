@@ -71,6 +71,9 @@ def add_arguments(p: argparse.ArgumentParser, default_launcher: str = _CLUSTER.l
     p.add_argument("--kv-transport", choices=TRANSPORTS, default=_CLUSTER.kv_transport,
                    help="auto: cuda_ipc on one node with CUDA, else grpc; local needs --launcher inprocess")
     p.add_argument("--reservation-ttl", type=float, default=_WORKER.reservation_ttl_s)
+    p.add_argument("--engine-process", action="store_true",
+                   help="each worker's engine in a process of its own (docs/enginecore.md; on a "
+                        "GPU: --mode colocated only)")
     p.add_argument("--max-queued-requests", type=int, default=_admission_default("max_queued_requests"),
                    help="requests waiting for capacity at the gateway; beyond this: 429 at once")
     p.add_argument("--queue-timeout", type=float, default=_admission_default("queue_timeout_s"),
@@ -150,6 +153,7 @@ def cluster_config_from_args(args: argparse.Namespace) -> ClusterConfig:
         mode=args.mode, prefill_workers=prefill, decode_workers=decode, **scaling,
         node_groups=args.ray_node_groups, ray_strategy=args.ray_strategy,
         engine=engine, worker=WorkerConfig(reservation_ttl_s=args.reservation_ttl,
+                                           engine_process=args.engine_process,
                                            transfer=TransferConfig(cluster_token=_cluster_token(args))),
         kv_transport=args.kv_transport, host=args.worker_host or args.host,
         base_port=args.worker_base_port, launcher=args.launcher, gpus=args.gpus,

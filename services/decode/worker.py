@@ -11,6 +11,7 @@ reservation, an error."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -19,13 +20,14 @@ import grpc
 from services import wire
 from services.decode.reservations import ReservationBook
 from services.engine.engine import LLMEngine
-from services.engine.engine_loop import EngineLoop, RequestStream
+from services.engine.engine_loop import EngineStoppedError, RequestStream
 from services.engine.errors import InvalidRequestError, ReservationError
+from services.engine.outputs import merged
 from services.kvtransfer import KVReceiver, KVTransferServer, LocalEndpoints
 from services.rpc.tandem.v1 import worker_pb2, worker_pb2_grpc
-from services.worker.config import WorkerConfig, worker_engine_config
+from services.worker.config import WorkerConfig
+from services.worker.engine_host import exit_reporter, host_engine
 from services.worker.edge import integrity_error, stream_edge, unary_edge
-from services.worker.prompt_counter import PromptTokenCounter
 from services.worker.readiness import STOPPING, Readiness
 from services.worker.server import start_server
 from services.worker.startup import log_ready, warm_up
@@ -41,7 +43,7 @@ class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
         self.engine = engine
         self.address: str | None = None
         self.kv_address: str | None = None
-        self.loop: EngineLoop | None = None
+        self.loop = None            # EngineLoop, or EngineCoreClient (engine_process)
         self.telemetry: WorkerTelemetry | None = None
         self._kv_server: KVTransferServer | None = None
         self._server: grpc.aio.Server | None = None
@@ -53,18 +55,18 @@ class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
         """Returns once ready: listening, and the engine warmed up (until then the server answers
         health checks NOT_SERVING and refuses every other call)."""
         started = time.perf_counter()
-        if self.engine is None:
-            self.engine = await asyncio.to_thread(LLMEngine, worker_engine_config(self.config))
+        aio_loop = asyncio.get_running_loop()
+        hosted = await host_engine(self.config, self.worker_id, self.engine,
+                                   needs_pages=not self.config.colocated,
+                                   on_exit=exit_reporter(self.readiness, aio_loop))
+        self.loop, self.engine, self.prompt_counter = hosted.loop, hosted.engine, hosted.prompt_counter
         load_s = time.perf_counter() - started
-        self.prompt_counter = PromptTokenCounter.install(self.engine)
         self.telemetry = WorkerTelemetry("decode", self.engine, self.prompt_counter,
                                          lambda: self.reservations.num_reserved_blocks)
-        self.loop = EngineLoop(self.engine, self.worker_id, on_step=self.telemetry.on_step)
-        aio_loop = asyncio.get_running_loop()
+        self.loop.on_step = self.telemetry.on_step
         self.receiver = KVReceiver(self.engine.kv.kv_cache, self.engine.kv.block_size,
                                    on_failed=lambda rid: self._cancel_soon(aio_loop, rid))
         self.reservations = ReservationBook(self.loop, self.receiver, self.config.transfer.timeout_s)
-        self.loop.start()
         try:
             self.metrics_port = await self.telemetry.start(host, self.config.metrics_port)
             self._kv_server = KVTransferServer(self.receiver, self.config.transfer)
@@ -99,7 +101,8 @@ class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
         if self.telemetry is not None:
             await self.telemetry.stop()
         if self.loop is not None:
-            await self.reservations.cancel_all()
+            with contextlib.suppress(EngineStoppedError):   # a dead engine process holds nothing
+                await self.reservations.cancel_all()
             self.loop.stop()
         self._reaper = self._server = self._kv_server = self.loop = self.kv_address = None
 
@@ -149,6 +152,9 @@ class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
             stream = await self._join_landed(request, params)
         try:
             async for output in stream:
+                # Outputs that piled up while this stream waited go out as one message.
+                while (later := stream.next_ready()) is not None:
+                    output = merged(output, later)
                 yield wire.chunk_from_output(output)
             if stream.aborted:      # cancelled: the last message says so
                 yield worker_pb2.TokenChunk(request_id=request.request_id,

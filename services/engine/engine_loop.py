@@ -40,9 +40,22 @@ class RequestStream:
         self.aborted = False
         self._loop = loop
         self._queue: asyncio.Queue = asyncio.Queue()
+        self._held: object | None = None    # an abort or error taken early by next_ready
 
     def _push(self, item: RequestOutput | BaseException | object) -> None:
         self._queue.put_nowait(item)
+
+    def next_ready(self) -> RequestOutput | None:
+        """The next output if it is already here (no waiting), else None; an abort or an error
+        waiting in the queue is left for the iterator to raise."""
+        if self.finished or self._held is not None or self._queue.empty():
+            return None
+        item = self._queue.get_nowait()
+        if item is _ABORTED or isinstance(item, BaseException):
+            self._held = item
+            return None
+        self.finished = item.finished
+        return item
 
     def __aiter__(self) -> "RequestStream":
         return self
@@ -50,7 +63,10 @@ class RequestStream:
     async def __anext__(self) -> RequestOutput:
         if self.finished:
             raise StopAsyncIteration
-        item = await self._queue.get()
+        if self._held is not None:
+            item, self._held = self._held, None
+        else:
+            item = await self._queue.get()
         if item is _ABORTED:
             self.finished = self.aborted = True
             raise StopAsyncIteration
@@ -62,13 +78,14 @@ class RequestStream:
 
 
 class EngineLoop:
-    """`on_step(seconds, outputs)`, if given, runs on the engine thread after every step (metrics)."""
+    """`on_step(seconds, outputs)`, if given (or set before the first request), runs on the engine
+    thread after every step (metrics)."""
 
     def __init__(self, engine: Any, name: str = "engine",
                  on_step: Callable[[float, list[RequestOutput]], None] | None = None) -> None:
         self.engine = engine
         self.name = name
-        self._on_step = on_step
+        self.on_step = on_step
         self.num_steps = 0
         self._wake = threading.Condition()
         self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
@@ -184,9 +201,9 @@ class EngineLoop:
             self._fail_streams(error)
             return
         self.num_steps += 1
-        if self._on_step is not None:
+        if self.on_step is not None:
             try:
-                self._on_step(time.perf_counter() - start, outputs)
+                self.on_step(time.perf_counter() - start, outputs)
             except Exception:
                 log.exception("%s: on_step failed (the outputs are still delivered)", self.name)
         deliveries: dict[asyncio.AbstractEventLoop, list[tuple[RequestStream, RequestOutput]]] = {}

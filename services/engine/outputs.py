@@ -3,7 +3,7 @@ them into proto messages, the CLI prints them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -34,3 +34,12 @@ class RequestOutput:
     num_prompt_tokens: int
     num_cached_tokens: int                  # prompt tokens served from the prefix cache
     timings: RequestTimings
+
+
+def merged(first: RequestOutput, later: RequestOutput) -> RequestOutput:
+    """One output carrying both (same request, `later` after `first`): what a stream that fell
+    behind its engine sends as one message instead of two."""
+    logprobs = (None if first.logprobs is None and later.logprobs is None
+                else (first.logprobs or ()) + (later.logprobs or ()))
+    return replace(later, new_token_ids=first.new_token_ids + later.new_token_ids,
+                   text_delta=first.text_delta + later.text_delta, logprobs=logprobs)

@@ -16,13 +16,12 @@ import grpc
 
 from services import wire
 from services.engine.engine import LLMEngine
-from services.engine.engine_loop import EngineLoop
 from services.engine.errors import ConfigError, InvalidRequestError, RequestCancelledError
 from services.kvtransfer import KVTransports, PageRun
 from services.rpc.tandem.v1 import worker_pb2, worker_pb2_grpc
-from services.worker.config import WorkerConfig, worker_engine_config
+from services.worker.config import WorkerConfig
+from services.worker.engine_host import exit_reporter, host_engine
 from services.worker.edge import integrity_error, unary_edge
-from services.worker.prompt_counter import PromptTokenCounter
 from services.worker.readiness import STOPPING, Readiness
 from services.worker.server import start_server
 from services.worker.startup import log_ready, warm_up
@@ -41,7 +40,7 @@ class PrefillWorker(worker_pb2_grpc.PrefillWorkerServicer):
         self.address: str | None = None
         self.kv_bytes_sent = 0
         self.queued_prompt_tokens = 0
-        self.loop: EngineLoop | None = None
+        self.loop = None            # EngineLoop, or EngineCoreClient (engine_process)
         self._server: grpc.aio.Server | None = None
         self.readiness = Readiness("tandem.v1.PrefillWorker")
         self._inflight: dict[str, asyncio.Task] = {}
@@ -51,18 +50,18 @@ class PrefillWorker(worker_pb2_grpc.PrefillWorkerServicer):
         """Returns once ready: listening, and the engine warmed up (until then the server answers
         health checks NOT_SERVING and refuses every other call)."""
         started = time.perf_counter()
-        if self.engine is None:
-            self.engine = await asyncio.to_thread(LLMEngine, worker_engine_config(self.config))
+        hosted = await host_engine(self.config, self.worker_id, self.engine, needs_pages=True,
+                                   on_exit=exit_reporter(self.readiness, asyncio.get_running_loop()))
+        self.loop, self.engine, self.prompt_counter = hosted.loop, hosted.engine, hosted.prompt_counter
         load_s = time.perf_counter() - started
+        self.transports = KVTransports(self.config.transfer)
+        self.telemetry = WorkerTelemetry("prefill", self.engine, self.prompt_counter)
+        self.loop.on_step = self.telemetry.on_step
         pool_device = self.engine.kv.kv_cache.device
         if self.config.kv_transport == "cuda_ipc" and pool_device.type != "cuda":
+            await self.stop()
             raise ConfigError(f"kv_transport cuda_ipc needs the KV pool in CUDA memory; this "
                               f"worker's is on {pool_device} (use auto or grpc)")
-        self.prompt_counter = PromptTokenCounter.install(self.engine)
-        self.telemetry = WorkerTelemetry("prefill", self.engine, self.prompt_counter)
-        self.loop = EngineLoop(self.engine, self.worker_id, on_step=self.telemetry.on_step)
-        self.transports = KVTransports(self.config.transfer)
-        self.loop.start()
         try:
             self.metrics_port = await self.telemetry.start(host, self.config.metrics_port)
             self._server, self.address = await start_server(

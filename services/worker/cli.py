@@ -101,6 +101,9 @@ def add_worker_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-transport", default="", choices=("", *TRANSPORTS),
                    help="prefill: default transport when a request names none (empty: by locality)")
     p.add_argument("--reservation-ttl", type=float, default=_WORKER.reservation_ttl_s)
+    p.add_argument("--engine-process", action="store_true",
+                   help="run the engine in a process of its own, away from the gRPC server's "
+                        "interpreter lock (on a GPU: colocated workers only)")
     p.add_argument("--exit-with-parent", action="store_true",
                    help="stop when stdin closes (set by launchers, so no worker outlives them)")
     p.add_argument("--cluster-token-file", default=None, metavar="PATH",
@@ -118,6 +121,8 @@ def worker_arguments(config: WorkerConfig) -> list[str]:
             "--reservation-ttl", str(config.reservation_ttl_s)]
     if config.colocated:
         args.append("--colocated")
+    if config.engine_process:
+        args.append("--engine-process")
     return args + engine_arguments(config.engine)
 
 
@@ -130,7 +135,7 @@ def worker_config_from_args(args: argparse.Namespace) -> WorkerConfig:
                         advertise_host=args.advertise_host, kv_port=args.kv_port,
                         metrics_port=args.metrics_port,
                         colocated=args.colocated, kv_transport=args.kv_transport,
-                        reservation_ttl_s=args.reservation_ttl,
+                        reservation_ttl_s=args.reservation_ttl, engine_process=args.engine_process,
                         transfer=TransferConfig(cluster_token=token))
 
 

@@ -32,6 +32,7 @@ class WorkerConfig:
     max_reservation_ttl_s: float = 600.0
     reaper_interval_s: float = 0.05
     shutdown_grace_s: float = 1.0
+    engine_process: bool = False         # the engine in a process of its own (docs/enginecore.md)
 
     def __post_init__(self) -> None:
         if self.kv_transport not in ("", *TRANSPORTS):

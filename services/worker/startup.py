@@ -27,13 +27,15 @@ def log_ready(worker_id: str, address: str, engine, cache: CacheConfig, load_s: 
               warm_s: float) -> None:
     kv = engine.kv
     pool_bytes = kv.kv_cache.numel() * kv.kv_cache.element_size()
+    # An engine in its own process describes its device itself (CUDA is not initialised here).
+    where = getattr(engine, "where", None) or device_text(engine.device, cache)
     log.info("%s ready on %s: %s, KV pool %d blocks x %d tokens (%.2f GiB), max_model_len %d; "
              "start-up %.1fs (load %.1fs, warm-up %.1fs)", worker_id, address,
-             _where(engine.device, cache), kv.num_blocks, kv.block_size, pool_bytes / 2**30,
+             where, kv.num_blocks, kv.block_size, pool_bytes / 2**30,
              engine.max_model_len, load_s + warm_s, load_s, warm_s)
 
 
-def _where(device: torch.device, cache: CacheConfig) -> str:
+def device_text(device: torch.device, cache: CacheConfig) -> str:
     if device.type != "cuda":
         return str(device)
     share = (f"gpu_memory_bytes {cache.gpu_memory_bytes}" if cache.gpu_memory_bytes is not None

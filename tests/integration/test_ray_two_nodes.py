@@ -66,7 +66,11 @@ def test_workers_spread_over_two_nodes_serve_through_the_gateway() -> None:
 
         def two_alive() -> bool:
             listed = _ray("list", "nodes", "--address", address, "--format", "json", timeout=60)
-            return listed.returncode == 0 and sum(n["state"] == "ALIVE" for n in json.loads(listed.stdout)) == 2
+            try:        # while the state API warms up, the command may print no JSON
+                nodes_listed = json.loads(listed.stdout) if listed.returncode == 0 else []
+            except ValueError:
+                return False
+            return sum(n["state"] == "ALIVE" for n in nodes_listed) == 2
         _wait(two_alive, "the second node did not join", nodes)
         # Two groups of (1 prefill + 1 decode) = 2 CPUs each: one node (4 CPUs) could hold both
         # ("pack" would), "spread" puts one on each node.
