@@ -4,7 +4,10 @@ is decoded without hooks, and the CUDA IPC hand-off rebuilds the peer's pool fro
 fields with the classes fixed in the code (services/kvtransfer/cuda_ipc_pool.py).
 
 Ray's own control plane (actor arguments, between a Ray driver and its actors) pickles; that is
-Ray's cluster, which must be private (README, Security). The scanner is checked on a sample that
+Ray's cluster, which must be private (README, Security). The engine process's pipe
+(services/enginecore/) is a socket pair that only a worker and the engine process it started hold
+(multiprocessing authkey); its messages are msgpack, and the one pickled message (the shared pool
+handle at start) never crosses a network. The scanner is checked on a sample that
 holds each forbidden pattern, so it cannot pass by finding nothing."""
 
 from __future__ import annotations
