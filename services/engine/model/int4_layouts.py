@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.w4a16_gemm import PACK, unpack_int4_cols, unpack_int4_rows
+from kernels.w4a16_gemm import PACK, unpack_int4_cols
 from services.engine.config import Int4Scheme
 from services.engine.errors import UnsupportedModelError
 
