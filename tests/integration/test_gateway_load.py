@@ -180,8 +180,16 @@ async def test_dead_decode_worker_gives_unavailable_not_a_hang():
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
             assert time.monotonic() - start < 2.0
         async with aiohttp.ClientSession() as s:
-            async with s.get(c.gateway.http_url + "/health") as r:
-                assert r.status == 503
+            # /health follows the gateway's load polls of the workers: the next one after the
+            # death (a few tens of ms; bounded here well under the waits above) takes it down.
+            deadline = time.monotonic() + 5.0
+            while True:
+                async with s.get(c.gateway.http_url + "/health") as r:
+                    status = r.status
+                if status == 503 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.05)
+            assert status == 503
             async with s.post(c.gateway.http_url + "/v1/completions", json={"prompt": "x"}) as r:
                 assert r.status == 503 and r.headers.get("Retry-After")
         c.decode.clear()
