@@ -20,6 +20,7 @@ import torch
 
 from services.engine.errors import KVTransferError
 from services.kvtransfer import KVTransports, PageRun, TransferConfig
+from tests.helpers.device_timing import queued_device_ms
 from tests.helpers.kv_decode_process import DecodeSideProcess
 
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(300),
@@ -112,18 +113,7 @@ async def test_a_corrupted_or_truncated_transfer_is_detected(decode_side, damage
 
 
 def _median_ms(fn, repeats: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return statistics.median(queued_device_ms(fn, repeats))
 
 
 async def _copy_vs_baseline(side: DecodeSideProcess, src_device: str, label: str,
