@@ -22,7 +22,7 @@ import triton
 import triton.testing
 
 import kernels
-from kernels.gemm_launch import GemmLaunch, gemm_launch
+from kernels.gemm_launch import GemmLaunch, gemm_launch, m_bucket
 from kernels.paged_decode_attention import DecodeLaunch, default_launch
 from kernels.prefill_attention import PrefillLaunch, PREFILL_LAUNCHES
 from kernels.rms_norm import rms_norm_ref
@@ -231,34 +231,74 @@ def int8_weight(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     return w, scale, (w.to(BF16) * scale[:, None].to(BF16)).contiguous()
 
 
+def _l(bm, bn, bk, warps, stages, split_k=1, swap=False) -> GemmLaunch:
+    return GemmLaunch(bm, bn, bk, warps, stages, split_k=split_k, swap_ab=swap)
+
+
+# Per M bucket. Decode (16): tile widths that spread the weight's columns evenly over the SMs
+# (the stream is bound per SM: an SM with one more tile than its neighbours sets the time).
+# 64 and 256: tensor-core tiles, in both operand orders (swap_ab puts the dequantized weight
+# first, where the MMA reads it from registers).
+W8A16_CANDIDATES = {
+    16: [_l(16, 64, 128, 4, 4), _l(16, 32, 256, 4, 4, 2), _l(16, 16, 512, 4, 4),
+         _l(16, 16, 256, 4, 4), _l(16, 16, 1024, 4, 3), _l(16, 16, 512, 2, 4),
+         _l(16, 16, 512, 4, 5), _l(16, 32, 256, 4, 4), _l(16, 32, 512, 4, 3),
+         _l(16, 16, 512, 4, 4, 2), _l(16, 16, 256, 2, 6), _l(16, 64, 128, 4, 5),
+         _l(16, 64, 128, 4, 4, swap=True), _l(16, 64, 256, 4, 4, swap=True),
+         _l(16, 128, 128, 4, 4, swap=True), _l(16, 64, 256, 4, 3, 2, swap=True),
+         _l(16, 128, 256, 8, 3, swap=True), _l(16, 64, 512, 4, 3, swap=True),
+         # more programs than SMs several times over, so that no SM is left with one more tile
+         _l(16, 64, 128, 4, 4, 2), _l(16, 64, 128, 4, 4, 3), _l(16, 32, 128, 4, 4, 2),
+         _l(16, 64, 256, 4, 3, 2), _l(16, 32, 256, 4, 4, 3), _l(16, 128, 128, 4, 4, 4),
+         _l(16, 64, 128, 4, 4, 4), _l(16, 32, 128, 2, 4, 1), _l(16, 64, 128, 8, 4, 1)],
+    64: [_l(64, 64, 128, 4, 4, 2), _l(64, 64, 256, 4, 3, 2), _l(32, 64, 256, 4, 4, 2, swap=True),
+         _l(64, 64, 128, 4, 4, 2, swap=True),
+         _l(64, 64, 128, 4, 4), _l(64, 128, 64, 4, 4), _l(64, 128, 128, 8, 3),
+         _l(32, 128, 128, 4, 4), _l(64, 64, 256, 4, 3),
+         _l(64, 64, 128, 4, 4, swap=True), _l(64, 128, 64, 4, 4, swap=True),
+         _l(64, 128, 128, 4, 3, swap=True), _l(32, 128, 128, 4, 4, swap=True),
+         _l(64, 256, 64, 8, 3, swap=True), _l(32, 64, 256, 4, 4, swap=True)],
+    256: [_l(128, 128, 64, 8, 3, 2), _l(256, 128, 64, 8, 3, 2, swap=True),
+          _l(256, 128, 64, 8, 3, 4, swap=True), _l(128, 128, 64, 8, 3, 4),
+          _l(128, 128, 64, 8, 3), _l(128, 256, 64, 8, 3), _l(128, 128, 128, 8, 3),
+          _l(64, 256, 64, 8, 4), _l(64, 128, 64, 4, 4),
+          _l(128, 128, 64, 8, 3, swap=True), _l(64, 256, 64, 8, 3, swap=True),
+          _l(128, 256, 64, 8, 3, swap=True), _l(256, 128, 64, 8, 3, swap=True),
+          _l(64, 128, 128, 4, 3, swap=True), _l(128, 128, 128, 8, 3, swap=True)],
+}
+
+
+# Llama-3.1-8B's projections as the engine runs them (q|k|v and gate|up merged).
+LLAMA_8B_PROJECTIONS = ((6144, HIDDEN), (HIDDEN, HIDDEN), (2 * INTERMEDIATE, HIDDEN),
+                        (HIDDEN, INTERMEDIATE))
+
+
 def bench_w8a16(bandwidth: float, do_sweep: bool) -> None:
-    for n, k in ((INTERMEDIATE, HIDDEN), (HIDDEN, INTERMEDIATE)):
+    for n, k in LLAMA_8B_PROJECTIONS:
         weights = [int8_weight(n, k) for _ in range(4)]       # rotated: 4 x 58 MB > L2
         w, scale, w_bf16 = weights[0]
         ours_fns = lambda x, launch: [lambda w=w, s=s: kernels.w8a16_gemm(x, w, s, launch=launch)
                                       for w, s, _ in weights]
-        best = None
+        best: dict[int, GemmLaunch] = {}
         if do_sweep:
-            x = torch.randn(16, k, dtype=BF16, device="cuda")
-            # Tile widths that spread the weight's columns evenly over the SMs (the stream is
-            # bound per SM: an SM with one more tile than its neighbours sets the time).
-            candidates = [GemmLaunch(16, bn, bk, wp, st, split_k=sk)
-                          for bn, bk, wp, st, sk in (
-                              (64, 128, 4, 4, 1), (32, 256, 4, 4, 2), (16, 512, 4, 4, 1),
-                              (16, 256, 4, 4, 1), (16, 1024, 4, 3, 1), (16, 512, 2, 4, 1),
-                              (16, 512, 4, 5, 1), (32, 256, 4, 4, 1), (32, 512, 4, 3, 1),
-                              (16, 512, 4, 4, 2), (16, 256, 2, 6, 1), (64, 128, 4, 5, 1))]
-            reference = x @ w_bf16.t()
-            best, best_ms = None, math.inf
-            for launch in candidates:
-                err = rel_err(kernels.w8a16_gemm(x, w, scale, launch=launch), reference)
-                ms = time_ms(*ours_fns(x, launch)) if err < 2e-2 else math.inf
-                print(f"  sweep w8a16 {n}x{k}: {launch} err={err:.2e} {ms * 1e3:.1f} us")
-                if ms < best_ms:
-                    best, best_ms = launch, ms
+            for bucket, candidates in W8A16_CANDIDATES.items():
+                x = torch.randn(bucket, k, dtype=BF16, device="cuda")
+                reference = x @ w_bf16.t()
+                best_ms = math.inf
+                for launch in candidates:
+                    try:
+                        err = rel_err(kernels.w8a16_gemm(x, w, scale, launch=launch), reference)
+                        ms = time_ms(*ours_fns(x, launch)) if err < 2e-2 else math.inf
+                    except Exception as exc:     # a config the compiler rejects
+                        print(f"  sweep w8a16 M{bucket} {n}x{k}: {launch} failed: "
+                              f"{type(exc).__name__}: {str(exc)[:80]}")
+                        continue
+                    print(f"  sweep w8a16 M{bucket} {n}x{k}: {launch} err={err:.2e} {ms * 1e3:.1f} us")
+                    if ms < best_ms:
+                        best[bucket], best_ms = launch, ms
         for m in (1, 4, 16, 64, 256):
             x = torch.randn(m, k, dtype=BF16, device="cuda")
-            launch = best if (best is not None and m <= 16) else gemm_launch("w8a16", m, n, k)
+            launch = best.get(m_bucket(m)) or gemm_launch("w8a16", m, n, k)
             ours = time_ms(*ours_fns(x, launch))
             base = time_ms(*[lambda wb=wb: x @ wb.t() for _, _, wb in weights])
             record("W8A16 GEMM", f"M{m} N{n} K{k}", ours, n * k + 2 * m * (k + n), "B/s",
@@ -270,7 +310,7 @@ def bench_w8a8(flops_ceiling: float, bandwidth: float, do_sweep: bool) -> None:
     for n, k in ((INTERMEDIATE, HIDDEN), (HIDDEN, INTERMEDIATE)):
         weights = [int8_weight(n, k) for _ in range(2)]       # rotated: 2 x 58 MB > L2
         w, scale, _ = weights[0]
-        for m in (256, 1024, 4096):
+        for m in (64, 256, 1024, 4096):
             x = torch.randn(m, k, dtype=BF16, device="cuda")
             xq, xs = kernels.quantize_rows(x)
             record("per-token INT8 quantize", f"M{m} K{k}", time_ms(lambda: kernels.quantize_rows(x)),

@@ -22,6 +22,7 @@ class GemmLaunch:
     num_stages: int = 3
     split_k: int = 1          # >1: K is cut into slices whose partial sums meet by fp32 atomic adds
     group_m: int = 8          # row tiles that share a band of weight columns (L2 reuse)
+    swap_ab: bool = False     # W8A16: compute out^T = W x^T, the dequantized weight first
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "block_k"):

@@ -5,7 +5,13 @@ The weights are dequantized inside the kernel (int8 -> activation dtype in regis
 applied once to the accumulator, since it is constant along K), so decode streams half the bytes
 of a bf16 weight. For decode's few rows the tile is 16 rows by a narrow band of columns with a
 long K step, so every SM keeps enough weight bytes in flight; split-K is there for weights with
-few output columns."""
+few output columns.
+
+A launch may swap the operands (`swap_ab`): the kernel then computes the output's transpose, the
+dequantized weight tile first. An MMA's first operand may be read from registers, its second
+must sit in shared memory; a weight converted in registers as the second operand goes back
+through shared memory before every MMA, as the first it does not. When K is a multiple of the
+K step (times the split), the K loop loads without masks."""
 
 from __future__ import annotations
 
@@ -41,12 +47,53 @@ def _tile_origin(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl
     return pid_m * BLOCK_M, pid_n * BLOCK_N
 
 
+@triton.jit
+def _rows_by_cols(x_rows, w_cols, k_start, k_end, m_mask, n_mask,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  EVEN_K: tl.constexpr):
+    """acc [BLOCK_M, BLOCK_N] = x tile @ dequantized weight tile^T, over k_start..k_end."""
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        if EVEN_K:
+            a = tl.load(x_rows + rk[None, :], mask=m_mask[:, None], other=0.0)
+            w = tl.load(w_cols + rk[:, None], mask=n_mask[None, :], other=0)
+        else:
+            k_mask = rk < k_end
+            a = tl.load(x_rows + rk[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+            w = tl.load(w_cols + rk[:, None], mask=k_mask[:, None] & n_mask[None, :], other=0)
+        acc += tl.dot(a, w.to(a.dtype))
+    return acc
+
+
+@triton.jit
+def _cols_by_rows(x_rows, w_cols, k_start, k_end, m_mask, n_mask,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  EVEN_K: tl.constexpr):
+    """The same product transposed, acc [BLOCK_N, BLOCK_M] = weight tile @ x tile^T: the
+    dequantized weight is the MMA's first operand, which may come from registers, so it does
+    not make a round trip through shared memory after its conversion."""
+    acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        if EVEN_K:
+            a = tl.load(x_rows + rk[:, None], mask=m_mask[None, :], other=0.0)
+            w = tl.load(w_cols + rk[None, :], mask=n_mask[:, None], other=0)
+        else:
+            k_mask = rk < k_end
+            a = tl.load(x_rows + rk[:, None], mask=k_mask[:, None] & m_mask[None, :], other=0.0)
+            w = tl.load(w_cols + rk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0)
+        acc += tl.dot(w.to(a.dtype), a)
+    return acc
+
+
 # M varies with the batch: not specialized on, so a new row count never compiles anew.
 @triton.jit(do_not_specialize=["M"])
 def _w8a16_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K,
                   stride_xm, stride_wn, stride_om,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, HAS_BIAS: tl.constexpr):
+                  SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, HAS_BIAS: tl.constexpr,
+                  SWAP_AB: tl.constexpr, EVEN_K: tl.constexpr):
     m0, n0 = _tile_origin(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rm = m0 + tl.arange(0, BLOCK_M)
     rn = n0 + tl.arange(0, BLOCK_N)
@@ -55,21 +102,28 @@ def _w8a16_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K,
     k_span = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
     k_start = tl.program_id(1) * k_span
     k_end = tl.minimum(K, k_start + k_span)
-    x_rows = x_ptr + rm[:, None].to(tl.int64) * stride_xm
-    w_cols = w_ptr + rn[None, :].to(tl.int64) * stride_wn
-    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for k0 in range(k_start, k_end, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
-        k_mask = rk < k_end
-        a = tl.load(x_rows + rk[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        w = tl.load(w_cols + rk[:, None], mask=k_mask[:, None] & n_mask[None, :], other=0)
-        acc += tl.dot(a, w.to(a.dtype))
-    acc *= tl.load(scale_ptr + rn, mask=n_mask, other=0.0)[None, :]
+    scale = tl.load(scale_ptr + rn, mask=n_mask, other=0.0)
     if HAS_BIAS:
-        if tl.program_id(1) == 0:
-            acc += tl.load(bias_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-    out = out_ptr + rm[:, None].to(tl.int64) * stride_om + rn[None, :]
-    mask = m_mask[:, None] & n_mask[None, :]
+        bias = tl.load(bias_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)
+        bias = tl.where(tl.program_id(1) == 0, bias, 0.0)
+    if SWAP_AB:
+        acc = _cols_by_rows(x_ptr + rm[None, :].to(tl.int64) * stride_xm,
+                            w_ptr + rn[:, None].to(tl.int64) * stride_wn, k_start, k_end, m_mask,
+                            n_mask, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K)
+        acc *= scale[:, None]
+        if HAS_BIAS:
+            acc += bias[:, None]
+        out = out_ptr + rm[None, :].to(tl.int64) * stride_om + rn[:, None]
+        mask = n_mask[:, None] & m_mask[None, :]
+    else:
+        acc = _rows_by_cols(x_ptr + rm[:, None].to(tl.int64) * stride_xm,
+                            w_ptr + rn[None, :].to(tl.int64) * stride_wn, k_start, k_end, m_mask,
+                            n_mask, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K)
+        acc *= scale[None, :]
+        if HAS_BIAS:
+            acc += bias[None, :]
+        out = out_ptr + rm[:, None].to(tl.int64) * stride_om + rn[None, :]
+        mask = m_mask[:, None] & n_mask[None, :]
     if SPLIT_K == 1:
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
     else:
@@ -115,5 +169,6 @@ def w8a16_gemm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
         x.stride(0), weight.stride(0), acc.stride(0),
         BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, BLOCK_K=launch.block_k,
         SPLIT_K=launch.split_k, GROUP_M=launch.group_m, HAS_BIAS=bias is not None,
+        SWAP_AB=launch.swap_ab, EVEN_K=k % (launch.block_k * launch.split_k) == 0,
         num_warps=launch.num_warps, num_stages=launch.num_stages)
     return acc if acc.dtype == x.dtype else acc.to(x.dtype)

@@ -60,6 +60,22 @@ def test_w8a16_gemm_matches_reference(ops, dtype, m, split_k, with_bias):
     assert_close(out, w8a16.w8a16_gemm_ref(x, weight, scale, bias))
 
 
+@pytest.mark.parametrize("swap_ab", [False, True])
+@pytest.mark.parametrize("m,n,k,split_k", [(3, 40, 72, 1), (17, 48, 128, 2), (1, 32, 64, 1)])
+def test_w8a16_gemm_either_operand_order_with_and_without_k_masks(ops, swap_ab, m, n, k, split_k):
+    """(72, split 1) takes the masked K loop, (128, split 2) and (64, split 1) the maskless one;
+    both operand orders give the reference's result, bias added once whatever the split."""
+    _, w8a16, _ = ops
+    from kernels.gemm_launch import GemmLaunch
+    weight, scale = small_int_weights(n, k)
+    x = torch.randn(m, k).to(torch.float16)
+    bias = torch.randn(n).to(torch.float16)
+    launch = GemmLaunch(16, 16, 32, split_k=split_k, swap_ab=swap_ab)
+    with poisoned_allocations():
+        out = w8a16.w8a16_gemm(x, weight, scale, bias, use_triton=True, launch=launch)
+    assert_close(out, w8a16.w8a16_gemm_ref(x, weight, scale, bias))
+
+
 def test_w8a16_converts_every_int8_value_exactly(ops):
     _, w8a16, _ = ops
     from kernels.gemm_launch import GemmLaunch
