@@ -28,7 +28,7 @@ from services.engine.model.registry import build_model
 from tests.helpers.paged_batch import PagedHarness, PagedSequence, build_batch
 
 PRESET = "llama-3.1-8b-random"
-VARIANTS = {"bf16": None, "w8a16": "w8a16",
+VARIANTS = {"bf16": None, "w8a16": "w8a16", "int8": "int8",
             "gptq-w4a16": Int4Scheme("gptq", 128, zeros_minus_one=True)}
 
 

@@ -14,7 +14,7 @@ COMMANDS = {
     "serve": "start a gateway with prefill/decode (or colocated) workers",
     "generate": "generate from one prompt, streamed (in-process, or from a server with --target)",
     "bench": "load-test a Tandem or OpenAI-compatible server",
-    "quantize": "write an INT8 checkpoint (w8a16 or w8a8)",
+    "quantize": "write a quantized checkpoint (w8a16, w8a8, int8, gptq-w4a16, awq-w4a16)",
     "demo": "start a local cluster on the default model, run a short load test, print the result",
 }
 

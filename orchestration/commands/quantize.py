@@ -4,7 +4,7 @@ Every decoder projection (q/k/v/o, gate/up/down) is quantized; embeddings, norms
 LM head keep the checkpoint's dtype. The tokenizer files travel along, so the directory serves
 as it is: `tandem serve --model DIR`.
 
-- w8a16 / w8a8: symmetric per output channel, `<name>.weight` int8 [out, in] and
+- w8a16 / w8a8 / int8: symmetric per output channel, `<name>.weight` int8 [out, in] and
   `<name>.weight_scale` fp32 [out] (the rule of kernels/quantize_rows.py); config.json gains
   `quantization_config` = {"quant_method": "tandem-int8", "scheme": ...}.
 - gptq-w4a16 / awq-w4a16: 4-bit round-to-nearest in groups of --group-size input channels
@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="directory to write (must not exist yet)")
     parser.add_argument("--scheme", choices=ALL_SCHEMES, default="w8a16",
                         help="w8a16: int8 weights, 16-bit activations; w8a8: activations "
-                             "quantized per token at run time too; gptq-w4a16 / awq-w4a16: "
+                             "quantized per token at run time too; int8: w8a16 for decode's "
+                             "few rows, w8a8 for prefill and large batches; gptq-w4a16 / awq-w4a16: "
                              "4-bit weights in groups, in the GPTQ or AWQ checkpoint layout")
     parser.add_argument("--group-size", type=int, default=128,
                         help="4-bit schemes: input channels per scale and zero (GPTQ: -1 for "

@@ -20,7 +20,7 @@ class RopeScaling:
     original_max_position_embeddings: int = 8192
 
 
-INT8_SCHEMES = ("w8a16", "w8a8")
+INT8_SCHEMES = ("w8a16", "w8a8", "int8")
 INT4_METHODS = ("gptq", "awq")
 
 
@@ -65,7 +65,7 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     attention_bias: bool = False      # q/k/v projections carry a bias (Qwen2)
     dtype: str = "bfloat16"           # torch dtype name of the weights as served
-    quantization: str | Int4Scheme | None = None   # None | "w8a16" | "w8a8" | Int4Scheme
+    quantization: str | Int4Scheme | None = None   # None | "w8a16" | "w8a8" | "int8" | Int4Scheme
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -79,7 +79,7 @@ class ModelConfig:
             raise ConfigError(f"dtype must be float32, float16 or bfloat16, got {self.dtype!r}")
         if not (self.quantization is None or isinstance(self.quantization, Int4Scheme)
                 or self.quantization in INT8_SCHEMES):
-            raise ConfigError(f"quantization must be w8a16, w8a8 or an Int4Scheme, "
+            raise ConfigError(f"quantization must be w8a16, w8a8, int8 or an Int4Scheme, "
                               f"got {self.quantization!r}")
 
     @property

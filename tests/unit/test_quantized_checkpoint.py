@@ -27,7 +27,7 @@ def prompt_logits(loaded) -> torch.Tensor:
     return harness.step([(PagedSequence(PROMPT), len(PROMPT))])
 
 
-@pytest.mark.parametrize("scheme", ["w8a16", "w8a8"])
+@pytest.mark.parametrize("scheme", ["w8a16", "w8a8", "int8"])
 def test_quantized_tiny_checkpoint_loads_generates_and_stays_close(tmp_path, scheme):
     out = tmp_path / scheme
     assert tandem(["quantize", "--model", "tiny-random", "--out", str(out),
@@ -93,3 +93,22 @@ def test_int8_projection_fills_shards_and_matches_its_dequantized_weight():
         layer.load("weight", torch.zeros(3, 8), 0)
     with pytest.raises(UnsupportedModelError, match=r"shard 1.*\(4, 8\)"):
         layer.load("weight", torch.zeros(4, 8, dtype=torch.int8), 1)
+
+
+def test_int8_scheme_keeps_activations_for_few_rows_and_quantizes_them_above():
+    """`int8` is W8A16 up to W8A16_MAX_ROWS rows and W8A8 above, on the same weights."""
+    from kernels.quantize_rows import quantize_rows_ref
+    from kernels.w8a8_gemm import w8a8_gemm_ref
+    from kernels.w8a16_gemm import w8a16_gemm_ref
+    from services.engine.model.quantized_linear import W8A16_MAX_ROWS
+    layer = Int8Linear(16, 8, "int8", dtype=torch.float32)
+    codes, scales = quantize_rows_ref(torch.randn(8, 16))
+    layer.load("weight", codes)
+    layer.load("weight_scale", scales)
+    for rows, ref in ((1, w8a16_gemm_ref), (W8A16_MAX_ROWS, w8a16_gemm_ref),
+                      (W8A16_MAX_ROWS + 1, w8a8_gemm_ref)):
+        x = torch.randn(rows, 16)
+        out = layer(x)
+        assert torch.equal(out, ref(x, codes, scales)), rows
+        other = w8a8_gemm_ref if ref is w8a16_gemm_ref else w8a16_gemm_ref
+        assert not torch.equal(out, other(x, codes, scales)), rows

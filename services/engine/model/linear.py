@@ -36,7 +36,7 @@ def projection(in_features: int, out_features: int | Sequence[int], *, bias: boo
                dtype: torch.dtype | None = None,
                quantization: str | Int4Scheme | None = None) -> nn.Module:
     """The projection for the model's quantization setting (ModelConfig.quantization): the plain
-    Linear, an INT8 one (quantized_linear.py) for "w8a16" / "w8a8", or an INT4 one
+    Linear, an INT8 one (quantized_linear.py) for "w8a16" / "w8a8" / "int8", or an INT4 one
     (int4_linear.py) for a GPTQ / AWQ Int4Scheme."""
     if quantization is None:
         return Linear(in_features, out_features, bias=bias, dtype=dtype)

@@ -1,6 +1,11 @@
 """INT8 projections: the Projection contract of linear.py (shards, `load`), holding int8 weights
 [out, in] with one fp32 scale per output channel, multiplied through the INT8 kernels: W8A16
-(activations stay in the served dtype) or W8A8 (activations quantized per token at run time).
+(activations stay in the served dtype) or W8A8 (activations quantized per token at run time),
+or `int8`: W8A16 for a product of few rows (decode batches up to W8A16_MAX_ROWS, where the
+weight's bytes set the time and W8A16 reads half of bf16's) and W8A8 above (prefill and large
+decode batches, where the tensor cores set it and INT8 ones run twice as fast as bf16's; a
+16-bit activation must be converted before each MMA there, which loses to cuBLAS bf16). The
+three read the same int8 weights and scales: the scheme only chooses the product.
 
 A checkpoint written by `tandem quantize` declares its scheme in config.json's
 `quantization_config`; the loader puts it in ModelConfig.quantization, `linear.projection` then
@@ -23,7 +28,8 @@ from services.engine.errors import UnsupportedModelError
 from services.engine.model.int4_formats import INT4_METHODS, int4_scheme
 from services.engine.model.shards import load_shard, shard_offsets
 
-SCHEMES = ("w8a16", "w8a8")
+SCHEMES = ("w8a16", "w8a8", "int8")
+W8A16_MAX_ROWS = 32     # int8: W8A16 up to this many rows, W8A8 above (benchmarks/kernels.py)
 QUANT_METHOD = "tandem-int8"
 # Checkpoint projections that are quantized (their HF names); everything else is kept as is.
 QUANTIZED_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
@@ -68,9 +74,12 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        gemm = kernels.w8a16_gemm if self.scheme == "w8a16" else kernels.w8a8_gemm
+        gemm = kernels.w8a16_gemm if self._keeps_activations(rows.shape[0]) else kernels.w8a8_gemm
         out = gemm(rows, self.weight, self.weight_scale, self.bias)
         return out.reshape(*x.shape[:-1], self.out_features)
+
+    def _keeps_activations(self, rows: int) -> bool:
+        return self.scheme == "w8a16" or (self.scheme == "int8" and rows <= W8A16_MAX_ROWS)
 
     def load(self, param_name: str, tensor: torch.Tensor, shard: int = 0) -> None:
         """Copy a checkpoint tensor into `weight`, `weight_scale` or `bias`, or one shard of it.
