@@ -46,7 +46,7 @@ def m_bucket(m: int) -> int:
 _W8A16_DEFAULTS = {
     16: GemmLaunch(16, 64, 128, num_warps=4, num_stages=5),
     64: GemmLaunch(64, 64, 128, num_warps=4, num_stages=4),
-    256: GemmLaunch(128, 128, 64, num_warps=8, num_stages=3),
+    256: GemmLaunch(256, 128, 64, num_warps=8, num_stages=3, swap_ab=True),
     257: GemmLaunch(128, 128, 64, num_warps=8, num_stages=3),
 }
 _W8A8_DEFAULTS = {
@@ -70,8 +70,23 @@ _DEFAULTS = {"w8a16": _W8A16_DEFAULTS, "w8a8": _W8A8_DEFAULTS, "w4a16": _W4A16_D
 
 # (kernel, M bucket, N, K) -> launch; Llama-3.1-8B projections first.
 GEMM_LAUNCHES: dict[tuple[str, int, int, int], GemmLaunch] = {
+    # W8A16, swept on an H200 on 2026-12-02 (benchmarks/kernels.py --sweep w8a16): at 16 rows
+    # narrow column bands (split K for the long down projection); at 64 a longer K step; at
+    # 256 the swapped orientation, K split until there are ~100+ programs.
+    ("w8a16", 16, 6144, 4096): GemmLaunch(16, 64, 128, num_warps=4, num_stages=4, split_k=4),
+    ("w8a16", 16, 4096, 4096): GemmLaunch(16, 32, 256, num_warps=4, num_stages=4),
+    ("w8a16", 16, 28672, 4096): GemmLaunch(16, 32, 128, num_warps=2, num_stages=4),
     ("w8a16", 16, 14336, 4096): GemmLaunch(16, 64, 128, num_warps=4, num_stages=5),
-    ("w8a16", 16, 4096, 14336): GemmLaunch(16, 32, 256, num_warps=4, num_stages=4, split_k=2),
+    ("w8a16", 16, 4096, 14336): GemmLaunch(16, 64, 128, num_warps=4, num_stages=4, split_k=4),
+    ("w8a16", 64, 6144, 4096): GemmLaunch(64, 64, 256, num_warps=4, num_stages=3),
+    ("w8a16", 64, 4096, 4096): GemmLaunch(64, 64, 256, num_warps=4, num_stages=3, split_k=2),
+    ("w8a16", 64, 28672, 4096): GemmLaunch(64, 128, 64, num_warps=4, num_stages=4),
+    ("w8a16", 64, 4096, 14336): GemmLaunch(64, 64, 256, num_warps=4, num_stages=3, split_k=2),
+    ("w8a16", 256, 6144, 4096): GemmLaunch(256, 128, 64, 8, 3, split_k=2, swap_ab=True),
+    ("w8a16", 256, 4096, 4096): GemmLaunch(256, 128, 64, 8, 3, split_k=4, swap_ab=True),
+    ("w8a16", 256, 28672, 4096): GemmLaunch(256, 128, 64, 8, 3, swap_ab=True),
+    ("w8a16", 256, 14336, 4096): GemmLaunch(256, 128, 64, 8, 3, swap_ab=True),
+    ("w8a16", 256, 4096, 14336): GemmLaunch(256, 128, 64, 8, 3, split_k=4, swap_ab=True),
     # Few output tiles with a long K: narrower tiles keep more SMs busy.
     ("w8a8", 256, 4096, 14336): GemmLaunch(64, 128, 256, num_warps=8, num_stages=3),
     ("w4a16", 16, 6144, 4096): GemmLaunch(16, 64, 128, num_warps=4, num_stages=4, split_k=3),
