@@ -4,7 +4,10 @@ Decode is bandwidth-bound, so the kernel reads every K/V byte once: a program ow
 one sequence and computes all the query heads that share it (GQA), and long contexts are split
 into partitions handled by separate programs (flash-decoding), merged afterwards by an exact
 log-sum-exp reduction. The number of partitions follows from the block table's width, never from
-the data, so the launch needs no device-to-host sync and can be captured in a CUDA graph."""
+the data, so the launch needs no device-to-host sync and can be captured in a CUDA graph. A
+sequence that fits in one partition (a short one in a table sized for long ones) is written
+whole by its one program and skipped by the reduction: its partial never makes a round trip
+through memory."""
 
 from __future__ import annotations
 
@@ -139,15 +142,20 @@ def _decode_partition_kernel(
         m = m_new
 
     out = acc / l[:, None]
+    out_ptrs = out_ptr + seq * stride_os + heads[:, None] * stride_oh + d[None, :]
+    out_mask = row_mask[:, None] & d_mask[None, :]
     if SPLIT:
-        # Partials in fp32, normalised, with their log2-sum-exp for the exact merge.
-        part_row = (seq * num_heads + heads) * num_partitions + part
-        tl.store(part_out_ptr + part_row[:, None] * HEAD_DIM + d[None, :], out,
-                 mask=row_mask[:, None] & d_mask[None, :])
-        tl.store(part_lse_ptr + part_row, m + tl.log2(l), mask=row_mask)
+        if seq_len <= PARTITION:
+            # The sequence's only partition: its result is final, the reduction skips it.
+            tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=out_mask)
+        else:
+            # Partials in fp32, normalised, with their log2-sum-exp for the exact merge.
+            part_row = (seq * num_heads + heads) * num_partitions + part
+            tl.store(part_out_ptr + part_row[:, None] * HEAD_DIM + d[None, :], out,
+                     mask=out_mask)
+            tl.store(part_lse_ptr + part_row, m + tl.log2(l), mask=row_mask)
     else:
-        tl.store(out_ptr + seq * stride_os + heads[:, None] * stride_oh + d[None, :],
-                 out.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & d_mask[None, :])
+        tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit(do_not_specialize=["num_partitions"])
@@ -159,6 +167,8 @@ def _decode_reduce_kernel(part_out_ptr, part_lse_ptr, seq_lens_ptr, out_ptr, num
     head = tl.program_id(1)
     seq_len = tl.load(seq_lens_ptr + seq)
     used = tl.cdiv(seq_len, PARTITION)
+    if used <= 1:               # written whole by its one partition program
+        return
     d = tl.arange(0, HEAD_PAD)
     d_mask = d < HEAD_DIM
     row0 = (seq * num_heads + head) * num_partitions

@@ -48,7 +48,7 @@ def make_block_tables(seq_lens: list[int], block_size: int, num_blocks: int) -> 
 def test_paged_decode_attention_matches_reference(ops, dtype, num_heads, num_kv_heads, head_dim,
                                                   split):
     decode = ops[0]
-    block_size, seq_lens = 16, [1, 17, 33]
+    block_size, seq_lens = 16, [1, 16, 17, 33]    # split: 1 and 16 fit one partition
     _, key_cache, value_cache = make_pool(12, block_size, num_kv_heads, head_dim, dtype)
     tables = make_block_tables(seq_lens, block_size, 12)
     q = torch.randn(len(seq_lens), num_heads, head_dim).to(dtype)
