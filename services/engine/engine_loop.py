@@ -138,8 +138,10 @@ class EngineLoop:
             request_id, prompt_token_ids, generated_token_ids, params))
 
     async def abort(self, request_id: str) -> bool:
-        """Frees what the request holds; its stream (if any) ends with `aborted` set."""
-        return await self.call(self._abort, request_id)
+        """Frees what the request holds; its stream (if any) ends with `aborted` set. The abort
+        runs even if the caller is cancelled while it waits for the engine thread: callers abort
+        on their way out (often while being cancelled), and a dropped abort would leak blocks."""
+        return await asyncio.shield(asyncio.wrap_future(self.submit(self._abort, request_id)))
 
     @property
     def num_open_streams(self) -> int:

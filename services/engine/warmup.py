@@ -9,7 +9,10 @@ decode batches; and the decode attention kernel at each partition size its launc
 choose, split and unsplit. Then the graphs are captured (CUDA only, unless eager is enforced),
 and a few short requests go through the real step loop: prompts of every power of two up to the
 step budget (each GEMM row count loads its cuBLAS kernels on first use) and decodes that read
-their pending token on the device, so a first request meets nothing new.
+their pending token on the device, so a first request meets nothing new. Last, a burst: up to 32
+prompts at once, as many users send them to a fresh server, so the steps that pack several
+prompts into the token budget, those that mix the first decodes into them and the decode batch
+of all of them have each run once.
 
 The synthetic batches take their blocks from the pool like any request and give them back
 uncached: after warm-up the pool is exactly as before. On CPU there is nothing to compile."""
@@ -60,6 +63,7 @@ def warm_up(engine, *, capture_graphs: bool) -> WarmupReport:
         graph_seconds = engine.runner.capture_graphs(config.max_num_seqs, engine.max_model_len)
         num_graphs = engine.runner.graphs.num_graphs
     generate_through_the_step_loop(engine)
+    burst_through_the_step_loop(engine)
     torch.cuda.synchronize(engine.device)
     engine.check_integrity()
     report = WarmupReport(compile_seconds, graph_seconds, num_graphs)
@@ -97,6 +101,31 @@ def generate_through_the_step_loop(engine) -> int:
             count += 1
         while engine.has_unfinished_requests():
             engine.step()
+    return count
+
+
+BURST_REQUESTS = 32
+BURST_MAX_TOKENS = 8
+
+
+def burst_through_the_step_loop(engine) -> int:
+    """Up to BURST_REQUESTS prompts of a quarter of the step budget each, added at once (as many
+    as the sequence slots and the pool hold), each generating a few tokens; their outputs are
+    dropped. Returns how many ran."""
+    config = engine.scheduler.config
+    length = min(config.max_num_batched_tokens // 4, engine.max_model_len - BURST_MAX_TOKENS)
+    if length < 1:
+        return 0
+    fit = engine.kv.num_blocks // engine.kv.blocks_for(length + BURST_MAX_TOKENS)
+    count = min(BURST_REQUESTS, config.max_num_seqs, fit)
+    params = SamplingParams(temperature=0, max_tokens=BURST_MAX_TOKENS, ignore_eos=True)
+    vocab = engine.model_config.vocab_size - 1
+    for i in range(count):
+        # Prompts of their own (no prefix hit between them), unlike any the loop above sent.
+        prompt = [(i * 104729 + j * 7919 + 13) % vocab + 1 for j in range(length)]
+        engine.add_request(f"warm-up/burst-{i}", prompt, params)
+    while engine.has_unfinished_requests():
+        engine.step()
     return count
 
 

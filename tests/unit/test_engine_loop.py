@@ -52,6 +52,23 @@ async def test_concurrent_streams_get_their_own_tokens_in_order(loop) -> None:
     assert loop.num_open_streams == 0
 
 
+async def test_an_abort_whose_caller_is_cancelled_still_frees_the_request(loop) -> None:
+    kv = loop.engine.kv
+    stream = await loop.add_request("held", list(range(1, 40)), GREEDY, prefill_only=True)
+    assert [o.finish_reason async for o in stream] == ["prefilled"]
+    assert kv.num_free_blocks < kv.num_blocks           # a prefilled request keeps its pages
+    busy, release = threading.Event(), threading.Event()
+    loop.submit(lambda: (busy.set(), release.wait(10)))  # the engine thread is busy a while
+    assert await asyncio.to_thread(busy.wait, 10)
+    aborting = asyncio.create_task(loop.abort("held"))
+    await asyncio.sleep(0.05)
+    aborting.cancel()                                   # the caller goes away before it ran
+    with pytest.raises(asyncio.CancelledError):
+        await aborting
+    release.set()
+    assert await loop.call(lambda: kv.num_free_blocks) == kv.num_blocks
+
+
 async def test_an_idle_loop_sleeps_instead_of_stepping(loop) -> None:
     await collect(await loop.add_request("once", [1, 2, 3], GREEDY))
     steps = loop.num_steps

@@ -1,5 +1,5 @@
-"""Warm-up and the decode-first batch layout on CPU: the synthetic batches leave the pool as it
-was and change no output; a mixed batch's results come back in batch order; graph buckets cover
+"""Warm-up and the decode-first batch layout on CPU: the synthetic batches, the short requests
+and the burst through the step loop leave the pool free and change no output; a mixed batch's results come back in batch order; graph buckets cover
 every batch size and table width."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from services.engine.engine import LLMEngine
 from services.engine.errors import InvalidRequestError
 from services.engine.loader import load_model
 from services.engine.sampling_params import SamplingParams
-from services.engine.warmup import generate_through_the_step_loop, run_synthetic_batches
+from services.engine.warmup import (burst_through_the_step_loop, generate_through_the_step_loop,
+                                    run_synthetic_batches)
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,8 @@ def test_synthetic_batches_leave_the_pool_and_the_outputs_unchanged(loaded):
     warmed = LLMEngine(config, loaded)
     assert run_synthetic_batches(warmed) >= 5
     assert generate_through_the_step_loop(warmed) >= 3
+    # The burst: as many prompts at once as the 20 sequence slots take (the pool holds 24).
+    assert burst_through_the_step_loop(warmed) == 20
     assert not warmed.has_unfinished_requests() and not warmed._requests
     assert warmed.kv.num_free_blocks == warmed.kv.num_blocks
     warmed.check_integrity()
