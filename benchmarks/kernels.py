@@ -22,6 +22,7 @@ import triton
 import triton.testing
 
 import kernels
+from benchmarks.w8a16_candidates import W8A16_CANDIDATES
 from kernels.gemm_launch import GemmLaunch, gemm_launch, m_bucket
 from kernels.paged_decode_attention import DecodeLaunch, default_launch
 from kernels.prefill_attention import PrefillLaunch, PREFILL_LAUNCHES
@@ -229,43 +230,6 @@ def int8_weight(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     w = torch.randint(-127, 128, (n, k), dtype=torch.int8, device="cuda")
     scale = torch.rand(n, device="cuda") * 1e-3 + 1e-4
     return w, scale, (w.to(BF16) * scale[:, None].to(BF16)).contiguous()
-
-
-def _l(bm, bn, bk, warps, stages, split_k=1, swap=False) -> GemmLaunch:
-    return GemmLaunch(bm, bn, bk, warps, stages, split_k=split_k, swap_ab=swap)
-
-
-# Per M bucket. Decode (16): tile widths that spread the weight's columns evenly over the SMs
-# (the stream is bound per SM: an SM with one more tile than its neighbours sets the time).
-# 64 and 256: tensor-core tiles, in both operand orders (swap_ab puts the dequantized weight
-# first, where the MMA reads it from registers).
-W8A16_CANDIDATES = {
-    16: [_l(16, 64, 128, 4, 4), _l(16, 32, 256, 4, 4, 2), _l(16, 16, 512, 4, 4),
-         _l(16, 16, 256, 4, 4), _l(16, 16, 1024, 4, 3), _l(16, 16, 512, 2, 4),
-         _l(16, 16, 512, 4, 5), _l(16, 32, 256, 4, 4), _l(16, 32, 512, 4, 3),
-         _l(16, 16, 512, 4, 4, 2), _l(16, 16, 256, 2, 6), _l(16, 64, 128, 4, 5),
-         _l(16, 64, 128, 4, 4, swap=True), _l(16, 64, 256, 4, 4, swap=True),
-         _l(16, 128, 128, 4, 4, swap=True), _l(16, 64, 256, 4, 3, 2, swap=True),
-         _l(16, 128, 256, 8, 3, swap=True), _l(16, 64, 512, 4, 3, swap=True),
-         # more programs than SMs several times over, so that no SM is left with one more tile
-         _l(16, 64, 128, 4, 4, 2), _l(16, 64, 128, 4, 4, 3), _l(16, 32, 128, 4, 4, 2),
-         _l(16, 64, 256, 4, 3, 2), _l(16, 32, 256, 4, 4, 3), _l(16, 128, 128, 4, 4, 4),
-         _l(16, 64, 128, 4, 4, 4), _l(16, 32, 128, 2, 4, 1), _l(16, 64, 128, 8, 4, 1)],
-    64: [_l(64, 64, 128, 4, 4, 2), _l(64, 64, 256, 4, 3, 2), _l(32, 64, 256, 4, 4, 2, swap=True),
-         _l(64, 64, 128, 4, 4, 2, swap=True),
-         _l(64, 64, 128, 4, 4), _l(64, 128, 64, 4, 4), _l(64, 128, 128, 8, 3),
-         _l(32, 128, 128, 4, 4), _l(64, 64, 256, 4, 3),
-         _l(64, 64, 128, 4, 4, swap=True), _l(64, 128, 64, 4, 4, swap=True),
-         _l(64, 128, 128, 4, 3, swap=True), _l(32, 128, 128, 4, 4, swap=True),
-         _l(64, 256, 64, 8, 3, swap=True), _l(32, 64, 256, 4, 4, swap=True)],
-    256: [_l(128, 128, 64, 8, 3, 2), _l(256, 128, 64, 8, 3, 2, swap=True),
-          _l(256, 128, 64, 8, 3, 4, swap=True), _l(128, 128, 64, 8, 3, 4),
-          _l(128, 128, 64, 8, 3), _l(128, 256, 64, 8, 3), _l(128, 128, 128, 8, 3),
-          _l(64, 256, 64, 8, 4), _l(64, 128, 64, 4, 4),
-          _l(128, 128, 64, 8, 3, swap=True), _l(64, 256, 64, 8, 3, swap=True),
-          _l(128, 256, 64, 8, 3, swap=True), _l(256, 128, 64, 8, 3, swap=True),
-          _l(64, 128, 128, 4, 3, swap=True), _l(128, 128, 128, 8, 3, swap=True)],
-}
 
 
 # Llama-3.1-8B's projections as the engine runs them (q|k|v and gate|up merged).
