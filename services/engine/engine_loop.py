@@ -32,7 +32,7 @@ _ABORTED = object()     # ends a stream whose request was aborted through the lo
 
 class RequestStream:
     """The outputs of one request, in order, ending after the finished one, or early (`aborted`)
-    when the request was aborted, or with an error."""
+    when the request was aborted (outputs not yet read are dropped), or with an error."""
 
     def __init__(self, request_id: str, loop: asyncio.AbstractEventLoop) -> None:
         self.request_id = request_id
@@ -43,6 +43,10 @@ class RequestStream:
         self._held: object | None = None    # an abort or error taken early by next_ready
 
     def _push(self, item: RequestOutput | BaseException | object) -> None:
+        if item is _ABORTED:    # an abort ends the stream at once: outputs not yet read are dropped
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            self._held = None
         self._queue.put_nowait(item)
 
     def next_ready(self) -> RequestOutput | None:

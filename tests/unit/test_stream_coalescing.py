@@ -1,6 +1,7 @@
 """A stream that fell behind its engine sends what piled up as one message: next_ready takes the
-outputs already queued (never waits), leaves an abort or error for the iterator, and merged keeps
-the tokens, text and logprobs in order with the last output's finish."""
+outputs already queued (never waits), leaves an abort or error for the iterator (an abort drops
+what was not yet read), and merged keeps the tokens, text and logprobs in order with the last
+output's finish."""
 
 from __future__ import annotations
 
@@ -31,19 +32,25 @@ async def test_next_ready_takes_queued_outputs_only() -> None:
     assert stream.finished and [o async for o in stream] == []
 
 
-@pytest.mark.parametrize("end", [_ABORTED, EngineStoppedError("gone")], ids=["abort", "error"])
-async def test_an_abort_or_error_behind_outputs_is_still_raised(end) -> None:
+async def test_an_error_behind_outputs_is_still_raised() -> None:
     stream = RequestStream("r", asyncio.get_running_loop())
-    for item in (out([1], "a"), out([2], "b"), end):
+    for item in (out([1], "a"), out([2], "b"), EngineStoppedError("gone")):
         stream._push(item)
     assert (await stream.__anext__()).new_token_ids == (1,)
     assert stream.next_ready().new_token_ids == (2,)
     assert stream.next_ready() is None and stream.next_ready() is None
-    if end is _ABORTED:
-        assert [o async for o in stream] == [] and stream.aborted
-    else:
-        with pytest.raises(EngineStoppedError):
-            await stream.__anext__()
+    with pytest.raises(EngineStoppedError):
+        await stream.__anext__()
+
+
+async def test_an_abort_drops_the_outputs_not_yet_read() -> None:
+    stream = RequestStream("r", asyncio.get_running_loop())
+    stream._push(out([1], "a"))
+    assert (await stream.__anext__()).new_token_ids == (1,)
+    for item in (out([2], "b"), out([3], "c"), _ABORTED, out([4], "d")):
+        stream._push(item)
+    assert stream.next_ready() is None and stream.next_ready() is None
+    assert [o async for o in stream] == [] and stream.aborted
 
 
 def test_merged_keeps_logprobs_in_order() -> None:
