@@ -6,7 +6,7 @@ this process), then the gateway in this process in front of them; Ctrl-C stops e
                  [--gpus N] [--device cpu|cuda:N] [--gpu-memory-fraction F]
                  [--host H] [--grpc-port P] [--http-port P] [--kv-transport auto|grpc|cuda_ipc|local]
                  [--num-kv-blocks N] [--max-num-seqs N] [--api-key K] [--insecure] [--cluster-token-file PATH]
-                 [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]] ...
+                 [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]] [--warm-path-timeout S] ...
                  [--autoscale --min-prefill-workers N --max-prefill-workers N
                               --min-decode-workers N --max-decode-workers N]
                  [--ray-node-groups N] [--ray-strategy pack|spread]
@@ -86,6 +86,9 @@ def add_arguments(p: argparse.ArgumentParser, default_launcher: str = _CLUSTER.l
                         "random one, handed to the workers this command starts)")
     add_tls_arguments(p)
     p.add_argument("--served-model-name", default=None)
+    p.add_argument("--warm-path-timeout", type=float, default=_gateway_default("warm_path_timeout_s"),
+                   help="the gateway's real requests to every worker before it serves: at most "
+                        "this many seconds (0: none)")
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--ray-node-groups", type=int, default=_CLUSTER.node_groups,
                    help="Ray: split the workers into this many groups, each on one node (a prefill "
@@ -172,6 +175,7 @@ def gateway_config(args: argparse.Namespace, handle: ClusterHandle):
     return GatewayConfig(model=args.model, admission=admission, served_model_name=args.served_model_name, host=args.host,
                          grpc_port=args.grpc_port, http_port=args.http_port,
                          api_keys=tuple(args.api_key), insecure=args.insecure, tls=tls_from_args(args),
+                         warm_path_timeout_s=args.warm_path_timeout,
                          # max_model_len: the workers report it
                          reservation_ttl_s=args.reservation_ttl, **handle.gateway_fields())
 

@@ -3,6 +3,7 @@
     python -m services.gateway --decode 10.0.0.2:50061 --prefill 10.0.0.3:50071 \\
         --model tiny-random --grpc-port 50051 --http-port 8000 [--mode colocated] [--api-key K ...] [--insecure]
         [--cluster-token-file PATH] [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
+        [--warm-path-timeout S]
 
 Runs until SIGINT / SIGTERM."""
 
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--request-timeout", type=float, default=_DEFAULTS.request_timeout_s)
     p.add_argument("--worker-ready-timeout", type=float, default=_DEFAULTS.worker_ready_timeout_s,
                    help="seconds to wait at start for the workers' first load reports")
+    p.add_argument("--warm-path-timeout", type=float, default=_DEFAULTS.warm_path_timeout_s,
+                   help="at most this many seconds of real requests to every worker before "
+                        "serving (0: none)")
     p.add_argument("--max-queued-requests", type=int, default=_ADMISSION.max_queued_requests)
     p.add_argument("--queue-timeout", type=float, default=_ADMISSION.queue_timeout_s)
     p.add_argument("--tenant-tokens-per-s", type=float, default=_ADMISSION.tenant_tokens_per_s)
@@ -66,6 +70,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         tls=tls_from_args(args),
         kv_transport=args.kv_transport, max_model_len=args.max_model_len,
         request_timeout_s=args.request_timeout, worker_ready_timeout_s=args.worker_ready_timeout,
+        warm_path_timeout_s=args.warm_path_timeout,
         admission=AdmissionConfig(max_queued_requests=args.max_queued_requests,
                                   queue_timeout_s=args.queue_timeout,
                                   tenant_tokens_per_s=args.tenant_tokens_per_s))

@@ -42,6 +42,7 @@ class Ticket:
     num_tokens: int                          # prompt + max_tokens: the KV it may grow to
     decode: WorkerHandle | None = None
     tried: set[str] = field(default_factory=set)
+    excluded: frozenset[str] = frozenset()   # never booked here (a request pinned elsewhere)
     running: bool = False                    # counted among the running requests
     released: bool = False
 
@@ -78,9 +79,12 @@ class AdmissionController:
         return self._pool.max_model_len
 
     async def admit(self, request_id: str, tenant: str, prompt_tokens: int, num_tokens: int,
-                    deadline: float) -> Ticket:
-        """A ticket booked on a decode worker, or CapacityError. `deadline` is time.monotonic()."""
-        ticket = Ticket(request_id, tenant, prompt_tokens, num_tokens)
+                    deadline: float, pinned_to: frozenset[str] = frozenset()) -> Ticket:
+        """A ticket booked on a decode worker (one of `pinned_to` if given), or CapacityError.
+        `deadline` is time.monotonic()."""
+        excluded = frozenset(w.address for w in self._pool.decode
+                             if pinned_to and w.address not in pinned_to)
+        ticket = Ticket(request_id, tenant, prompt_tokens, num_tokens, excluded=excluded)
         self._require_live_workers()
         largest = self.largest_request_tokens
         if num_tokens > largest:
@@ -215,7 +219,8 @@ class AdmissionController:
 
     def _book_best(self, ticket: Ticket) -> bool:
         """Books the best decode worker not tried yet for this request, if one can hold it."""
-        ranked = rank_decode_workers(self._pool.decode, ticket.num_tokens, frozenset(ticket.tried))
+        ranked = rank_decode_workers(self._pool.decode, ticket.num_tokens,
+                                     frozenset(ticket.tried) | ticket.excluded)
         if not ranked:
             return False
         ticket.decode = ranked[0]

@@ -76,6 +76,9 @@ class GatewayConfig:
     load_poll_interval_s: float = 0.05      # load report staleness bound
     worker_rpc_timeout_s: float = 30.0      # Reserve / Load / Cancel / Prefill deadline
     worker_ready_timeout_s: float = 60.0    # at start, how long to wait for the workers' first reports
+    # At start, after the workers reported: the most the warm path (real requests to every
+    # worker, warm_path.py) may take before the gateway serves anyway; 0: no warm path.
+    warm_path_timeout_s: float = 60.0
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
 
     def __post_init__(self) -> None:
@@ -103,6 +106,8 @@ class GatewayConfig:
                      "worker_rpc_timeout_s", "worker_ready_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.warm_path_timeout_s < 0:
+            raise ConfigError(f"warm_path_timeout_s must be >= 0, got {self.warm_path_timeout_s}")
         if any(not key for key in self.api_keys):
             raise ConfigError("api_keys must not contain an empty key")
         check_exposure(self.host, self.api_keys, self.insecure)

@@ -18,5 +18,10 @@ class WorkerUnavailableError(TandemError):
         self.retry_after_s = retry_after_s
 
 
+class GatewayWarmingUpError(WorkerUnavailableError):
+    """The gateway has not finished its warm path yet; it serves once /health says ok
+    (-> UNAVAILABLE / 503, with a retry-after)."""
+
+
 class RequestTimeoutError(TandemError):
     """The request ran past its deadline (-> DEADLINE_EXCEEDED / 504)."""

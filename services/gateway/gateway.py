@@ -1,5 +1,7 @@
 """The gateway's lifecycle: load the tokenizer, connect to the workers and wait for their first
-load reports, then serve the public gRPC and the HTTP APIs on one event loop.
+load reports, open the public gRPC and HTTP APIs (health: not serving yet), run the warm path
+(warm_path.py: real requests to every worker, then every worker settled), then serve, all on
+one event loop.
 
     gateway = Gateway(GatewayConfig(decode_workers=("127.0.0.1:50061",), prefill_workers=(...)))
     await gateway.start()          # gateway.grpc_port / gateway.http_port: the bound ports
@@ -21,10 +23,11 @@ from services.engine.loader import load_tokenizer
 from services.gateway.admission import AdmissionController
 from services.gateway.config import GatewayConfig
 from services.addresses import bracket_host
-from services.gateway.grpc_api import start_grpc_server
+from services.gateway.grpc_api import set_serving, start_grpc_server
 from services.gateway.http_api import HttpApi, start_http_server
 from services.gateway.service import GenerationService
 from services.gateway.session import WorkerSession
+from services.gateway.warm_path import run_warm_path
 from services.gateway.workers import WorkerHandle, WorkerPool
 from services.rpc.tandem.v1 import worker_pb2
 from services.telemetry.gpu import GpuGauges
@@ -32,8 +35,8 @@ from services.telemetry.metrics import GatewayMetrics, render
 
 log = logging.getLogger(__name__)
 
-_LOAD_RPC_TIMEOUT_S = 2.0
-SHUTDOWN_GRACE_S = 1.0          # open streams get this long to finish when the gateway stops       # a worker slower than this to report its load counts as down
+_LOAD_RPC_TIMEOUT_S = 2.0       # a worker slower than this to report its load counts as down
+SHUTDOWN_GRACE_S = 1.0          # open streams get this long to finish when the gateway stops
 
 
 class Gateway:
@@ -45,6 +48,9 @@ class Gateway:
         self.admission: AdmissionController | None = None
         self.service: GenerationService | None = None
         self._session: WorkerSession | None = None
+        self._warm_admission: AdmissionController | None = None
+        self._max_model_len = 0
+        self._tokenizer = None
         self._grpc_server = None
         self._health = None
         self._http_runner = None
@@ -61,24 +67,20 @@ class Gateway:
         return f"{scheme}://{bracket_host(self.config.host)}:{self.http_port}"
 
     async def start(self) -> None:
+        """Returns once serving: the workers have reported, both APIs listen, and the warm path
+        (warm_path.py) has run; until then gRPC health says NOT_SERVING, /health 503, and
+        generation requests are refused (UNAVAILABLE)."""
         cfg = self.config
         loaded = await asyncio.to_thread(load_tokenizer, cfg.model)
         # The workers' load reports say what they take; the model's limit holds until they do.
-        max_model_len = cfg.max_model_len or loaded.config.max_position_embeddings
-        disaggregated = cfg.mode == "disaggregated"
+        self._max_model_len = cfg.max_model_len or loaded.config.max_position_embeddings
+        self._tokenizer = loaded.tokenizer
         self.pool = WorkerPool(cfg.prefill_workers, cfg.decode_workers, cfg.load_poll_interval_s,
                                min(cfg.worker_rpc_timeout_s, _LOAD_RPC_TIMEOUT_S),
-                               on_reports=self._on_reports, colocated=not disaggregated,
+                               on_reports=self._on_reports, colocated=not self._disaggregated,
                                cluster_token=cfg.cluster_token)
-        self.admission = AdmissionController(cfg.admission, self.pool, self.metrics, disaggregated)
-        self._session = WorkerSession(self.pool, self.admission, self.metrics,
-                                      disaggregated=disaggregated, kv_transport=cfg.kv_transport,
-                                      reservation_ttl_s=cfg.reservation_ttl_s,
-                                      rpc_timeout_s=cfg.worker_rpc_timeout_s)
-        self.service = GenerationService(
-            model_id=cfg.model_id, max_model_len=max_model_len, tokenizer=loaded.tokenizer,
-            api_keys=cfg.api_keys, request_timeout_s=cfg.request_timeout_s,
-            admission=self.admission, session=self._session, metrics=self.metrics)
+        self.admission, self._session, self.service = self._routing_core(self.metrics)
+        self.service.ready = False
         try:
             await self.pool.start(cfg.worker_ready_timeout_s)
             self._grpc_server, self.grpc_port, self._health = await start_grpc_server(
@@ -87,11 +89,52 @@ class Gateway:
             self._http_runner, self.http_port = await start_http_server(
                 api, cfg.host, cfg.http_port, SHUTDOWN_GRACE_S,
                 cfg.tls.ssl_context() if cfg.tls is not None else None)
+            await self._warm_up()
+            self.service.ready = True
+            await set_serving(self._health)
         except BaseException:
             await self.stop()
             raise
         log.info("gateway serving %s (%s): gRPC %s, HTTP %s", cfg.model_id, cfg.mode,
                  self.grpc_address, self.http_url)
+
+    @property
+    def _disaggregated(self) -> bool:
+        return self.config.mode == "disaggregated"
+
+    def _routing_core(self, metrics: GatewayMetrics) -> tuple[AdmissionController, WorkerSession,
+                                                              GenerationService]:
+        """Admission, session and service over the worker pool, recording into `metrics`."""
+        cfg = self.config
+        admission = AdmissionController(cfg.admission, self.pool, metrics, self._disaggregated)
+        session = WorkerSession(self.pool, admission, metrics, disaggregated=self._disaggregated,
+                                kv_transport=cfg.kv_transport, reservation_ttl_s=cfg.reservation_ttl_s,
+                                rpc_timeout_s=cfg.worker_rpc_timeout_s)
+        service = GenerationService(
+            model_id=cfg.model_id, max_model_len=self._max_model_len, tokenizer=self._tokenizer,
+            api_keys=cfg.api_keys, request_timeout_s=cfg.request_timeout_s,
+            admission=admission, session=session, metrics=metrics)
+        return admission, session, service
+
+    async def _warm_up(self) -> None:
+        """The warm path on a routing core of its own, whose metrics are then dropped."""
+        timeout_s = self.config.warm_path_timeout_s
+        if not timeout_s:
+            return
+        admission, session, service = self._routing_core(GatewayMetrics())
+        self._warm_admission = admission
+        try:
+            report = await run_warm_path(service, self.pool, self._disaggregated, timeout_s)
+        finally:
+            self._warm_admission = None
+            await session.drain()
+        if report.problem:
+            log.warning("warm path: %d of %d routes done in %.2fs; serving anyway: %s",
+                        report.completed, report.routes, report.seconds, report.problem)
+        else:
+            log.info("warm path: %d routes, one request each, in %.2fs, slowest first token %.0f ms; "
+                     "every worker settled", report.routes, report.seconds,
+                     report.slowest_first_token_s * 1e3)
 
     async def stop(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
         if self._health is not None:
@@ -143,7 +186,9 @@ class Gateway:
 
     def is_healthy(self) -> bool:
         pool = self.pool
-        if pool is None or not any(w.healthy for w in pool.decode):
+        if pool is None or self.service is None or not self.service.ready:
+            return False
+        if not any(w.healthy for w in pool.decode):
             return False
         return self.config.mode == "colocated" or any(w.healthy for w in pool.prefill)
 
@@ -167,5 +212,6 @@ class Gateway:
                 m.kv_blocks.labels(w.address, "used").set(r.num_blocks - r.free_blocks)
             else:
                 m.prefill_queue_tokens.labels(w.address).set(w.queued_prompt_tokens)
-        if self.admission is not None:
-            self.admission.on_capacity_change()
+        for admission in (self.admission, self._warm_admission):
+            if admission is not None:
+                admission.on_capacity_change()

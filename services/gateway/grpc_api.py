@@ -134,7 +134,8 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
 
 async def start_grpc_server(service: GenerationService, host: str, port: int,
                             tls: TlsConfig | None = None) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """A started server, the port it bound, and its health servicer (set NOT_SERVING on stop)."""
+    """A started server, the port it bound, and its health servicer: NOT_SERVING until
+    `set_serving` (the gateway calls it once warmed up), and again on stop."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
     add_generation_service(GenerationServicer(service), server)
     health_servicer = health.aio.HealthServicer()
@@ -146,7 +147,12 @@ async def start_grpc_server(service: GenerationService, host: str, port: int,
              else server.add_insecure_port(address))
     if bound == 0:
         raise OSError(f"cannot bind gRPC on {host}:{port}")
+    for name in ("", GENERATION_SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
+    return server, bound, health_servicer
+
+
+async def set_serving(health_servicer: health.aio.HealthServicer) -> None:
     for name in ("", GENERATION_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return server, bound, health_servicer

@@ -17,6 +17,9 @@ class PreparedRequest:
     tenant: str = field(repr=False)   # the API key ("" without authentication): never printed
     arrival: float                # time.monotonic()
     deadline: float               # time.monotonic() after which the request is abandoned
+    # The only workers it may run on (the gateway's warm path sends one request down each
+    # prefill -> decode pair); empty: routing picks among all of them.
+    pinned_to: frozenset[str] = frozenset()
 
     @property
     def num_tokens(self) -> int:

@@ -15,7 +15,7 @@ from services.engine.errors import InvalidRequestError, ModelNotFoundError
 from services.engine.sampling_params import SamplingParams
 from services.engine.tokenizer import Tokenizer
 from services.gateway.admission import AdmissionController
-from services.gateway.errors import RequestTimeoutError, UnauthenticatedError
+from services.gateway.errors import GatewayWarmingUpError, RequestTimeoutError, UnauthenticatedError
 from services.gateway.output_text import OutputText
 from services.gateway.request import GenerationDelta, PreparedRequest, Usage
 from services.gateway.session import WorkerSession
@@ -36,6 +36,8 @@ class GenerationService:
         self._admission = admission
         self._session = session
         self._metrics = metrics
+        # False while the gateway warms up (warm_path.py): requests are refused, UNAVAILABLE.
+        self.ready = True
 
     @property
     def max_model_len(self) -> int:
@@ -76,7 +78,8 @@ class GenerationService:
         return max(1, room - num_prompt_tokens)
 
     def prepare(self, prompt_token_ids: Sequence[int], params: SamplingParams, tenant: str,
-                request_id: str = "", prompt_field: str = "prompt") -> PreparedRequest:
+                request_id: str = "", prompt_field: str = "prompt",
+                pinned_to: frozenset[str] = frozenset()) -> PreparedRequest:
         ids = tuple(prompt_token_ids)
         if not ids:
             raise InvalidRequestError(prompt_field, "must not be empty")
@@ -96,14 +99,16 @@ class GenerationService:
         # The client's id is for its logs; workers key on one the gateway knows is unique.
         rid = f"{request_id}-{uuid.uuid4().hex[:12]}" if request_id else uuid.uuid4().hex
         now = time.monotonic()
-        return PreparedRequest(rid, ids, params, tenant, now, now + self._request_timeout_s)
+        return PreparedRequest(rid, ids, params, tenant, now, now + self._request_timeout_s, pinned_to)
 
     # --- the request's life ------------------------------------------------------------------------
     async def generate(self, req: PreparedRequest, api: str) -> AsyncIterator[GenerationDelta]:
         """Deltas of tokens and text; the last carries finish_reason and usage. Raises the typed
         errors of admission and workers; closing the iterator early cancels the request."""
+        if not self.ready:
+            raise GatewayWarmingUpError("the gateway is warming up; it serves once /health says ok")
         ticket = await self._admission.admit(req.request_id, req.tenant, len(req.prompt_token_ids),
-                                             req.num_tokens, req.deadline)
+                                             req.num_tokens, req.deadline, req.pinned_to)
         text = OutputText(self.tokenizer, req.prompt_token_ids, req.params.stop)
         completion = cached = 0
         first_at = last_at = None

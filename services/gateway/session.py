@@ -53,6 +53,7 @@ class _Attempt:
 
     holders: dict[str, WorkerHandle] = field(default_factory=dict)
     prefill_tried: set[str] = field(default_factory=set)
+    prefill_excluded: frozenset[str] = frozenset()    # never used (the request is pinned elsewhere)
     prefill_failures: int = 0
     calling: str = ""                       # the worker of the call in progress (calls are sequential)
 
@@ -78,7 +79,8 @@ class WorkerSession:
         await self._leases.stop()
 
     async def run(self, req: PreparedRequest, ticket: Ticket) -> AsyncIterator[wire.ChunkFields]:
-        attempt = _Attempt()
+        attempt = _Attempt(prefill_excluded=frozenset(
+            w.address for w in self._pool.prefill if req.pinned_to and w.address not in req.pinned_to))
         streamed: list[int] = []          # every token the client has been sent
         try:
             while True:
@@ -204,12 +206,13 @@ class WorkerSession:
         hashes = [wire.block_hash_to_wire(h) for h in
                   block_hashes(prompt[:AFFINITY_BLOCKS * block_size], block_size)
                   ] if block_size else []
-        worker = pick_prefill_worker(self._pool.prefill, hashes, frozenset(attempt.prefill_tried))
+        worker = pick_prefill_worker(self._pool.prefill, hashes,
+                                     frozenset(attempt.prefill_tried) | attempt.prefill_excluded)
         if worker is None and attempt.prefill_failures < MAX_PREFILL_ATTEMPTS:
             # Every prefill worker failed this request once, and some are still healthy: the
             # failure was the request's (a transfer rejected as corrupt, a reservation lost),
             # not the worker's. Prefill it again rather than fail it.
-            worker = pick_prefill_worker(self._pool.prefill, hashes)
+            worker = pick_prefill_worker(self._pool.prefill, hashes, attempt.prefill_excluded)
         if worker is None:
             raise WorkerUnavailableError("no prefill worker is reachable")
         return worker

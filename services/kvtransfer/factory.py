@@ -112,6 +112,12 @@ class KVTransports:
                 self._senders[key] = sender
             return sender
 
+    @property
+    def destinations(self) -> frozenset[str]:
+        """The decode KV endpoints this worker has a sender for (has shipped pages to, or tried)."""
+        with self._lock:
+            return frozenset(address for _, address in self._senders)
+
     def _make(self, transport: str, kv_address: str) -> KVSender:
         if transport == "local":
             return LocalKVSender(kv_address)

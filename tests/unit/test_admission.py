@@ -53,6 +53,17 @@ async def test_admits_onto_the_worker_with_most_free_blocks_and_books_it():
     assert pool.decode[1].available_blocks == 50 and adm.running == 0
 
 
+async def test_a_pinned_request_is_booked_only_on_its_worker():
+    pool = make_pool(decode_free=(10, 50))
+    adm, _ = make_admission(pool)
+    pinned = frozenset({pool.decode[0].address, "127.0.0.1:1000"})   # a decode and a prefill worker
+    ticket = await adm.admit("r1", "", 20, 64, far(), pinned_to=pinned)
+    assert ticket.decode is pool.decode[0]                    # not the one with more blocks
+    assert not adm.rebook(ticket) and ticket.decode is None   # and never another one
+    adm.release(ticket)
+    assert [w.available_blocks for w in pool.decode] == [10, 50]
+
+
 async def test_bookings_between_polls_do_not_double_count_blocks():
     pool = make_pool(decode_free=(8,))
     adm, _ = make_admission(pool, max_queued_requests=0)
