@@ -12,7 +12,8 @@ same loads: what the served path costs.
 2. For each variant, `tandem serve --mode colocated --launcher process` started fresh (the
    variant `process` adds --engine-process: the worker's engine in a process of its own, away
    from its gRPC server; `thread` is the engine on a thread of the worker) and `tandem bench
-   --backend tandem` at each concurrency from outside, the same lengths and duration.
+   --backend tandem` at each concurrency from outside, the same lengths and duration, greedy
+   (temperature 0, as the engine alone samples).
    The serve process runs the gateway (workers are its child processes): its CPU time over a
    point, per 1,000 streamed tokens, is the gateway's cost per token.
 
@@ -104,8 +105,9 @@ def served(args: argparse.Namespace, variant: str, out: Path) -> list[dict]:
         print(f"# served ({variant}): ready in {server.wait_ready(args.ready_timeout):.1f} s",
               file=sys.stderr, flush=True)
         for concurrency in args.concurrency.split(","):
+            # Greedy, as the engine alone samples: the same work on both sides.
             load = ["--random-input-len", str(args.input_len),
-                    "--random-output-len", str(args.output_len),
+                    "--random-output-len", str(args.output_len), "--temperature", "0",
                     "--sweep", f"concurrency:{concurrency}", "--duration", str(args.duration),
                     "--warmup-requests", "0"]
             cpu = _cpu_seconds(server.process.pid)

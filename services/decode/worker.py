@@ -21,7 +21,7 @@ from services import wire
 from services.decode.reservations import ReservationBook
 from services.engine.engine import LLMEngine
 from services.engine.engine_loop import EngineStoppedError, RequestStream
-from services.engine.errors import InvalidRequestError, ReservationError
+from services.engine.errors import CapacityError, InvalidRequestError, ReservationError
 from services.engine.outputs import merged
 from services.kvtransfer import KVReceiver, KVTransferServer, LocalEndpoints
 from services.rpc.tandem.v1 import worker_pb2, worker_pb2_grpc
@@ -165,12 +165,18 @@ class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
 
     async def _start_here(self, request: worker_pb2.DecodeRequest, params) -> RequestStream:
         # The blocks a colocated request needs are taken by the engine as it runs; a reservation
-        # made for admission only would count them twice.
+        # made for admission only would count them twice. (A gateway sends room_tokens instead:
+        # the same check, made as the request joins, in one call to the engine thread.)
         await self.reservations.cancel(request.request_id)
         # generated_token_ids: a stream another worker began; the prompt and those tokens are
         # computed here again and decoding continues after them.
-        return await self.loop.add_request(request.request_id, request.prompt_token_ids, params,
-                                           generated_token_ids=request.generated_token_ids)
+        try:
+            return await self.loop.add_request(request.request_id, request.prompt_token_ids, params,
+                                               generated_token_ids=request.generated_token_ids,
+                                               room_tokens=request.room_tokens)
+        except CapacityError:
+            self.telemetry.metrics.rejections.labels("kv_blocks").inc()
+            raise
 
     async def _join_landed(self, request: worker_pb2.DecodeRequest, params) -> RequestStream:
         rid = request.request_id

@@ -43,6 +43,7 @@ class BlockPool:
         # list: popping the head, appending and removing from the middle are all O(1).
         self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
         self._cached: dict[bytes, int] = {}
+        self.cached_version = 0     # bumped whenever the cached set changes (readers ship it then)
 
     @property
     def num_free(self) -> int:
@@ -91,12 +92,14 @@ class BlockPool:
         if self._hash[block_id] is None and block_hash not in self._cached:
             self._hash[block_id] = block_hash
             self._cached[block_hash] = block_id
+            self.cached_version += 1
 
     def _evict(self, block_id: int) -> None:
         block_hash = self._hash[block_id]
         if block_hash is not None:
             del self._cached[block_hash]
             self._hash[block_id] = None
+            self.cached_version += 1
 
     def check_integrity(self, owners: Iterable[Sequence[int]]) -> None:
         """owners: the block list of every live owner. Every block must be free xor owned, with a

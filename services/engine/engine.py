@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 
 from services.engine.config import EngineConfig
-from services.engine.errors import ConfigError, InvalidRequestError
+from services.engine.errors import CapacityError, ConfigError, InvalidRequestError
 from services.engine.kv_cache import KVCacheManager
 from services.engine.loader import LoadedModel, load_model
 from services.engine.output_processor import OutputProcessor
@@ -108,13 +108,22 @@ class LLMEngine:
         return self._in_flight is not None or self.scheduler.has_unfinished()
 
     def add_request(self, request_id: str, prompt_token_ids: Sequence[int], params: SamplingParams,
-                    *, prefill_only: bool = False, generated_token_ids: Sequence[int] = ()) -> None:
+                    *, prefill_only: bool = False, generated_token_ids: Sequence[int] = (),
+                    room_tokens: int = 0) -> None:
         """A new request; with `generated_token_ids` (tokens another worker already streamed),
         one that resumes: the prompt and those tokens are computed again, as after a preemption,
-        and sampling continues at output index len(generated_token_ids)."""
+        and sampling continues at output index len(generated_token_ids). With `room_tokens`, it
+        joins only if the pool's free blocks hold that many tokens now (CapacityError otherwise,
+        nothing held): the check a reservation makes, without holding the blocks."""
         self._check_new_id(request_id)
         prompt = self._validated_prompt(prompt_token_ids, params)
         generated = self._validated_generated(generated_token_ids, params, prefill_only)
+        if not 0 <= room_tokens <= self.max_model_len:
+            raise InvalidRequestError("room_tokens", f"must be in [0, max_model_len={self.max_model_len}], "
+                                                     f"got {room_tokens}")
+        if room_tokens and not self.kv.can_allocate(request_id, room_tokens):
+            raise CapacityError(f"{self.kv.blocks_for(room_tokens)} blocks needed, "
+                                f"{self.kv.num_free_blocks} free")
         request = Request(request_id, prompt, params, time.time(), prefill_only=prefill_only,
                           output_token_ids=generated)
         self._requests[request_id] = request

@@ -130,10 +130,11 @@ class EngineLoop:
 
     async def add_request(self, request_id: str, prompt_token_ids: Sequence[int],
                           params: SamplingParams, *, prefill_only: bool = False,
-                          generated_token_ids: Sequence[int] = ()) -> RequestStream:
+                          generated_token_ids: Sequence[int] = (),
+                          room_tokens: int = 0) -> RequestStream:
         return await self._start_stream(request_id, lambda: self.engine.add_request(
             request_id, prompt_token_ids, params, prefill_only=prefill_only,
-            generated_token_ids=generated_token_ids))
+            generated_token_ids=generated_token_ids, room_tokens=room_tokens))
 
     async def add_prefilled_request(self, request_id: str, prompt_token_ids: Sequence[int],
                                     generated_token_ids: Sequence[int],

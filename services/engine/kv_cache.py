@@ -104,6 +104,11 @@ class KVCacheManager:
         """Hashes of every block a prefix hit could reuse now (for prefix-affinity routing)."""
         return self._pool.cached_hashes()
 
+    @property
+    def cached_hashes_version(self) -> int:
+        """Changes whenever cached_block_hashes() would: a reader that saw this version holds them."""
+        return self._pool.cached_version
+
     def owns(self, owner: str) -> bool:
         return owner in self._tables
 

@@ -138,10 +138,11 @@ class EngineCoreClient:
 
     async def add_request(self, request_id: str, prompt_token_ids: Sequence[int],
                           params: SamplingParams, *, prefill_only: bool = False,
-                          generated_token_ids: Sequence[int] = ()) -> RequestStream:
+                          generated_token_ids: Sequence[int] = (),
+                          room_tokens: int = 0) -> RequestStream:
         return await self._start_stream(request_id, [
             "add", request_id, list(prompt_token_ids), m.params_to_wire(params), prefill_only,
-            list(generated_token_ids)])
+            list(generated_token_ids), room_tokens])
 
     async def add_prefilled_request(self, request_id: str, prompt_token_ids: Sequence[int],
                                     generated_token_ids: Sequence[int],

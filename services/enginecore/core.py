@@ -18,7 +18,8 @@ from services.enginecore import messages as m
 log = logging.getLogger("tandem.enginecore")
 
 AFFINITY_SAMPLE = 4096          # the most recently cached block hashes a load report carries
-HASHES_EVERY_S = 0.05           # how often a step message refreshes them (every reply does)
+HASHES_EVERY_S = 0.05           # how often a step message refreshes them (every reply does),
+                                # when they changed since the last message that carried them
 
 
 def run_engine_process(conn: Connection) -> None:
@@ -65,6 +66,7 @@ class EngineCore:
         self.conn = conn
         self.streaming: set[str] = set()    # requests whose outputs the front end streams
         self._hashes_at = 0.0
+        self._hashes_version = -1           # of the hashes the front end last received
 
     def run(self) -> None:
         engine, conn = self.engine, self.conn
@@ -87,9 +89,10 @@ class EngineCore:
         engine = self.engine
         try:
             if kind == "add":
-                _, _, rid, prompt, params, prefill_only, generated = cmd
+                _, _, rid, prompt, params, prefill_only, generated, room_tokens = cmd
                 value = engine.add_request(rid, prompt, m.params_from_wire(params),
-                                           prefill_only=prefill_only, generated_token_ids=generated)
+                                           prefill_only=prefill_only, generated_token_ids=generated,
+                                           room_tokens=room_tokens)
                 self.streaming.add(rid)
             elif kind == "add_prefilled":
                 _, _, rid, prompt, generated, params = cmd
@@ -112,12 +115,15 @@ class EngineCore:
 
     def _stats(self, hashes: bool = False) -> list:
         """running, waiting, free blocks, prompt tokens computed, and the cached block hashes
-        (for prefix-affinity routing) when asked or due, else None."""
+        (for prefix-affinity routing) when asked or due and changed since last sent, else None
+        (the front end keeps the last ones: a new request's reply stays small)."""
         scheduler, kv = self.engine.scheduler, self.engine.kv
         now = time.monotonic()
         sample = None
-        if hashes or now - self._hashes_at >= HASHES_EVERY_S:
+        if ((hashes or now - self._hashes_at >= HASHES_EVERY_S)
+                and kv.cached_hashes_version != self._hashes_version):
             sample, self._hashes_at = kv.cached_block_hashes()[-AFFINITY_SAMPLE:], now
+            self._hashes_version = kv.cached_hashes_version
         return [len(scheduler.running), len(scheduler.waiting), kv.num_free_blocks,
                 self.counter.prompt_tokens, sample]
 

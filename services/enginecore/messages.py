@@ -1,7 +1,7 @@
 """What crosses the pipe between a worker's front end and its engine process, as msgpack.
 
 Commands (front end -> engine): [kind, call_id, ...]:
-    ["add", id, request_id, prompt_ids, params, prefill_only, generated_ids]
+    ["add", id, request_id, prompt_ids, params, prefill_only, generated_ids, room_tokens]
     ["add_prefilled", id, request_id, prompt_ids, generated_ids, params]
     ["abort", id, request_id]
     ["call", id, method, args]              an engine method of CALLABLE, between two steps

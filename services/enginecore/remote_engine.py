@@ -49,8 +49,8 @@ class RemoteKV:
         return -(-num_tokens // self.block_size)
 
     def cached_block_hashes(self) -> list[bytes]:
-        """The engine's most recent sample (core.AFFINITY_SAMPLE hashes, refreshed by every
-        reply and at least every core.HASHES_EVERY_S while stepping)."""
+        """The engine's most recent sample (core.AFFINITY_SAMPLE hashes, current after every
+        reply and at most core.HASHES_EVERY_S old while stepping; resent only when changed)."""
         return self.hashes
 
 

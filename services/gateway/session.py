@@ -2,7 +2,8 @@
 
 Disaggregated: DecodeWorker.Reserve (the blocks are promised before any prefill starts), then
 PrefillWorker.Prefill with the decode worker's kv_address (the first token comes back with it: TTFT),
-then DecodeWorker.Decode streams the rest. Colocated: Reserve, then Decode(prefill_here=True).
+then DecodeWorker.Decode streams the rest. Colocated: one Decode(prefill_here=True) with
+room_tokens, the worker's check of a Reserve made as the request joins (no call before it).
 
 While a request waits for its prefill and its pages, this gateway renews its decode reservation
 (leases.py), so waiting never expires it. Failures before anything was streamed are retried on
@@ -120,26 +121,63 @@ class WorkerSession:
     async def _attempt(self, req: PreparedRequest, ticket: Ticket, attempt: _Attempt,
                        resume: tuple[int, ...]) -> AsyncIterator[wire.ChunkFields]:
         """One try on one decode worker; `resume` holds the tokens already sent (a retry)."""
+        if not self._disaggregated:
+            async with contextlib.aclosing(self._run_here(req, ticket, attempt, resume)) as chunks:
+                async for fields in chunks:
+                    yield fields
+            return
         reserve = await self._reserve(req, ticket, attempt)
         decode = ticket.decode
         generated = resume
-        if self._disaggregated and resume:
-            async with self._leases.held(decode, req.request_id):
-                await self._prefill(req, reserve, attempt, resume)
-        elif self._disaggregated:
-            async with self._leases.held(decode, req.request_id):
-                first = await self._prefill(req, reserve, attempt, ())
+        async with self._leases.held(decode, req.request_id):
+            first = await self._prefill(req, reserve, attempt, resume)
+        if not resume:
             yield first
             if first.finish_reason is not None:
                 # Ended on its first token: the reservation is not needed (holders keep decode,
                 # so the finally in run() cancels it).
                 return
             generated = first.token_ids
+        async with contextlib.aclosing(self._decode(req, decode, attempt, generated)) as chunks:
+            async for fields in chunks:
+                yield fields
+
+    async def _run_here(self, req: PreparedRequest, ticket: Ticket, attempt: _Attempt,
+                        resume: tuple[int, ...]) -> AsyncIterator[wire.ChunkFields]:
+        """Colocated: one Decode call runs the whole request. Its room_tokens makes the check a
+        Reserve would (the worker's free blocks hold the request now) as the request joins, so
+        the first token waits for no call before it; a worker without room refuses the call
+        (RESOURCE_EXHAUSTED, nothing held) and the request moves on as after a refused Reserve."""
+        while True:
+            decode = ticket.decode
+            chunks = self._decode(req, decode, attempt, resume, room_tokens=req.num_tokens)
+            try:
+                first = await anext(chunks)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise
+                attempt.holders.pop(decode.address, None)
+                if not self._admission.rebook(ticket):
+                    # Every worker refused: the gateway's view was stale (another gateway, the
+                    # growth of running requests). Wait for reports that show room.
+                    await self._admission.requeue(ticket, req.deadline)
+                continue
+            except StopAsyncIteration:
+                return
+            decode.confirm(req.request_id)
+            async with contextlib.aclosing(chunks):
+                yield first
+                async for fields in chunks:
+                    yield fields
+            return
+
+    async def _decode(self, req: PreparedRequest, decode: WorkerHandle, attempt: _Attempt,
+                      generated: tuple[int, ...], room_tokens: int = 0) -> AsyncIterator[wire.ChunkFields]:
         attempt.calling = decode.address
         call = decode.stub.Decode(worker_pb2.DecodeRequest(
             request_id=req.request_id, prompt_token_ids=req.prompt_token_ids,
             sampling=wire.sampling_to_proto(req.params), prefill_here=not self._disaggregated,
-            generated_token_ids=generated), timeout=_remaining(req))
+            generated_token_ids=generated, room_tokens=room_tokens), timeout=_remaining(req))
         attempt.holders[decode.address] = decode
         try:
             async for chunk in call:

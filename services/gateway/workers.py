@@ -46,7 +46,7 @@ class WorkerHandle:
     draining: bool = False                  # no new requests; the running ones finish here
     failed_polls: int = 0
     reported_at: float = -math.inf          # monotonic start of the poll that gave `report`
-    # A colocated worker takes a request's blocks as it generates, not at Reserve: its bookings
+    # A colocated worker takes a request's blocks as it generates, not as it joins: its bookings
     # stay for the request's life and count what the request will still grow into.
     keeps_bookings: bool = False
     bookings: dict[str, _Booking] = field(default_factory=dict)

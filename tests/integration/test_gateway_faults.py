@@ -164,3 +164,40 @@ async def test_two_gateways_sharing_a_decode_worker_requeue_on_a_stale_view():
             assert gateway_b.metrics.registry.get_sample_value(
                 "tandem_admissions_total", {"path": "requeued"}) == 1
         assert await c.blocks_all_free(), c.free_blocks()
+
+
+async def test_a_colocated_worker_without_room_refuses_the_join_and_the_request_requeues():
+    from services.gateway.config import GatewayConfig
+    from services.gateway.gateway import Gateway
+    from tests.helpers.gateway_cluster import engine_config
+    from tests.helpers.workers import wait_for
+    # 64 blocks x 16 tokens. A's 600-token prompt holds 38 of them while it generates; B needs
+    # 32 (500 + 10 tokens). Gateway B reads load reports only when told to, so it sends B; the
+    # worker checks the room as B joins (no Reserve call first), refuses, and B waits in B's queue.
+    async with gateway_cluster("colocated", engine=engine_config(num_blocks=64)) as c:
+        config_b = GatewayConfig(mode="colocated", decode_workers=(c.decode[0].address,),
+                                 grpc_port=0, http_port=0, load_poll_interval_s=30.0)
+        async with Gateway(config_b) as gateway_b, grpc.aio.insecure_channel(c.gateway.grpc_address) as ch:
+            call = gen_grpc.GenerationStub(ch).Generate(gen.GenerateRequest(
+                token_ids=gen.TokenIds(ids=[1 + i % 300 for i in range(600)]),
+                sampling=gen.SamplingParams(max_tokens=400, ignore_eos=True)))
+            async for _ in call:
+                break
+            second = asyncio.create_task(generate(gateway_b.grpc_address, gen.GenerateRequest(
+                token_ids=gen.TokenIds(ids=[2 + i % 200 for i in range(500)]),
+                sampling=gen.SamplingParams(max_tokens=10, ignore_eos=True))))
+
+            async def queued() -> bool:
+                return gateway_b.admission.queued == 1
+            await wait_for(queued, 10)                       # refused by the worker, requeued
+            assert not second.done()
+            call.cancel()                                    # A ends: its blocks come back
+            assert await c.blocks_all_free(within_s=10), c.free_blocks()
+            gateway_b.pool.request_poll()                    # B's next load report shows the room
+            msgs = await asyncio.wait_for(second, 30)
+            assert msgs[-1].usage.completion_tokens == 10
+            assert gateway_b.metrics.registry.get_sample_value(
+                "tandem_admissions_total", {"path": "requeued"}) == 1
+            assert c.decode[0].worker.telemetry.metrics.registry.get_sample_value(
+                "tandem_worker_rejections_total", {"reason": "kv_blocks"}) == 1
+        assert await c.blocks_all_free(), c.free_blocks()

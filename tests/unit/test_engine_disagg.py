@@ -8,7 +8,7 @@ import pytest
 
 from services.engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from services.engine.engine import LLMEngine
-from services.engine.errors import InvalidRequestError
+from services.engine.errors import CapacityError, InvalidRequestError
 from services.engine.loader import load_model
 from services.engine.sampling_params import SamplingParams
 
@@ -118,6 +118,25 @@ def test_reservations_and_held_pages_are_freed_on_every_path(loaded):
     run(eng, "p")
     assert eng.held_pages("p")[1] == 20 and not eng.has_unfinished_requests()
     assert eng.abort("p") and eng.kv.num_free_blocks == 8
+    eng.check_integrity()
+
+
+def test_a_request_with_room_tokens_joins_only_if_the_pool_holds_them_now(loaded):
+    eng = engine(loaded, 8)                                      # 8 blocks of 8 tokens
+    ids = loaded.tokenizer.encode(PROMPT)[:20]
+    params = SamplingParams(max_tokens=4, ignore_eos=True)
+    eng.reserve("held", 24)                                      # 3 blocks taken, 5 free
+    with pytest.raises(CapacityError, match="6 blocks needed, 5 free"):
+        eng.add_request("big", ids, params, room_tokens=48)
+    assert not eng.has_unfinished_requests() and eng.kv.num_free_blocks == 5
+    eng.add_request("big", ids, params, room_tokens=40)          # 5 blocks: fits
+    with pytest.raises(InvalidRequestError) as err:
+        eng.add_request("x", ids, params, room_tokens=eng.max_model_len + 1)
+    assert err.value.field == "room_tokens"
+    got, reason = run(eng, "big")
+    assert len(got) == 4 and reason == "length"
+    eng.cancel_reservation("held")
+    assert eng.kv.num_free_blocks == 8
     eng.check_integrity()
 
 

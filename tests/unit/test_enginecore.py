@@ -13,7 +13,7 @@ import pytest
 from services.engine.config import CacheConfig, EngineConfig
 from services.engine.engine import LLMEngine
 from services.engine.engine_loop import EngineStoppedError
-from services.engine.errors import InvalidRequestError
+from services.engine.errors import CapacityError, InvalidRequestError
 from services.engine.sampling_params import SamplingParams
 from services.enginecore.client import EngineCoreClient
 
@@ -81,6 +81,18 @@ async def test_typed_errors_cross_the_process_boundary(core) -> None:
     await core.abort("dup")
     [o async for o in stream]
     assert stream.aborted or stream.finished
+
+
+async def test_a_request_without_room_is_refused_across_the_process_boundary(core) -> None:
+    block_ids = await core.call(core.engine.reserve, "held", 20 * 16)   # 20 of the 32 blocks
+    with pytest.raises(CapacityError, match="13 blocks needed, 12 free"):
+        await core.add_request("big", [1, 2, 3], GREEDY, room_tokens=13 * 16)
+    assert core.num_open_streams == 0
+    stream = await core.add_request("fits", [1, 2, 3], GREEDY, room_tokens=12 * 16)
+    assert [t async for o in stream for t in o.new_token_ids]
+    await core.call(core.engine.cancel_reservation, "held")
+    assert len(block_ids) == 20 and core.engine.kv.num_free_blocks == core.engine.kv.num_blocks
+    await core.call(core.engine.check_integrity)
 
 
 async def test_reserve_and_prefilled_pages_through_calls(core) -> None:

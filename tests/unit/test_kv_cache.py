@@ -112,6 +112,22 @@ def test_freed_cached_blocks_stay_reusable_until_evicted_lru():
     kv.check_integrity(["c"])
 
 
+def test_the_cached_hashes_version_moves_exactly_when_the_cached_set_does():
+    kv = make_kv(num_blocks=4)
+    tokens = list(range(9))
+    start = kv.cached_hashes_version
+    kv.allocate("a", 9)
+    assert kv.cached_hashes_version == start              # nothing registered yet
+    kv.cache_full_blocks("a", tokens, 9)
+    registered = kv.cached_hashes_version
+    assert registered > start
+    kv.free("a")
+    kv.allocate("b", 4)                                   # the blank block: nothing evicted
+    assert kv.cached_hashes_version == registered
+    kv.allocate("c", 12)                                  # the rest: evicts a's full blocks
+    assert kv.cached_hashes_version > registered and kv.cached_block_hashes() == []
+
+
 def test_eviction_takes_the_tail_of_a_request_first():
     kv = make_kv(num_blocks=4)
     tokens = list(range(13))
