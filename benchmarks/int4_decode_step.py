@@ -19,7 +19,7 @@ import json
 import torch
 import triton
 
-from benchmarks.kernels import time_ms
+from benchmarks.measure import time_ms
 from orchestration.commands.quantize import is_quantized_projection, quantized_tensors
 from services.engine.config import Int4Scheme
 from services.engine.loader import model_source

@@ -4,9 +4,11 @@ cuBLAS bf16, torch._int_mm; W8A16 beside W4A16) measured in the same run, at Lla
 shapes in bf16.
 
     python -m benchmarks.kernels --out kernels.json [--sweep decode,prefill,w8a16,w8a8,w4a16]
+        [--only ...] [--w4a16-shapes qkv,o,gate_up,down]
 
 --sweep also times each candidate launch config of the tunable kernels (checking its output
-against the default's) and reports the best, which is how the tables in kernels/ were filled."""
+against the default's) and reports the best, which is how the tables in kernels/ were filled.
+The W4A16 part is benchmarks/w4a16_kernels.py."""
 
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ import argparse
 import datetime
 import json
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,9 @@ import triton
 import triton.testing
 
 import kernels
+from benchmarks.measure import ROWS, record, rel_err, sweep, time_ms
+from benchmarks.quantized_weights import int8_weight
+from benchmarks.w4a16_kernels import W4A16_SHAPE_NAMES, bench_w4a16
 from benchmarks.w8a16_candidates import W8A16_CANDIDATES
 from kernels.gemm_launch import GemmLaunch, gemm_launch, m_bucket
 from kernels.paged_decode_attention import DecodeLaunch, default_launch
@@ -33,67 +37,6 @@ from kernels.w8a8_gemm import int8_scaled_mm
 
 HEADS, KV_HEADS, HEAD_DIM, HIDDEN, INTERMEDIATE, BLOCK = 32, 8, 128, 4096, 14336, 16
 BF16 = torch.bfloat16
-ROWS: list[dict] = []
-
-
-def time_ms(*fns: Callable[[], object], replays: int = 20) -> float:
-    """Mean device time of one call, the calls `fns` (the same op on rotating inputs, so that
-    repeated runs do not read from L2) captured once in a CUDA graph and replayed: no Python
-    launch overhead or launch gaps, as in the engine's captured decode step. The median of 5
-    trials. An op that cannot be captured (it syncs with the host) is timed by do_bench."""
-    try:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for fn in fns:
-                fn()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for fn in fns:
-                fn()
-    except RuntimeError:
-        torch.cuda.synchronize()
-        return triton.testing.do_bench(fns[0], warmup=20, rep=100, return_mode="median")
-    graph.replay()
-    trials = []
-    for _ in range(5):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(replays):
-            graph.replay()
-        end.record()
-        end.synchronize()
-        trials.append(start.elapsed_time(end) / (replays * len(fns)))
-    return sorted(trials)[2]
-
-
-def record(op: str, shape: str, ms: float, amount: float, unit: str, ceiling: float,
-           baseline: str = "", baseline_ms: float | None = None, config: str = "") -> None:
-    rate = amount / (ms * 1e-3)
-    ROWS.append(dict(op=op, shape=shape, ms=ms, rate=rate, unit=unit, of_ceiling=rate / ceiling,
-                     baseline=baseline, baseline_ms=baseline_ms,
-                     speedup=(baseline_ms / ms) if baseline_ms else None, config=config))
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
-
-
-def sweep(name: str, candidates, run: Callable, reference: torch.Tensor) -> tuple[object, float]:
-    """Times each candidate config; returns the fastest whose output matches the reference."""
-    best, best_ms = None, math.inf
-    for config in candidates:
-        try:
-            err = rel_err(run(config), reference)
-            ms = time_ms(lambda: run(config)) if err < 2e-2 else math.inf
-        except Exception as exc:  # a config the compiler rejects (e.g. out of shared memory)
-            print(f"  sweep {name}: {config} failed: {type(exc).__name__}: {str(exc)[:80]}")
-            continue
-        print(f"  sweep {name}: {config} err={err:.2e} {ms * 1e3:.1f} us")
-        if ms < best_ms:
-            best, best_ms = config, ms
-    return best, best_ms
 
 
 def ceilings() -> tuple[float, float]:
@@ -226,12 +169,6 @@ def bench_elementwise(bandwidth: float) -> None:
            bandwidth, "torch eager", base)
 
 
-def int8_weight(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    w = torch.randint(-127, 128, (n, k), dtype=torch.int8, device="cuda")
-    scale = torch.rand(n, device="cuda") * 1e-3 + 1e-4
-    return w, scale, (w.to(BF16) * scale[:, None].to(BF16)).contiguous()
-
-
 # Llama-3.1-8B's projections as the engine runs them (q|k|v and gate|up merged).
 LLAMA_8B_PROJECTIONS = ((6144, HIDDEN), (HIDDEN, HIDDEN), (2 * INTERMEDIATE, HIDDEN),
                         (HIDDEN, INTERMEDIATE))
@@ -305,79 +242,6 @@ def bench_w8a8(flops_ceiling: float, bandwidth: float, do_sweep: bool) -> None:
         del w, weights
 
 
-def int4_weight(n: int, k: int, group: int = 128, act_order: bool = False):
-    """Random GPTQ-layout words (any bits are valid codes), fp16 scales, and the bf16 weight
-    [N, K] they stand for (the cuBLAS baseline's operand)."""
-    from kernels.w4a16_gemm import dequantize_w4_ref
-    qweight = torch.randint(-2**31, 2**31 - 1, (k // 8, n), dtype=torch.int32, device="cuda")
-    qzeros = torch.randint(-2**31, 2**31 - 1, (k // group, n // 8), dtype=torch.int32,
-                           device="cuda")
-    scales = (torch.rand(k // group, n, device="cuda") * 1e-3 + 1e-4).half()
-    g_idx = (torch.arange(k, device="cuda") // group)[torch.randperm(k, device="cuda")].int() \
-        if act_order else None
-    dense = dequantize_w4_ref(qweight, qzeros, scales, group, g_idx).t().to(BF16).contiguous()
-    return qweight, qzeros, scales, g_idx, dense
-
-
-W4A16_SHAPES = ((6144, HIDDEN), (HIDDEN, HIDDEN), (2 * INTERMEDIATE, HIDDEN), (HIDDEN, INTERMEDIATE))
-
-
-def bench_w4a16(bandwidth: float, do_sweep: bool) -> None:
-    """W4A16 at the four projections of a Llama-3.1-8B layer (qkv, o, gate|up, down), group 128,
-    beside cuBLAS bf16 and the W8A16 kernel on the same shape; one act-order row per shape."""
-    for n, k in W4A16_SHAPES:
-        copies = max(2, math.ceil(200e6 / (n * k / 2)))       # rotated past the 50 MB L2
-        weights = [int4_weight(n, k) for _ in range(copies)]
-        dense = [w[4] for w in weights]
-        int8 = [int8_weight(n, k)[:2] for _ in range(max(2, math.ceil(200e6 / (n * k))))]
-        run = lambda x, launch, w: kernels.w4a16_gemm(x, w[0], w[1], w[2], 128, w[3],
-                                                      launch=launch)
-        fns = lambda x, launch: [lambda w=w: run(x, launch, w) for w in weights]
-        best = None
-        if do_sweep:
-            x = torch.randn(16, k, dtype=BF16, device="cuda")
-            reference = x @ dense[0].t()
-            candidates = [GemmLaunch(16, bn, 128, wp, st, split_k=sk)
-                          for bn, wp, st, sk in ((64, 4, 4, 1), (64, 4, 4, 2), (64, 4, 4, 4),
-                                                 (32, 4, 4, 2), (32, 4, 4, 4), (128, 4, 4, 2),
-                                                 (64, 4, 3, 8), (32, 2, 4, 4), (128, 8, 3, 1),
-                                                 (64, 8, 4, 4), (32, 4, 5, 8), (16, 2, 4, 4))]
-            best, best_ms = None, math.inf
-            for launch in candidates:
-                err = rel_err(run(x, launch, weights[0]), reference)
-                ms = time_ms(*fns(x, launch)) if err < 2e-2 else math.inf
-                print(f"  sweep w4a16 {n}x{k}: {launch} err={err:.2e} {ms * 1e3:.1f} us")
-                if ms < best_ms:
-                    best, best_ms = launch, ms
-        groups = k // 128
-        for m in (1, 4, 16, 64, 256):
-            x = torch.randn(m, k, dtype=BF16, device="cuda")
-            launch = best if (best is not None and m <= 16) else gemm_launch("w4a16", m, n, k)
-            ours = time_ms(*fns(x, launch))
-            base = time_ms(*[lambda wb=wb: x @ wb.t() for wb in dense])
-            moved = n * k / 2 + groups * n * 2.5 + 2 * m * (k + n)
-            record("W4A16 GEMM", f"M{m} N{n} K{k}", ours, moved, "B/s", bandwidth,
-                   "cuBLAS bf16", base, str(launch))
-            if m <= 16:
-                w8 = time_ms(*[lambda w=w, s=s: kernels.w8a16_gemm(x, w, s) for w, s in int8])
-                record("W4A16 GEMM", f"M{m} N{n} K{k}", ours, moved, "B/s", bandwidth,
-                       "W8A16 (ours)", w8, str(launch))
-        # Act order: groups gathered per element by g_idx, and the engine's way (rows sorted by
-        # group at load, input channels gathered through a permutation).
-        act = [int4_weight(n, k, act_order=True) for _ in range(copies)]
-        perm = torch.randperm(k, device="cuda").int()
-        x = torch.randn(1, k, dtype=BF16, device="cuda")
-        base = time_ms(*[lambda wb=wb: x @ wb.t() for wb in dense])
-        for label, fns_act in (
-                ("g_idx", [lambda w=w: run(x, None, w) for w in act]),
-                ("sorted + perm", [lambda w=w: kernels.w4a16_gemm(x, w[0], w[1], w[2], 128,
-                                                                  perm=perm) for w in weights])):
-            record(f"W4A16 act order ({label})", f"M1 N{n} K{k}", time_ms(*fns_act),
-                   n * k / 2 + groups * n * 2.5, "B/s", bandwidth, "cuBLAS bf16", base,
-                   str(gemm_launch("w4a16", 1, n, k)))
-        del weights, dense, int8, act
-
-
 def print_table(header: str) -> None:
     print(header)
     print(f"{'op':28} {'shape':26} {'us':>9} {'rate':>12} {'ceil%':>6} {'baseline':>34} "
@@ -397,6 +261,8 @@ def main() -> None:
     parser.add_argument("--sweep", default="", help="comma list of ops whose launch configs to sweep")
     parser.add_argument("--only", default="",
                         help="comma list: decode,prefill,elementwise,w8a16,w8a8,w4a16")
+    parser.add_argument("--w4a16-shapes", default=",".join(W4A16_SHAPE_NAMES),
+                        help="comma list of the W4A16 shapes to run (default: %(default)s)")
     args = parser.parse_args()
     only = set(filter(None, args.only.split(",")))
     swept = set(filter(None, args.sweep.split(",")))
@@ -415,7 +281,7 @@ def main() -> None:
     if want("w8a8"):
         bench_w8a8(flops, bandwidth, "w8a8" in swept)
     if want("w4a16"):
-        bench_w4a16(bandwidth, "w4a16" in swept)
+        bench_w4a16(bandwidth, "w4a16" in swept, args.w4a16_shapes.split(","))
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     header = f"{device}, {stamp}, torch {torch.__version__}, triton {triton.__version__}"
     with open(args.out, "w") as f:

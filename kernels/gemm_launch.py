@@ -95,6 +95,69 @@ GEMM_LAUNCHES: dict[tuple[str, int, int, int], GemmLaunch] = {
 }
 
 
+@dataclass(frozen=True)
+class W4DecodeLaunch:
+    """A launch of the W4A16 decode kernels (w4a16_decode.py), M <= 16: block_n output columns
+    per program, K steps of block_k input channels, K cut into split_k slices that meet in the
+    same launch; use_dot multiplies on the tensor cores (all rows in one program, padded to 16),
+    else by FMAs (one row per program). num_stages only matters with use_dot (the FMA kernel's
+    loads are not pipelined by Triton)."""
+    block_n: int
+    block_k: int
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 3
+    use_dot: bool = False
+
+    def __post_init__(self) -> None:
+        for name, least in (("block_n", 8), ("block_k", 8)):
+            size = getattr(self, name)
+            if size < least or size & (size - 1):
+                raise KernelArgumentError(f"launch.{name}",
+                                          f"must be a power of two >= {least}, got {size}")
+        if self.split_k < 1:
+            raise KernelArgumentError("launch.split_k", f"must be >= 1, got {self.split_k}")
+
+
+DECODE_M_BUCKETS = (1, 4, 16)     # the decode kernels' row counts: M up to each bound
+WARPS_WANTED = 8 * 132            # about eight warps per SM of an H200 keep its weights in flight
+
+# (M bucket, N, K) -> launch, for shapes whose sweep (`benchmarks/kernels.py --sweep w4a16`)
+# found better than the rule in w4_decode_launch; empty until swept on the card.
+W4_DECODE_LAUNCHES: dict[tuple[int, int, int], W4DecodeLaunch] = {}
+
+
+def decode_m_bucket(m: int) -> int | None:
+    """The decode bucket of M rows, or None when M is past the decode kernels' range."""
+    for bound in DECODE_M_BUCKETS:
+        if m <= bound:
+            return bound
+    return None
+
+
+def w4_decode_launch(m: int, n: int, k: int) -> W4DecodeLaunch | None:
+    """The table's launch, else a first estimate (not yet swept on the card): FMA for one row,
+    tensor cores for more, tiles that gave the fewest instructions per weight in the compiled
+    code (each thread holds several packed rows of one group), and K split until about
+    WARPS_WANTED warps run, each slice keeping at least two K steps. The tensor-core kernel's
+    last slice re-reads every slice's [16, block_n] partial sums, so it splits at most 4 ways.
+    None when M is past the decode range."""
+    bucket = decode_m_bucket(m)
+    if bucket is None:
+        return None
+    found = W4_DECODE_LAUNCHES.get((bucket, n, k))
+    if found is not None:
+        return found
+    if bucket == 1:
+        block_n, block_k, warps, use_dot, most = 64, 256, 2, False, 8
+    else:
+        block_n, block_k, warps, use_dot, most = 128, 256, 2, True, 4
+    programs = -(-n // block_n)
+    wanted = -(-WARPS_WANTED // (warps * programs))
+    split_k = max(1, min(wanted, most, k // (2 * block_k)))
+    return W4DecodeLaunch(block_n, block_k, split_k, num_warps=warps, use_dot=use_dot)
+
+
 def gemm_launch(kernel: str, m: int, n: int, k: int) -> GemmLaunch:
     bucket = m_bucket(m)
     found = GEMM_LAUNCHES.get((kernel, bucket, n, k))

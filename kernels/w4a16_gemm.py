@@ -26,8 +26,13 @@ The codes are unpacked and dequantized in registers, so decode streams a quarter
 weight's bytes. When each K step lies inside one group (no act order, BLOCK_K dividing the group
 size) the zero is subtracted from the codes (small integers, exact in 16-bit floats) and the
 scale multiplies the fp32 partial sum once per step (sorted act order included); with act order
-by g_idx every element gathers its own group's scale and zero. For decode's few rows the tile is 16 rows by a narrow band of columns,
-and split-K cuts long K loops so that every SM has weight bytes in flight."""
+by g_idx every element gathers its own group's scale and zero.
+
+Decode's few rows (M <= 16) go to w4a16_decode.py's kernels, built for a weight stream (nibble
+planes instead of the [BK/8, 8, BN] -> [BK, BN] reshape, codes without conversion instructions,
+the zero point folded out of the loop, split-K inside one launch), unless act order comes as
+g_idx, the groups leave no K step of 8 channels inside one group, or the tensors are past
+32-bit indexing; then, and for more rows, the kernel below runs."""
 
 from __future__ import annotations
 
@@ -39,7 +44,8 @@ import triton.language as tl
 
 from kernels.arguments import (FLOAT_DTYPES, KernelArgumentError, check_dim, check_same_device,
                                check_tensor, use_triton_for)
-from kernels.gemm_launch import GemmLaunch, gemm_launch
+from kernels.gemm_launch import GemmLaunch, W4DecodeLaunch, gemm_launch, w4_decode_launch
+from kernels.w4a16_decode import MAX_DECODE_ROWS, decode_steps, fits_int32, w4a16_decode
 from kernels.w8a16_gemm import _tile_origin
 
 PACK = 8            # 4-bit codes per int32 word
@@ -207,16 +213,27 @@ def aligned_block_k(launch: GemmLaunch, group_size: int, act_order: bool) -> Gem
 def w4a16_gemm(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor,
                scales: torch.Tensor, group_size: int, g_idx: torch.Tensor | None = None,
                bias: torch.Tensor | None = None, perm: torch.Tensor | None = None, *,
-               use_triton: bool | None = None, launch: GemmLaunch | None = None) -> torch.Tensor:
+               use_triton: bool | None = None,
+               launch: GemmLaunch | W4DecodeLaunch | None = None) -> torch.Tensor:
     """x: [M, K] fp16/bf16 (fp32 too, for CPU), rows may be strided; qweight int32 [K/8, N],
     qzeros int32 [G, N/8], scales [G, N] with G = ceil(K / group_size); g_idx int32 [K] or None
     (group k // group_size); bias [N] in x's dtype; perm int32 [K] or None (row k multiplies
-    x[:, perm[k]]). Returns [M, N] in x's dtype."""
+    x[:, perm[k]]). Returns [M, N] in x's dtype. `launch`: a GemmLaunch runs the general
+    kernel, a W4DecodeLaunch the decode kernels (where they apply), None picks by M."""
     check_w4a16_args(x, qweight, qzeros, scales, group_size, g_idx, bias, perm)
     if not use_triton_for(use_triton, x):
         return w4a16_gemm_ref(x, qweight, qzeros, scales, group_size, g_idx, bias, perm)
     (m, k), n = x.shape, qweight.shape[1]
-    launch = launch or gemm_launch("w4a16", m, n, k)
+    decode = launch if isinstance(launch, W4DecodeLaunch) else None
+    if launch is None:
+        decode = w4_decode_launch(m, n, k)
+    if decode is not None and 0 < m <= MAX_DECODE_ROWS and n > 0 and k > 0 and g_idx is None:
+        steps = decode_steps(decode, group_size, x.dtype)
+        if steps is not None and fits_int32(x, qweight, scales, decode.split_k):
+            return w4a16_decode(x, qweight, qzeros, scales, group_size, bias, perm, decode,
+                                steps)
+    if not isinstance(launch, GemmLaunch):
+        launch = gemm_launch("w4a16", m, n, k)
     aligned = aligned_block_k(launch, group_size, g_idx is not None)
     # The per-element scale/zero path holds more per stage: fewer stages keep it within shared
     # memory (groups smaller than a K step, e.g. 8, overflowed 227 KiB at 4 stages on an H200).

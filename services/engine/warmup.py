@@ -139,7 +139,8 @@ def _batch_shapes(engine) -> list[tuple[list[int], int]]:
     shapes = [([prompt], 0), ([prompt // 2, prompt - prompt // 2], 0), ([17], 3)]
     if slots >= 16:
         shapes.append(([max(2, min(prompt, 256) // 16)] * 16, 0))
-    shapes += [([], 1), ([], min(5, slots))]
+    # Decode rows 1, 3 and 5: one per row bucket of the INT4 decode GEMM (1, <= 4, <= 16).
+    shapes += [([], 1), ([], min(3, slots)), ([], min(5, slots))]
     return shapes
 
 
