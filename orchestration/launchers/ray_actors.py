@@ -16,12 +16,16 @@ store."""
 from __future__ import annotations
 
 import dataclasses
+import logging
+import time
 
 from orchestration.gpus import local_gpus
 from orchestration.launchers import RAY_STRATEGIES, WorkerSpec, make_worker
 from orchestration.placement import Gpus
 from services.addresses import free_port
 from services.engine.errors import ConfigError
+
+log = logging.getLogger("tandem.launcher")
 
 
 class WorkerActor:
@@ -156,6 +160,7 @@ class RayLauncher:
         except Exception:
             pass    # already dead: nothing left to stop
         ray.kill(actor, no_restart=True)
+        _await_exit(actor)
 
     def stop(self) -> None:
         import ray
@@ -171,3 +176,19 @@ class RayLauncher:
         if self._started_ray:
             ray.shutdown()
             self._started_ray = False
+
+
+def _await_exit(actor, timeout_s: float = 30.0) -> None:
+    """ray.kill only sends the kill: waits until the actor no longer answers, so that a removed
+    worker's slot (its GPU memory, its port) is free when stop_worker returns."""
+    import ray
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=1.0)
+        except ray.exceptions.RayActorError:
+            return
+        except ray.exceptions.GetTimeoutError:
+            continue
+        time.sleep(0.1)
+    log.warning("a killed worker actor still answers after %.0f s", timeout_s)
