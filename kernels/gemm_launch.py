@@ -123,8 +123,20 @@ DECODE_M_BUCKETS = (1, 4, 16)     # the decode kernels' row counts: M up to each
 WARPS_WANTED = 8 * 132            # about eight warps per SM of an H200 keep its weights in flight
 
 # (M bucket, N, K) -> launch, for shapes whose sweep (`benchmarks/kernels.py --sweep w4a16`)
-# found better than the rule in w4_decode_launch; empty until swept on the card.
-W4_DECODE_LAUNCHES: dict[tuple[int, int, int], W4DecodeLaunch] = {}
+# found better than the rule in w4_decode_launch: one H200, 2026-12-02, the four projections of
+# Llama-3.1-8B (q|k|v, o, gate|up, down; the rule won the rest).
+W4_DECODE_LAUNCHES: dict[tuple[int, int, int], W4DecodeLaunch] = {
+    (1, 6144, 4096): W4DecodeLaunch(64, 256, split_k=8, num_warps=2),
+    (4, 6144, 4096): W4DecodeLaunch(64, 256, split_k=4, num_warps=2, use_dot=True),
+    (16, 6144, 4096): W4DecodeLaunch(128, 256, split_k=4, num_warps=4, use_dot=True),
+    (4, 4096, 4096): W4DecodeLaunch(64, 256, split_k=4, num_warps=2, use_dot=True),
+    (16, 4096, 4096): W4DecodeLaunch(128, 512, split_k=4, num_warps=4, num_stages=4, use_dot=True),
+    (1, 28672, 4096): W4DecodeLaunch(64, 512, split_k=4, num_warps=2),
+    (4, 28672, 4096): W4DecodeLaunch(128, 256, split_k=2, num_warps=4, use_dot=True),
+    (16, 28672, 4096): W4DecodeLaunch(256, 256, split_k=2, num_warps=8, use_dot=True),
+    (4, 4096, 14336): W4DecodeLaunch(64, 256, split_k=4, num_warps=2, use_dot=True),
+    (16, 4096, 14336): W4DecodeLaunch(128, 512, split_k=4, num_warps=4, num_stages=4, use_dot=True),
+}
 
 
 def decode_m_bucket(m: int) -> int | None:
