@@ -11,10 +11,16 @@ It does not flap: a condition must hold for `sustain_ticks` consecutive ticks be
 after a change the role waits `up_cooldown_s` before the next one, and `down_cooldown_s` (longer)
 before removing, counted from any change of that role. One decision per role per tick. Below
 min or above max (a worker died, limits changed) it corrects at once.
+
+A role is judged idle on its peak load over the last `down_window_s`, not on one sample: a load
+that dips between requests (two streams whose requests end and start again) keeps its workers.
+Loads are kept in workers' worth (utilization x workers then), so a change of fleet inside the
+window is accounted for.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 from services.engine.errors import ConfigError
@@ -50,6 +56,7 @@ class ScalingPolicyConfig:
     sustain_ticks: int = 3                # a condition must hold this many ticks in a row
     up_cooldown_s: float = 10.0
     down_cooldown_s: float = 30.0
+    down_window_s: float = 10.0           # idle means idle at every tick of this window
 
     def __post_init__(self) -> None:
         if not 0 <= self.prefill_wait_down_s < self.prefill_wait_up_s:
@@ -66,6 +73,8 @@ class ScalingPolicyConfig:
             raise ConfigError(f"sustain_ticks must be >= 1, got {self.sustain_ticks}")
         if self.up_cooldown_s < 0 or self.down_cooldown_s < 0:
             raise ConfigError("cool-downs must be >= 0")
+        if self.down_window_s < 0:
+            raise ConfigError(f"down_window_s must be >= 0, got {self.down_window_s}")
 
     def limits(self, role: str) -> RoleLimits | None:
         return self.prefill if role == "prefill" else self.decode
@@ -108,8 +117,10 @@ class ScalingPolicy:
         self.config = config
         self._last_change: dict[str, float] = {}
         self._streak: dict[tuple[str, str], int] = {}
+        self._recent: deque[_Load] = deque()
 
     def decide(self, s: ScalingSignals) -> list[ScalingDecision]:
+        self._remember(s)
         decisions = []
         for role in self.config.roles:
             decision = self._decide_role(role, s)
@@ -166,25 +177,45 @@ class ScalingPolicy:
             return "tpot_slo", f"TPOT SLO met by {s.tpot_attainment:.0%} < {c.slo_attainment_target:.0%}"
         return None
 
+    def _remember(self, s: ScalingSignals) -> None:
+        self._recent.append(_Load(s.now, s.queued_requests, s.prefill_wait_s or 0.0,
+                                  s.kv_utilization * s.decode_workers,
+                                  s.running_fraction * s.decode_workers))
+        while self._recent[0].now < s.now - self.config.down_window_s:
+            self._recent.popleft()
+
     def _idle(self, role: str, s: ScalingSignals) -> tuple[str, str] | None:
-        c = self.config
-        if s.queued_requests:
+        c, recent = self.config, self._recent
+        if any(load.queued_requests for load in recent):
             return None
         if role == "prefill":
-            wait = s.prefill_wait_s or 0.0
+            wait = max(load.prefill_wait_s for load in recent)
             if wait <= c.prefill_wait_down_s and not _missed(s.ttft_attainment, c):
                 return "idle", f"prefill wait {wait:.2f}s <= {c.prefill_wait_down_s}s"
             return None
-        # Would the remaining workers stay below the up thresholds? Scale the load by n / (n - 1).
+        # The window's peak, per worker now and per worker were one removed (n - 1 of them).
         n = s.decode_workers
+        kv = max(load.kv_workers for load in recent) / n
+        running = max(load.running_workers for load in recent) / n
         share = n / (n - 1) if n > 1 else float("inf")
-        if (s.kv_utilization <= c.kv_utilization_down and s.running_fraction <= c.running_per_worker_down
-                and s.kv_utilization * share < c.kv_utilization_up
-                and s.running_fraction * share < c.running_per_worker_up
+        if (kv <= c.kv_utilization_down and running <= c.running_per_worker_down
+                and kv * share < c.kv_utilization_up and running * share < c.running_per_worker_up
                 and not _missed(s.tpot_attainment, c)):
-            return "idle", (f"decode KV {s.kv_utilization:.0%}, batch {s.running_fraction:.0%} "
-                            f"<= {c.kv_utilization_down:.0%} / {c.running_per_worker_down:.0%}")
+            return "idle", (f"decode KV {kv:.0%}, batch {running:.0%} at most over "
+                            f"{c.down_window_s:g}s <= {c.kv_utilization_down:.0%} / "
+                            f"{c.running_per_worker_down:.0%}")
         return None
+
+
+@dataclass(frozen=True)
+class _Load:
+    """One tick's load, decode figures in workers' worth (utilization x decode workers)."""
+
+    now: float
+    queued_requests: int
+    prefill_wait_s: float
+    kv_workers: float
+    running_workers: float
 
 
 def _missed(attainment: float | None, config: ScalingPolicyConfig) -> bool:

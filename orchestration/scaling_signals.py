@@ -62,7 +62,8 @@ class GatewaySignals:
         prefill = [w for w in pool.prefill if w.accepting]
         decode = [w for w in pool.decode if w.accepting and w.report is not None]
         blocks = sum(w.num_blocks for w in decode)
-        taken = sum(w.report.num_blocks - w.report.free_blocks + w.report.reserved_blocks for w in decode)
+        # A reservation takes its blocks from the pool: they are already outside free_blocks.
+        taken = sum(w.report.num_blocks - w.report.free_blocks for w in decode)
         running = sum(w.running_requests for w in decode)
         return ScalingSignals(
             now=now, prefill_workers=len(prefill), decode_workers=len([w for w in pool.decode if w.accepting]),

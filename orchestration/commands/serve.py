@@ -113,6 +113,8 @@ def add_scaling_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scale-interval", type=float, default=auto.interval_s)
     g.add_argument("--scale-up-cooldown", type=float, default=policy.up_cooldown_s)
     g.add_argument("--scale-down-cooldown", type=float, default=policy.down_cooldown_s)
+    g.add_argument("--scale-down-window", type=float, default=policy.down_window_s,
+                   help="seconds of load a role must stay idle over before a worker is removed")
     g.add_argument("--scale-sustain-ticks", type=int, default=policy.sustain_ticks)
     g.add_argument("--prefill-wait-up", type=float, default=policy.prefill_wait_up_s,
                    help="estimated prefill queue seconds that add a prefill worker")
@@ -135,7 +137,8 @@ def autoscaler_config(args: argparse.Namespace):
     policy = ScalingPolicyConfig(
         prefill=_limits(args, "prefill") if args.mode == "disaggregated" else None,
         decode=_limits(args, "decode"), up_cooldown_s=args.scale_up_cooldown,
-        down_cooldown_s=args.scale_down_cooldown, sustain_ticks=args.scale_sustain_ticks,
+        down_cooldown_s=args.scale_down_cooldown, down_window_s=args.scale_down_window,
+        sustain_ticks=args.scale_sustain_ticks,
         prefill_wait_up_s=args.prefill_wait_up)
     return AutoscalerConfig(policy=policy, interval_s=args.scale_interval, ttft_slo_s=args.ttft_slo,
                             tpot_slo_s=args.tpot_slo)

@@ -1,6 +1,7 @@
 """`tandem serve --autoscale` as a user runs it (process launcher, tiny model), under a `tandem bench`
 load that rises then falls: the decode pool (the short role: its KV blocks fill) grows to its
-maximum, then, once the load is gone, both roles shrink back to their minimum; no request fails;
+maximum, then, once the load is gone, both roles shrink back to their minimum; no admitted request
+fails;
 `tandem_workers` follows and every decision is counted with its reason."""
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def test_a_rising_then_falling_load_scales_decode_up_then_everything_down(tmp_pa
          "--autoscale", "--min-prefill-workers", "1", "--max-prefill-workers", "2",
          "--min-decode-workers", "1", "--max-decode-workers", "2", "--scale-interval", "0.25",
          "--scale-sustain-ticks", "2", "--scale-up-cooldown", "1", "--scale-down-cooldown", "3",
+         "--scale-down-window", "3",
          "--log-level", "INFO"],
         stdout=subprocess.PIPE, stderr=open(tmp_path / "serve.log", "wb"))
     counts = None
@@ -67,7 +69,11 @@ def test_a_rising_then_falling_load_scales_decode_up_then_everything_down(tmp_pa
              "--no-plots", "--no-progress"], capture_output=True, text=True, timeout=240)
         assert bench.returncode == 0, bench.stderr[-3000:]
         runs = json.loads((tmp_path / "load.json").read_text())["runs"]
-        assert [r["failed"] for r in runs] == [0, 0, 0] and all(r["completed"] > 0 for r in runs)
+        # Nothing admitted fails; while a worker starts, the gateway may refuse (429, before
+        # admission) what could not begin in time.
+        errors = [r["errors_by_code"] for r in runs]
+        assert [{c: n for c, n in e.items() if c != "429"} for e in errors] == [{}, {}, {}], errors
+        assert sum(e.get("429", 0) for e in errors) <= 3 and all(r["completed"] for r in runs), errors
         # The load is gone: both roles go back to their minimum.
         while True:
             workers = dict(_WORKERS.findall(_metrics(url)))

@@ -100,6 +100,34 @@ def test_a_load_that_rises_then_falls_scales_up_then_down():
     assert directions == sorted(directions, reverse=True)   # every "up" before every "down"
 
 
+def test_a_load_that_dips_between_requests_keeps_its_workers_until_it_is_gone():
+    # Two decode workers under two long requests: each tick sees both (46% of the KV) except
+    # when one ends and the next starts (23%, under the 30% down threshold, twice in a row).
+    # Judged on one sample that is idle; over the window it is not, and one worker alone would
+    # carry 92% (over the 85% up threshold). Once the load is gone for the window, one goes.
+    f = Fleet(decode=2)
+    f.t = 100.0                                        # long past any cool-down
+    for i in range(120):
+        f.tick(kv_utilization=0.23 if i % 5 in (3, 4) else 0.46, running_fraction=0.06)
+    assert f.decisions == []
+    f.run(CONFIG.down_window_s - 1, kv_utilization=0.0)
+    assert f.decisions == []                           # the window still holds the load
+    f.run(3, kv_utilization=0.0)
+    assert [d[1:] for d in f.decisions] == [("decode", "down", "idle")]
+
+
+def test_the_window_counts_load_in_workers_worth_across_a_change_of_fleet():
+    # One worker at 90% KV earlier in the window is 45% of each of two: not idle, though every
+    # sample since the second joined reads 25%. At 50% of one worker (25% of two) it is idle.
+    config = dataclasses.replace(CONFIG, kv_utilization_down=0.3, down_cooldown_s=0.0)
+    for before, removed in ((0.9, []), (0.5, [("decode", "down", "idle")])):
+        f = Fleet(config, decode=1)
+        f.run(2, kv_utilization=before)
+        f.counts["decode"] = 2
+        f.run(4, kv_utilization=0.25)
+        assert [d[1:] for d in f.decisions] == removed
+
+
 def test_no_flapping_under_a_noisy_steady_load():
     # The load hovers around the up threshold: one tick over, one under, never sustained.
     f = Fleet()
