@@ -16,6 +16,7 @@ import argparse
 import datetime
 import json
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -61,15 +62,36 @@ def paged_pool(num_blocks: int):
     return pool[:, 1, 0], pool[:, 1, 1]
 
 
-def block_tables(batch: int, context: int, num_blocks: int) -> torch.Tensor:
+def block_tables(batch: int, context: int, num_blocks: int, width: int) -> torch.Tensor:
+    """Distinct random pages for each sequence's context, in a table `width` tokens wide (the
+    decode graphs' tables are as wide as their bucket; the columns past a context are unused)."""
     per_seq = context // BLOCK
-    return torch.randperm(num_blocks, device="cuda")[:batch * per_seq].int().view(batch, per_seq)
+    tables = torch.zeros(batch, width // BLOCK, dtype=torch.int32, device="cuda")
+    pages = torch.randperm(num_blocks, device="cuda")[:batch * per_seq].int()
+    tables[:, :per_seq] = pages.view(batch, per_seq)
+    return tables
+
+
+# (batch, context, table width): the kernel alone, then as the engine's graphs run it (a
+# 4,096-token table, the smallest width bucket) at the contexts of benchmarks/engine_gpu.py.
+DECODE_CASES = ((64, 4096, 4096), (1, 32768, 32768), (256, 1024, 1024),
+                (1, 1024, 4096), (64, 576, 4096), (256, 576, 4096))
+
+
+def decode_candidates(default: DecodeLaunch, batch: int, width: int) -> list[DecodeLaunch]:
+    usable = width // (default.min_tiles * default.block_n)
+    counts = sorted({p for p in (1, 2, 3, 4, 6, 8, 16, 32, 64, 128, 256) if p <= usable}
+                    | {default.partitions})
+    found = [replace(default, partitions=p) for p in counts]
+    found += [replace(default, partitions=p, min_tiles=t) for p in counts if p > 1 for t in (1, 4)]
+    found += [replace(default, num_stages=2), replace(default, block_n=32, min_tiles=4)]
+    return found
 
 
 def bench_decode(bandwidth: float, do_sweep: bool) -> None:
-    for batch, context in ((64, 4096), (1, 32768), (256, 1024)):
+    for batch, context, width in DECODE_CASES:
         key_cache, value_cache = paged_pool(batch * context // BLOCK)
-        tables = block_tables(batch, context, key_cache.shape[0])
+        tables = block_tables(batch, context, key_cache.shape[0], width)
         lens = torch.full((batch,), context, dtype=torch.int32, device="cuda")
         q = torch.randn(batch, HEADS, HEAD_DIM, dtype=BF16, device="cuda")
         scale = 1 / math.sqrt(HEAD_DIM)
@@ -81,19 +103,14 @@ def bench_decode(bandwidth: float, do_sweep: bool) -> None:
         qs = q.view(batch, HEADS, 1, HEAD_DIM)
         sdpa = lambda: F.scaled_dot_product_attention(qs, k, v, scale=scale, enable_gqa=True)
         sdpa_ms = time_ms(sdpa)
-        launch = default_launch(batch, KV_HEADS, context, HEAD_DIM, q.device)
-        if do_sweep and batch in (64, 1):
-            candidates = [DecodeLaunch(64, 1024, 4, 3), DecodeLaunch(64, 512, 4, 2),
-                          DecodeLaunch(64, 2048, 4, 3), DecodeLaunch(64, 1024, 4, 2)] \
-                if batch == 64 else \
-                         [DecodeLaunch(64, 512, 4, 2), DecodeLaunch(64, 256, 4, 3),
-                          DecodeLaunch(64, 128, 4, 3), DecodeLaunch(32, 128, 4, 3),
-                          DecodeLaunch(64, 256, 4, 2), DecodeLaunch(128, 256, 8, 3),
-                          DecodeLaunch(32, 64, 4, 3)]
-            found, _ = sweep(f"decode b{batch}", candidates, run, run(launch))
-            launch = found or launch
+        launch = default_launch(batch, KV_HEADS, width, HEAD_DIM, q.device)
+        name = f"b{batch} ctx{context}" + (f" in {width}" if width != context else "")
+        if do_sweep:
+            found, _ = sweep(f"decode {name}", decode_candidates(launch, batch, width), run,
+                             run(launch))
+            print(f"  sweep decode {name}: default {launch}, best {found}")
         kv_bytes = 2 * batch * context * KV_HEADS * HEAD_DIM * 2
-        record("paged decode attention", f"b{batch} ctx{context} 32/8 d128", time_ms(lambda: run(launch)),
+        record("paged decode attention", f"{name} 32/8 d128", time_ms(lambda: run(launch)),
                kv_bytes, "B/s", bandwidth, "SDPA (contiguous K/V, enable_gqa)", sdpa_ms, str(launch))
         del key_cache, value_cache, k, v
 
@@ -101,7 +118,7 @@ def bench_decode(bandwidth: float, do_sweep: bool) -> None:
 def bench_prefill(flops_ceiling: float, do_sweep: bool) -> None:
     seqs, length = 8, 2048
     key_cache, value_cache = paged_pool(seqs * length // BLOCK)
-    tables = block_tables(seqs, length, key_cache.shape[0])
+    tables = block_tables(seqs, length, key_cache.shape[0], length)
     lens = torch.full((seqs,), length, dtype=torch.int32, device="cuda")
     starts = torch.arange(seqs + 1, dtype=torch.int32, device="cuda") * length
     q = torch.randn(seqs * length, HEADS, HEAD_DIM, dtype=BF16, device="cuda")

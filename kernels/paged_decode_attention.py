@@ -3,11 +3,13 @@
 Decode is bandwidth-bound, so the kernel reads every K/V byte once: a program owns one KV head of
 one sequence and computes all the query heads that share it (GQA), and long contexts are split
 into partitions handled by separate programs (flash-decoding), merged afterwards by an exact
-log-sum-exp reduction. The number of partitions follows from the block table's width, never from
-the data, so the launch needs no device-to-host sync and can be captured in a CUDA graph. A
-sequence that fits in one partition (a short one in a table sized for long ones) is written
-whole by its one program and skipped by the reduction: its partial never makes a round trip
-through memory."""
+log-sum-exp reduction. The launch fixes how many programs may share one sequence (from the
+batch size, so that the grid fills the GPU: many for batch 1, one for a large batch); each
+sequence's programs then split its actual length among themselves in whole tiles, read on the
+device, so a short context in a table sized for long ones still uses all of them, and the launch
+needs no device-to-host sync and can be captured in a CUDA graph. A sequence that needs only one
+partition is written whole by its one program and skipped by the reduction: its partial never
+makes a round trip through memory; a launch with one partition per sequence has no reduction."""
 
 from __future__ import annotations
 
@@ -37,26 +39,30 @@ def paged_decode_attention_ref(q: torch.Tensor, key_cache: torch.Tensor,
 
 @dataclass(frozen=True)
 class DecodeLaunch:
-    """Tile sizes of one launch. `partition` tokens per program (a multiple of block_n);
-    contexts longer than one partition are split and reduced."""
+    """One launch: `block_n` tokens per tile; up to `partitions` programs share one sequence,
+    each taking an equal run of whole tiles of its context, no fewer than `min_tiles`."""
 
     block_n: int = 64
-    partition: int = 512
+    partitions: int = 1
+    min_tiles: int = 2
     num_warps: int = 4
     num_stages: int = 2
 
     def __post_init__(self) -> None:
         if self.block_n < 16 or self.block_n & (self.block_n - 1):
-            raise KernelArgumentError("launch.block_n", f"must be a power of two >= 16, got {self.block_n}")
-        if self.partition < self.block_n or self.partition % self.block_n:
-            raise KernelArgumentError("launch.partition",
-                                      f"must be a multiple of block_n ({self.block_n}), got {self.partition}")
+            raise KernelArgumentError("launch.block_n",
+                                      f"must be a power of two >= 16, got {self.block_n}")
+        for name in ("partitions", "min_tiles"):
+            if getattr(self, name) < 1:
+                raise KernelArgumentError(f"launch.{name}",
+                                          f"must be >= 1, got {getattr(self, name)}")
 
 
-# Best launch per head dim, from the sweep of benchmarks/kernels.py on an H200 (bf16, GQA 32/8).
+# Best tiles per head dim, from the sweep of benchmarks/kernels.py on an H200 (bf16, GQA 32/8);
+# `default_launch` sets the partitions.
 DECODE_LAUNCHES: dict[int, DecodeLaunch] = {
-    64: DecodeLaunch(block_n=64, partition=1024, num_warps=4, num_stages=3),
-    128: DecodeLaunch(block_n=64, partition=1024, num_warps=4, num_stages=3),
+    64: DecodeLaunch(block_n=64, min_tiles=1, num_warps=4, num_stages=3),
+    128: DecodeLaunch(block_n=64, min_tiles=1, num_warps=4, num_stages=3),
 }
 _PARTITIONS_PER_REDUCE_STEP = 16
 _PROGRAMS_PER_SM = 3
@@ -69,24 +75,29 @@ def _sm_count(device: torch.device) -> int:
 
 def default_launch(num_seqs: int, num_kv_heads: int, max_context: int, head_dim: int,
                    device: torch.device) -> DecodeLaunch:
-    """The table's launch, with partitions halved (down to 2 tiles) while there are too few
-    programs to give every SM several: few sequences with long contexts, e.g. batch 1 at 32k."""
+    """The table's tiles, with as many partitions per sequence as give every SM a few programs,
+    and no more than a context of max_context tokens (the block table's width) can use. A batch
+    that fills the GPU by itself gets one: a split costs its partials' round trip and a
+    reduction launch, more than uneven waves do (H200: batch 64 at 576 tokens 41 us unsplit,
+    54-63 us in 2-32 partitions)."""
     launch = DECODE_LAUNCHES.get(head_dim, DecodeLaunch())
-    target = _PROGRAMS_PER_SM * _sm_count(device)
-    partition = launch.partition
-    while (partition >= 4 * launch.block_n
-           and num_seqs * num_kv_heads * triton.cdiv(max_context, partition) < target):
-        partition //= 2
-    return replace(launch, partition=partition)
+    wanted = _PROGRAMS_PER_SM * _sm_count(device) // max(1, num_seqs * num_kv_heads)
+    usable = triton.cdiv(max_context, launch.min_tiles * launch.block_n)
+    return replace(launch, partitions=max(1, min(wanted, usable)))
 
 
 def decode_launch_variants(head_dim: int) -> tuple[DecodeLaunch, ...]:
-    """Every launch `default_launch` can return for this head dim (for warm-up compilation)."""
+    """One launch of each compiled variant `default_launch` can return for this head dim (one
+    partition per sequence, and several: the count itself is not compiled in), for warm-up."""
     launch = DECODE_LAUNCHES.get(head_dim, DecodeLaunch())
-    variants = [launch]
-    while variants[-1].partition >= 4 * launch.block_n:
-        variants.append(replace(launch, partition=variants[-1].partition // 2))
-    return tuple(variants)
+    return launch, replace(launch, partitions=2)
+
+
+@triton.jit
+def _partition_tokens(seq_len, num_partitions, BLOCK_N: tl.constexpr, MIN_TILES: tl.constexpr):
+    """Tokens per program: the sequence split among its programs in whole tiles."""
+    tiles = tl.cdiv(tl.cdiv(seq_len, num_partitions), BLOCK_N)
+    return tl.maximum(tiles, MIN_TILES) * BLOCK_N
 
 
 # Arguments that vary with the batch are not specialized on, so no batch shape compiles anew.
@@ -97,16 +108,17 @@ def _decode_partition_kernel(
         stride_qs, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
         stride_bt, stride_os, stride_oh,
         BLOCK_SIZE: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
-        HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, PARTITION: tl.constexpr,
-        BLOCK_N: tl.constexpr, SPLIT: tl.constexpr):
+        HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
+        MIN_TILES: tl.constexpr, SPLIT: tl.constexpr):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     part = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + seq)
-    start = part * PARTITION
+    partition = _partition_tokens(seq_len, num_partitions, BLOCK_N, MIN_TILES)
+    start = part * partition
     if start >= seq_len:
         return
-    end = tl.minimum(seq_len, start + PARTITION)
+    end = tl.minimum(seq_len, start + partition)
 
     rows = tl.arange(0, GROUP_PAD)
     heads = kv_head * GROUP + rows
@@ -145,7 +157,7 @@ def _decode_partition_kernel(
     out_ptrs = out_ptr + seq * stride_os + heads[:, None] * stride_oh + d[None, :]
     out_mask = row_mask[:, None] & d_mask[None, :]
     if SPLIT:
-        if seq_len <= PARTITION:
+        if seq_len <= partition:
             # The sequence's only partition: its result is final, the reduction skips it.
             tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=out_mask)
         else:
@@ -161,12 +173,12 @@ def _decode_partition_kernel(
 @triton.jit(do_not_specialize=["num_partitions"])
 def _decode_reduce_kernel(part_out_ptr, part_lse_ptr, seq_lens_ptr, out_ptr, num_heads,
                           num_partitions, stride_os, stride_oh,
-                          HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr,
-                          PARTITION: tl.constexpr, CHUNK: tl.constexpr):
+                          HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
+                          MIN_TILES: tl.constexpr, CHUNK: tl.constexpr):
     seq = tl.program_id(0)
     head = tl.program_id(1)
     seq_len = tl.load(seq_lens_ptr + seq)
-    used = tl.cdiv(seq_len, PARTITION)
+    used = tl.cdiv(seq_len, _partition_tokens(seq_len, num_partitions, BLOCK_N, MIN_TILES))
     if used <= 1:               # written whole by its one partition program
         return
     d = tl.arange(0, HEAD_PAD)
@@ -225,7 +237,7 @@ def paged_decode_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache
         return out
     max_context = block_tables.shape[1] * block_size
     launch = launch or default_launch(num_seqs, num_kv_heads, max_context, head_dim, q.device)
-    num_partitions = max(1, triton.cdiv(max_context, launch.partition))
+    num_partitions = launch.partitions
     split = num_partitions > 1
     if split:
         part_out = torch.empty((num_seqs, num_heads, num_partitions, head_dim),
@@ -242,12 +254,13 @@ def paged_decode_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         BLOCK_SIZE=block_size, GROUP=group, GROUP_PAD=max(16, next_power_of_2(group)),
-        HEAD_DIM=head_dim, HEAD_PAD=head_pad, PARTITION=launch.partition,
-        BLOCK_N=launch.block_n, SPLIT=split,
+        HEAD_DIM=head_dim, HEAD_PAD=head_pad, BLOCK_N=launch.block_n,
+        MIN_TILES=launch.min_tiles, SPLIT=split,
         num_warps=launch.num_warps, num_stages=launch.num_stages)
     if split:
         _decode_reduce_kernel[(num_seqs, num_heads)](
             part_out, part_lse, seq_lens, out, num_heads, num_partitions,
             out.stride(0), out.stride(1), HEAD_DIM=head_dim, HEAD_PAD=head_pad,
-            PARTITION=launch.partition, CHUNK=_PARTITIONS_PER_REDUCE_STEP, num_warps=4)
+            BLOCK_N=launch.block_n, MIN_TILES=launch.min_tiles,
+            CHUNK=_PARTITIONS_PER_REDUCE_STEP, num_warps=4)
     return out

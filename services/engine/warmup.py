@@ -174,8 +174,8 @@ class _Batches:
 
 
 def _decode_kernel_variants(engine) -> None:
-    """The decode attention kernel at every partition size `default_launch` can pick, with one
-    partition and with two, on this model's layout (layer 0 of the real pool)."""
+    """The decode attention kernel in each variant `default_launch` can pick, on this model's
+    layout (layer 0 of the real pool)."""
     config = engine.model_config
     kv = engine.kv
     key_cache, value_cache = kv.kv_cache[:, 0, 0], kv.kv_cache[:, 0, 1]
@@ -183,9 +183,7 @@ def _decode_kernel_variants(engine) -> None:
     q = torch.zeros((1, config.num_heads, config.head_dim), dtype=dtype, device=engine.device)
     seq_lens = torch.ones(1, dtype=torch.int32, device=engine.device)
     scale = config.head_dim ** -0.5
+    tables = torch.zeros((1, 1), dtype=torch.int32, device=engine.device)
     for launch in decode_launch_variants(config.head_dim):
-        for partitions in (1, 2):
-            width = max(1, launch.partition * partitions // kv.block_size)
-            tables = torch.zeros((1, width), dtype=torch.int32, device=engine.device)
-            kernels.paged_decode_attention(q, key_cache, value_cache, tables, seq_lens, scale,
-                                           launch=launch)
+        kernels.paged_decode_attention(q, key_cache, value_cache, tables, seq_lens, scale,
+                                       launch=launch)

@@ -4,6 +4,8 @@ GQA), on a page-major pool whose block stride is larger than a block."""
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -40,25 +42,51 @@ def make_block_tables(seq_lens: list[int], block_size: int, num_blocks: int) -> 
     return tables
 
 
-@pytest.mark.parametrize("dtype,num_heads,num_kv_heads,head_dim,split", [
-    (torch.float32, 4, 2, 32, False),
-    (torch.float16, 6, 2, 64, True),      # group of 3 (padded), contexts split into partitions
-    (torch.float32, 8, 1, 16, True),      # MQA
+@pytest.mark.parametrize("dtype,num_heads,num_kv_heads,head_dim,partitions,min_tiles", [
+    (torch.float32, 4, 2, 32, 1, 2),
+    # group of 3 (padded); 33 tokens in 3 partitions of one tile, 17 in 2, 16 and 1 in one
+    (torch.float16, 6, 2, 64, 3, 1),
+    (torch.float32, 8, 1, 16, 4, 2),      # MQA; at least two tiles each: 33 tokens in 2
 ])
 def test_paged_decode_attention_matches_reference(ops, dtype, num_heads, num_kv_heads, head_dim,
-                                                  split):
+                                                  partitions, min_tiles):
     decode = ops[0]
-    block_size, seq_lens = 16, [1, 16, 17, 33]    # split: 1 and 16 fit one partition
+    block_size, seq_lens = 16, [1, 16, 17, 33]
     _, key_cache, value_cache = make_pool(12, block_size, num_kv_heads, head_dim, dtype)
     tables = make_block_tables(seq_lens, block_size, 12)
     q = torch.randn(len(seq_lens), num_heads, head_dim).to(dtype)
     lens = torch.tensor(seq_lens, dtype=torch.int32)
-    launch = decode.DecodeLaunch(block_n=16, partition=16 if split else 64)
+    launch = decode.DecodeLaunch(block_n=16, partitions=partitions, min_tiles=min_tiles)
     ref = decode.paged_decode_attention_ref(q, key_cache, value_cache, tables, lens, 0.3)
     with poisoned_allocations():
         out = decode.paged_decode_attention(q, key_cache, value_cache, tables, lens, 0.3,
                                             use_triton=True, launch=launch)
     assert_close(out, ref)
+
+
+def test_decode_partitions_fill_the_gpu_from_the_batch_size(monkeypatch) -> None:
+    decode = importlib.import_module("kernels.paged_decode_attention")   # not the package's function
+    monkeypatch.setattr(decode, "_sm_count", lambda device: 132)    # an H200's SMs
+    cpu = torch.device("cpu")
+
+    def partitions(num_seqs: int, max_context: int) -> int:
+        return decode.default_launch(num_seqs, 8, max_context, 128, cpu).partitions
+
+    # 3 programs per SM: 396 over 8 KV heads per sequence, at most one per 64-token tile.
+    assert partitions(1, 4096) == 49 and partitions(1, 32768) == 49
+    assert partitions(1, 256) == 4 and partitions(1, 16) == 1 and partitions(16, 4096) == 3
+    assert partitions(32, 4096) == 1 and partitions(256, 4096) == 1 and partitions(0, 4096) == 64
+    assert decode.decode_launch_variants(128)[1].partitions > 1
+
+
+def test_decode_launch_rejects_an_unusable_split() -> None:
+    from kernels.arguments import KernelArgumentError
+    from kernels.paged_decode_attention import DecodeLaunch
+
+    with pytest.raises(KernelArgumentError, match="launch.partitions"):
+        DecodeLaunch(partitions=0)
+    with pytest.raises(KernelArgumentError, match="launch.block_n"):
+        DecodeLaunch(block_n=48)
 
 
 @pytest.mark.parametrize("dtype,num_heads,num_kv_heads,q_lens,seq_lens", [
