@@ -65,7 +65,8 @@ def test_paged_decode_attention_matches_reference(ops, dtype, num_heads, num_kv_
 
 
 def test_decode_partitions_fill_the_gpu_from_the_batch_size(monkeypatch) -> None:
-    decode = importlib.import_module("kernels.paged_decode_attention")   # not the package's function
+    # The module, not the package's function of the same name.
+    decode = importlib.import_module("kernels.paged_decode_attention")
     monkeypatch.setattr(decode, "_sm_count", lambda device: 132)    # an H200's SMs
     cpu = torch.device("cpu")
 
