@@ -78,7 +78,7 @@ DECODE_CASES = ((64, 4096, 4096), (1, 32768, 32768), (256, 1024, 1024),
                 (1, 1024, 4096), (64, 576, 4096), (256, 576, 4096))
 
 
-def decode_candidates(default: DecodeLaunch, batch: int, width: int) -> list[DecodeLaunch]:
+def decode_candidates(default: DecodeLaunch, width: int) -> list[DecodeLaunch]:
     usable = width // (default.min_tiles * default.block_n)
     counts = sorted({p for p in (1, 2, 3, 4, 6, 8, 16, 32, 64, 128, 256) if p <= usable}
                     | {default.partitions})
@@ -106,7 +106,7 @@ def bench_decode(bandwidth: float, do_sweep: bool) -> None:
         launch = default_launch(batch, KV_HEADS, width, HEAD_DIM, q.device)
         name = f"b{batch} ctx{context}" + (f" in {width}" if width != context else "")
         if do_sweep:
-            found, _ = sweep(f"decode {name}", decode_candidates(launch, batch, width), run,
+            found, _ = sweep(f"decode {name}", decode_candidates(launch, width), run,
                              run(launch))
             print(f"  sweep decode {name}: default {launch}, best {found}")
         kv_bytes = 2 * batch * context * KV_HEADS * HEAD_DIM * 2
