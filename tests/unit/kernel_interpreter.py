@@ -75,6 +75,11 @@ def poisoned_allocations() -> Iterator[None]:
     """Inside, torch.empty / torch.empty_like return NaN-filled float tensors (integers: -99),
     so an output element or a workspace entry that a kernel forgets to write fails the check."""
     empty, empty_like = torch.empty, torch.empty_like
+    # `with torch.device(...)` learns torch's factory functions once per process, on first use:
+    # let it learn the real ones, not the wrappers below (else every later model is built on
+    # the CPU whatever device it names).
+    with torch.device("meta"):
+        empty(0)
 
     def poison(t: torch.Tensor) -> torch.Tensor:
         return t.fill_(float("nan") if t.is_floating_point() else -99)
