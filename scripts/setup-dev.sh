@@ -8,3 +8,6 @@ cd "$(dirname "$0")/.."
 python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0
 python -m pip install -q -e '.[test,fast]'
+# A venv made before the transformers pin may hold Hugging Face's `kernels` distribution, which
+# shares its import name with our kernels/ package (see pyproject.toml).
+python -m pip uninstall -q -y kernels 2>/dev/null || true
