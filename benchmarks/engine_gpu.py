@@ -7,7 +7,8 @@ Llama-3.1-8B shapes with random bf16 weights (`llama-3.1-8b-random`), fixed outp
 ignored. Measured in this run: the copy bandwidth (a large device-to-device copy, bytes read +
 written) and the bf16 matmul rate (8192^3); from them each figure's roofline:
 
-- a decode step: (weight bytes + KV bytes read) / copy bandwidth;
+- a decode step: (weight bytes read + KV bytes read) / copy bandwidth, where a step reads every
+  weight but the embedding table (one row per token; 1.05 GB of the 8B's 16.06);
 - a workload (a batch of requests end to end): its prefill FLOPs (2 x non-embedding params x
   prompt tokens + causal attention) at the matmul rate, plus every decode step's weight and KV
   bytes at the copy rate.
@@ -26,7 +27,7 @@ import gc
 import json
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -68,9 +69,13 @@ def _time_cuda(fn, repeats: int) -> float:
 class Rooflines:
     def __init__(self, loaded: LoadedModel, ceilings: Ceilings) -> None:
         config = loaded.config
-        params = list(loaded.model.parameters())
-        self.weight_bytes = sum(p.numel() * p.element_size() for p in params)
+        params = list(loaded.model.parameters())   # a tied LM head is listed once, as embed
         embed = loaded.model.model.embed_tokens.weight
+        # A step reads every weight but the embedding table (a row per token), unless the table
+        # is also the LM head.
+        self.weight_bytes = sum(p.numel() * p.element_size() for p in params)
+        if not loaded.config.tie_word_embeddings:
+            self.weight_bytes -= embed.numel() * embed.element_size()
         self.matmul_params = sum(p.numel() for p in params) - embed.numel()
         self.kv_bytes_per_token = config.kv_bytes_per_token
         self.attention_width = config.num_layers * config.num_heads * config.head_dim
@@ -90,10 +95,12 @@ class Rooflines:
 
 
 def make_engine(loaded: LoadedModel, *, enforce_eager: bool = False, max_model_len: int = 9216,
-                max_num_seqs: int = 256) -> tuple[LLMEngine, float]:
-    config = EngineConfig(enforce_eager=enforce_eager, detokenize=False, cache=CacheConfig(gpu_memory_fraction=0.8),
-                          scheduler=SchedulerConfig(max_num_seqs=max_num_seqs,
-                                                    max_model_len=max_model_len))
+                max_num_seqs: int = 256, step_tokens: int | None = None) -> tuple[LLMEngine, float]:
+    scheduler = SchedulerConfig(max_num_seqs=max_num_seqs, max_model_len=max_model_len)
+    if step_tokens is not None:
+        scheduler = replace(scheduler, max_num_batched_tokens=step_tokens)
+    config = EngineConfig(enforce_eager=enforce_eager, detokenize=False,
+                          cache=CacheConfig(gpu_memory_fraction=0.8), scheduler=scheduler)
     engine = LLMEngine(config, loaded)
     return engine, engine.warm_up().seconds
 
@@ -202,6 +209,9 @@ def main() -> None:
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--quick", action="store_true", help="skip the decode-heavy and 8k rows")
     parser.add_argument("--int8", action="store_true", help="add the INT8 rows (w8a16 and int8)")
+    parser.add_argument("--step-tokens", type=int, nargs="*", default=[],
+                        help="step token budgets (max_num_batched_tokens) to run the 256-request "
+                             "workloads with, beside the default's rows")
     args = parser.parse_args()
     device = torch.device("cuda")
     ceilings = measure_ceilings(device)
@@ -260,6 +270,19 @@ def main() -> None:
     del engine
     gc.collect()
     torch.cuda.empty_cache()
+
+    for step_tokens in args.step_tokens:
+        engine, _ = make_engine(loaded, step_tokens=step_tokens)
+        cases = [(256, 512, 128)] + ([] if args.quick else [(256, 128, 1024)])
+        for num, prompt_len, output_len in cases:
+            result = run_workload(engine, num, prompt_len, output_len)
+            limit = num * output_len / roof.workload_s(num, prompt_len, output_len)
+            add(f"output tok/s, {num} x {prompt_len}/{output_len:,}, {step_tokens:,}-token steps",
+                result["output_tok_s"], limit, "tok/s", ttft_median_ms=result["ttft_median_ms"],
+                decode_step_ms=result["decode_step_ms"])
+        del engine
+        gc.collect()
+        torch.cuda.empty_cache()
 
     if args.int8:
         bf16_step = next(r["ours"] for r in rows if r["figure"].startswith("decode step, batch 1,"))

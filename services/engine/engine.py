@@ -49,7 +49,8 @@ class LLMEngine:
         # Sized after the weights are in place, so a GPU budget counts only what is left.
         self.kv = KVCacheManager(config.cache, loaded.config, self.device, weight.dtype)
         self.max_model_len = self._max_model_len(config)
-        self.scheduler = Scheduler(config.scheduler, self.kv, self.max_model_len, loaded.eos_token_ids)
+        self.scheduler = Scheduler(config.scheduler.for_device(self.device.type), self.kv,
+                                   self.max_model_len, loaded.eos_token_ids)
         self.runner = ModelRunner(loaded.model, self.kv, Sampler(config.seed, self.device), self.device)
         self.outputs = OutputProcessor(self.tokenizer, loaded.eos_token_ids, self.scheduler.finish,
                                        config.detokenize)

@@ -63,6 +63,8 @@ class ScheduledBatch:
 class Scheduler:
     def __init__(self, config: SchedulerConfig, kv: KVCacheManager, max_model_len: int,
                  eos_token_ids: Sequence[int]) -> None:
+        if config.max_num_batched_tokens is None:
+            raise ValueError("the scheduler needs a step budget: SchedulerConfig.for_device")
         self.config = config
         self.kv = kv
         self.max_model_len = max_model_len

@@ -44,7 +44,8 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
                    help="the most tokens a KV pool need hold (default: what the memory budget holds)")
     p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--max-num-seqs", type=int, default=_SCHED.max_num_seqs)
-    p.add_argument("--max-num-batched-tokens", type=int, default=_SCHED.max_num_batched_tokens)
+    p.add_argument("--max-num-batched-tokens", type=int, default=None,
+                   help="tokens per engine step (default: 8192 on a GPU, 2048 on the CPU)")
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--scheduler-policy", default=_SCHED.policy, choices=("fcfs", "shortest_prompt_first"))
     p.add_argument("--enforce-eager", action="store_true",
@@ -72,10 +73,10 @@ def engine_arguments(config: EngineConfig) -> list[str]:
             "--kv-cpu-budget-bytes", str(cache.cpu_budget_bytes),
             "--gpu-memory-fraction", str(cache.gpu_memory_fraction),
             "--max-num-seqs", str(sched.max_num_seqs),
-            "--max-num-batched-tokens", str(sched.max_num_batched_tokens),
             "--scheduler-policy", sched.policy]
     for flag, value in (("--dtype", config.dtype), ("--device", config.device),
                         ("--num-kv-blocks", cache.num_blocks), ("--max-model-len", sched.max_model_len),
+                        ("--max-num-batched-tokens", sched.max_num_batched_tokens),
                         ("--gpu-memory-bytes", cache.gpu_memory_bytes),
                         ("--max-pool-tokens", cache.max_pool_tokens)):
         if value is not None:

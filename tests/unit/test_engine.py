@@ -170,3 +170,25 @@ def test_context_is_capped_by_the_pool_and_the_model(loaded):
 def test_unknown_model_is_model_not_found():
     with pytest.raises(ModelNotFoundError, match="no-such-model"):
         LLMEngine(EngineConfig(model="no-such-model"))
+
+
+def test_step_budget_defaults_by_device_and_a_given_one_stays(loaded):
+    assert SchedulerConfig().for_device("cuda").max_num_batched_tokens == 8192
+    assert SchedulerConfig().for_device("cpu").max_num_batched_tokens == 2048
+    assert SchedulerConfig(max_num_batched_tokens=96).for_device("cuda").max_num_batched_tokens == 96
+    engine = LLMEngine(EngineConfig(cache=CacheConfig(num_blocks=8)), loaded)
+    assert engine.scheduler.config.max_num_batched_tokens == 2048      # the tiny model is on CPU
+    with pytest.raises(ConfigError, match="max_num_batched_tokens must be >= 1, got 0"):
+        SchedulerConfig(max_num_batched_tokens=0)
+
+
+@pytest.mark.parametrize("budget", [None, 96])
+def test_engine_flags_rebuild_the_step_budget(budget):
+    import argparse
+
+    from services.worker.cli import add_engine_arguments, engine_arguments, engine_config_from_args
+
+    config = EngineConfig(scheduler=SchedulerConfig(max_num_batched_tokens=budget))
+    parser = argparse.ArgumentParser()
+    add_engine_arguments(parser)
+    assert engine_config_from_args(parser.parse_args(engine_arguments(config))) == config
