@@ -116,25 +116,32 @@ class Sampler:
 
 
 def filter_logits(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
-    """logits / temperature with the tokens outside top-k and top-p set to -inf."""
+    """logits / temperature with the tokens outside top-k and top-p set to -inf. Both cut at a
+    threshold score found among the row's largest scores (a partial top-k, or one sort), so a
+    token tied with the last one kept stays, and no sorted order is scattered back."""
     device = logits.device
     temperature = _row_values([r.params.temperature or 1.0 for r in rows], logits.dtype, device)
     scores = logits / temperature[:, None]
+    ordered = None                  # every row's kept scores and fewer, descending (top-k)
     if any(r.params.top_k_enabled for r in rows):
         vocab = logits.shape[1]
-        top_k = _row_values([min(r.params.top_k, vocab) if r.params.top_k_enabled else vocab
-                             for r in rows], torch.int64, device)
-        sorted_desc = scores.sort(dim=-1, descending=True).values
-        kth = sorted_desc.gather(1, (top_k - 1)[:, None])
+        ks = [min(r.params.top_k, vocab) if r.params.top_k_enabled else 0 for r in rows]
+        largest = scores.topk(max(ks), dim=-1).values                    # descending
+        kth_index = _row_values([max(k, 1) - 1 for k in ks], torch.int64, device)[:, None]
+        kth = largest.gather(1, kth_index)
+        limited = _row_values([k > 0 for k in ks], torch.bool, device)[:, None]
+        kth = torch.where(limited, kth, float("-inf"))
         scores = scores.masked_fill(scores < kth, float("-inf"))
+        if all(ks):
+            ordered = largest.masked_fill(largest < kth, float("-inf"))
     if any(r.params.top_p < 1.0 for r in rows):
-        top_p = _row_values([r.params.top_p for r in rows], logits.dtype, device)
-        sorted_scores, order = scores.sort(dim=-1, descending=True)
-        probs = sorted_scores.softmax(dim=-1)
+        top_p = _row_values([r.params.top_p for r in rows], logits.dtype, device)[:, None]
+        if ordered is None:
+            ordered = scores.sort(dim=-1, descending=True).values
+        probs = ordered.softmax(dim=-1)
         # Keep the smallest prefix whose mass reaches top_p: a token stays if the mass before it
         # is still short of top_p (the most likely token always stays).
-        mass_before = probs.cumsum(dim=-1) - probs
-        drop_sorted = mass_before >= top_p[:, None]
-        drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
-        scores = scores.masked_fill(drop, float("-inf"))
+        kept = ((probs.cumsum(dim=-1) - probs) < top_p).sum(dim=-1, keepdim=True)
+        threshold = torch.where(top_p < 1.0, ordered.gather(1, kept - 1), float("-inf"))
+        scores = scores.masked_fill(scores < threshold, float("-inf"))
     return scores

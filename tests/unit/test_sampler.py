@@ -108,6 +108,48 @@ def test_filter_keeps_at_least_one_token_per_row(values, data):
     assert torch.isfinite(scores).any(dim=-1).all()
 
 
+def _kept_literally(values: torch.Tensor, params: SamplingParams) -> set[int]:
+    """One row's allowed tokens, from the definitions: the top_k largest scores, then the
+    smallest set of the most likely whose renormalised mass reaches top_p."""
+    scores = values / (params.temperature or 1.0)
+    order = scores.sort(descending=True).indices.tolist()
+    if params.top_k_enabled:
+        order = order[:params.top_k]
+    if params.top_p < 1.0:
+        probs = scores[order].softmax(-1).tolist()
+        mass, nucleus = 0.0, []
+        for token, p in zip(order, probs):
+            if mass >= params.top_p:
+                break
+            nucleus.append(token)
+            mass += p
+        order = nucleus
+    return set(order)
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data(), num_rows=st.integers(1, 5))
+def test_filter_keeps_exactly_the_defined_tokens_in_mixed_batches(data, num_rows):
+    vocab = 40
+    # Distinct scores (a permutation), so the definition has no ties to break.
+    logits = torch.stack([torch.randperm(vocab, generator=torch.Generator().manual_seed(
+        data.draw(st.integers(0, 2**31)))).float() * data.draw(st.floats(0.05, 0.5))
+        for _ in range(num_rows)])
+    params = [SamplingParams(top_k=data.draw(st.sampled_from([0, 1, 3, 17, 40, 60])),
+                             top_p=data.draw(st.sampled_from([1.0, 0.999, 0.9, 0.5, 0.05])),
+                             temperature=data.draw(st.floats(0.3, 2.0))) for _ in range(num_rows)]
+    scores = filter_logits(logits, rows(*params))
+    for row, p in enumerate(params):
+        kept = set(torch.isfinite(scores[row]).nonzero().flatten().tolist())
+        assert kept == _kept_literally(logits[row], p), p
+
+
+def test_rows_without_top_p_keep_even_their_least_likely_tokens():
+    logits = torch.tensor([[30.0, 0.0, -30.0, -60.0]] * 2)
+    scores = filter_logits(logits, rows(SamplingParams(top_p=0.5), SamplingParams(top_p=1.0)))
+    assert torch.isfinite(scores).sum(dim=-1).tolist() == [1, 4]
+
+
 def test_logprobs_are_raw_log_softmax_with_top_n():
     logits = torch.tensor([[1.0, 3.0, 2.0, 0.0], [0.0, 0.0, 5.0, 1.0]])
     out = Sampler()(logits, rows(SamplingParams(temperature=0, logprobs=2),
