@@ -73,8 +73,10 @@ def test_a_rising_then_falling_load_scales_decode_up_then_everything_down(tmp_pa
         # admission) what could not begin in time.
         errors = [r["errors_by_code"] for r in runs]
         assert [{c: n for c, n in e.items() if c != "429"} for e in errors] == [{}, {}, {}], errors
-        assert sum(e.get("429", 0) for e in errors) <= 3, errors
         assert all(r["completed"] for r in runs), errors
+        # A few of them, not a refusing gateway: at most one in 20 of what completed.
+        refused, completed = sum(e.get("429", 0) for e in errors), sum(r["completed"] for r in runs)
+        assert refused <= max(3, completed // 20), (errors, completed)
         # The load is gone: both roles go back to their minimum.
         while True:
             workers = dict(_WORKERS.findall(_metrics(url)))
