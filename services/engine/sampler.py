@@ -94,15 +94,16 @@ class Sampler:
 
     def _gumbel(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
         device = logits.device
-        # Clamped away from 0 so that G is finite: a masked (-inf) token can never win.
-        uniform = torch.rand(logits.shape, generator=self.generator, device=device)
-        uniform.clamp_(min=torch.finfo(uniform.dtype).tiny)
+        # -log(E) with E ~ Exp(1) is Gumbel: one draw and one log per element. E is kept above
+        # 0 so that G is finite: a masked (-inf) token can never win.
+        noise = torch.empty_like(logits).exponential_(generator=self.generator)
+        noise.clamp_(min=torch.finfo(noise.dtype).tiny).log_().neg_()
         seeded = [i for i, r in enumerate(rows) if r.params.seed is not None and not r.params.greedy]
         if seeded:
             keys = [row_seed(rows[i].params.seed, rows[i].output_index) for i in seeded]
-            uniform[_row_values(seeded, torch.int64, device)] = counter_uniform(
-                _row_values(keys, torch.int64, device), logits.shape[1])
-        return -torch.log(-torch.log(uniform))
+            uniform = counter_uniform(_row_values(keys, torch.int64, device), logits.shape[1])
+            noise[_row_values(seeded, torch.int64, device)] = -torch.log(-torch.log(uniform))
+        return noise
 
     def _with_logprobs(self, logits: torch.Tensor, rows: Sequence[SamplingRow],
                        token_ids: torch.Tensor) -> SamplerOutput:

@@ -58,6 +58,13 @@ def test_seeded_sampling_matches_the_distribution():
     assert share[0] == pytest.approx(0.7, abs=0.08) and share[2] == pytest.approx(0.1, abs=0.06)
 
 
+def test_unseeded_sampling_matches_the_distribution():
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1]] * 600))
+    draws = Sampler(seed=4)(logits, rows(*[SamplingParams()] * 600)).token_ids.tolist()
+    share = [draws.count(t) / len(draws) for t in range(3)]
+    assert share[0] == pytest.approx(0.7, abs=0.08) and share[2] == pytest.approx(0.1, abs=0.06)
+
+
 def test_unseeded_rows_vary():
     logits = torch.zeros(1, 1000)
     sampler = Sampler(seed=1)
