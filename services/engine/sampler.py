@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from services.engine.sampling_params import SamplingParams
 
@@ -128,21 +129,22 @@ def filter_logits(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Te
         vocab = logits.shape[1]
         ks = [min(r.params.top_k, vocab) if r.params.top_k_enabled else 0 for r in rows]
         largest = scores.topk(max(ks), dim=-1).values                    # descending
-        kth_index = _row_values([max(k, 1) - 1 for k in ks], torch.int64, device)[:, None]
-        kth = largest.gather(1, kth_index)
-        limited = _row_values([k > 0 for k in ks], torch.bool, device)[:, None]
-        kth = torch.where(limited, kth, float("-inf"))
+        # Column max(ks) is -inf: the threshold of the rows without a top-k.
+        padded = F.pad(largest, (0, 1), value=float("-inf"))
+        index = _row_values([k - 1 if k else max(ks) for k in ks], torch.int64, device)
+        kth = padded.gather(1, index[:, None])
         scores = scores.masked_fill(scores < kth, float("-inf"))
         if all(ks):
             ordered = largest.masked_fill(largest < kth, float("-inf"))
     if any(r.params.top_p < 1.0 for r in rows):
-        top_p = _row_values([r.params.top_p for r in rows], logits.dtype, device)[:, None]
+        # A row without top-p asks for more than the whole mass: it keeps every token.
+        top_p = _row_values([r.params.top_p if r.params.top_p < 1.0 else 2.0 for r in rows],
+                            logits.dtype, device)[:, None]
         if ordered is None:
             ordered = scores.sort(dim=-1, descending=True).values
-        probs = ordered.softmax(dim=-1)
-        # Keep the smallest prefix whose mass reaches top_p: a token stays if the mass before it
-        # is still short of top_p (the most likely token always stays).
-        kept = ((probs.cumsum(dim=-1) - probs) < top_p).sum(dim=-1, keepdim=True)
-        threshold = torch.where(top_p < 1.0, ordered.gather(1, kept - 1), float("-inf"))
+        # Keep the smallest prefix whose mass reaches top_p: the tokens before the first whose
+        # running mass (itself included) reaches it, and that one (the most likely always stays).
+        last = (ordered.softmax(dim=-1).cumsum(dim=-1) < top_p).sum(dim=-1, keepdim=True)
+        threshold = ordered.gather(1, last.clamp_(max=ordered.shape[1] - 1))
         scores = scores.masked_fill(scores < threshold, float("-inf"))
     return scores
