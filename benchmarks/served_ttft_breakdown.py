@@ -91,18 +91,19 @@ def engine_child(args: argparse.Namespace) -> None:
                 first = time.perf_counter() - start
         return first
 
+    # One engine thread for every round, as a worker has: a thread's first CUDA calls set up its
+    # own state (cuBLAS handles among it), which a thread per request would time too. It sleeps
+    # while `alone` steps the engine directly: it wakes only for a call, and none is made then.
+    loop = EngineLoop(engine, "bench")
+    loop.start()
+
     async def through_thread(rid: str, prompt: list[int]) -> float:
-        loop = EngineLoop(engine, "bench")      # started and stopped outside the timed part
-        loop.start()
-        try:
-            start, first = time.perf_counter(), None
-            stream = await loop.add_request(rid, prompt, _params())
-            async for output in stream:
-                if first is None and output.new_token_ids:
-                    first = time.perf_counter() - start
-            return first
-        finally:
-            loop.stop()
+        start, first = time.perf_counter(), None
+        stream = await loop.add_request(rid, prompt, _params())
+        async for output in stream:
+            if first is None and output.new_token_ids:
+                first = time.perf_counter() - start
+        return first
 
     print("READY", flush=True)
     for i, line in enumerate(sys.stdin):
@@ -112,6 +113,7 @@ def engine_child(args: argparse.Namespace) -> None:
         else:
             seconds = asyncio.run(through_thread(f"t{i}", prompt))
         print(seconds, flush=True)
+    loop.stop()
 
 
 class EngineChild:
