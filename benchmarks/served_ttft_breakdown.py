@@ -91,9 +91,9 @@ def engine_child(args: argparse.Namespace) -> None:
                 first = time.perf_counter() - start
         return first
 
-    # One engine thread for every round, as a worker has: a thread's first CUDA calls set up its
-    # own state (cuBLAS handles among it), which a thread per request would time too. It sleeps
-    # while `alone` steps the engine directly: it wakes only for a call, and none is made then.
+    # One engine thread for every round, as a worker has (not a new thread per request). It
+    # sleeps while `alone` steps the engine directly: it wakes only for a call, and none is made
+    # then.
     loop = EngineLoop(engine, "bench")
     loop.start()
 

@@ -175,7 +175,8 @@ class SchedulerConfig:
         """This config with its step budget set: the device's default unless one was given."""
         if self.max_num_batched_tokens is not None:
             return self
-        return dataclasses.replace(self, max_num_batched_tokens=STEP_TOKENS.get(device_type, STEP_TOKENS["cpu"]))
+        budget = STEP_TOKENS.get(device_type, STEP_TOKENS["cpu"])
+        return dataclasses.replace(self, max_num_batched_tokens=budget)
 
 
 @dataclass(frozen=True)
