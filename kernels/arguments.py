@@ -49,11 +49,17 @@ def check_dim(name: str, t: torch.Tensor, dim: int, size: int) -> None:
 
 
 def check_same_device(**tensors: torch.Tensor | None) -> None:
-    present = {n: t for n, t in tensors.items() if t is not None}
-    devices = {t.device for t in present.values()}
-    if len(devices) > 1:
-        listing = ", ".join(f"{n} on {t.device}" for n, t in present.items())
-        raise KernelArgumentError(next(iter(present)), f"tensors must share a device: {listing}")
+    device = None
+    for t in tensors.values():      # runs on every launch: one pass, no containers
+        if t is None:
+            continue
+        if device is None:
+            device = t.device
+        elif t.device != device:
+            present = {n: t for n, t in tensors.items() if t is not None}
+            listing = ", ".join(f"{n} on {t.device}" for n, t in present.items())
+            raise KernelArgumentError(next(iter(present)),
+                                      f"tensors must share a device: {listing}")
 
 
 def check_paged_kv(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor) -> None:

@@ -82,3 +82,17 @@ def test_elementwise_wrappers_reject_bad_arguments(ops):
     with pytest.raises(KernelArgumentError, match="cos_sin_cache"):
         rotary.rotary(torch.randn(2, 4, 8), torch.randn(2, 2, 8), torch.zeros(2, dtype=torch.int64),
                       torch.randn(10, 8).double())
+
+
+def test_tensors_on_different_devices_are_named():
+    import kernels
+
+    q, k = torch.randn(3, 4, 8), torch.randn(3, 2, 8)
+    cache = torch.empty(16, 8, device="meta")
+    with pytest.raises(kernels.KernelArgumentError,
+                       match=r"^q: tensors must share a device: q on cpu, k on cpu, "
+                             r"positions on cpu, cos_sin_cache on meta$"):
+        kernels.rotary(q, k, torch.arange(3), cache)
+    with pytest.raises(kernels.KernelArgumentError, match="key_cache on meta"):
+        kernels.write_kv_pages(k, k, torch.empty(4, 4, 2, 8, device="meta"),
+                               torch.empty(4, 4, 2, 8), torch.arange(3))
