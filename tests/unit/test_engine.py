@@ -175,7 +175,8 @@ def test_unknown_model_is_model_not_found():
 def test_step_budget_defaults_by_device_and_a_given_one_stays(loaded):
     assert SchedulerConfig().for_device("cuda").max_num_batched_tokens == 8192
     assert SchedulerConfig().for_device("cpu").max_num_batched_tokens == 2048
-    assert SchedulerConfig(max_num_batched_tokens=96).for_device("cuda").max_num_batched_tokens == 96
+    given = SchedulerConfig(max_num_batched_tokens=96)
+    assert given.for_device("cuda").max_num_batched_tokens == 96
     engine = LLMEngine(EngineConfig(cache=CacheConfig(num_blocks=8)), loaded)
     assert engine.scheduler.config.max_num_batched_tokens == 2048      # the tiny model is on CPU
     with pytest.raises(ConfigError, match="max_num_batched_tokens must be >= 1, got 0"):
