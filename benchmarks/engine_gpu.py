@@ -27,7 +27,7 @@ import gc
 import json
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -96,9 +96,9 @@ class Rooflines:
 
 def make_engine(loaded: LoadedModel, *, enforce_eager: bool = False, max_model_len: int = 9216,
                 max_num_seqs: int = 256, step_tokens: int | None = None) -> tuple[LLMEngine, float]:
-    scheduler = SchedulerConfig(max_num_seqs=max_num_seqs, max_model_len=max_model_len)
-    if step_tokens is not None:
-        scheduler = replace(scheduler, max_num_batched_tokens=step_tokens)
+    # step_tokens None: the device's default budget.
+    scheduler = SchedulerConfig(max_num_seqs=max_num_seqs, max_model_len=max_model_len,
+                                max_num_batched_tokens=step_tokens)
     config = EngineConfig(enforce_eager=enforce_eager, detokenize=False,
                           cache=CacheConfig(gpu_memory_fraction=0.8), scheduler=scheduler)
     engine = LLMEngine(config, loaded)
