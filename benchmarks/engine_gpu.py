@@ -15,9 +15,9 @@ written) and the bf16 matmul rate (8192^3); from them each figure's roofline:
 
 Ours is `LLMEngine.step` in a loop (scheduling, batch preparation, forward, sampling, outputs),
 configured as a worker runs it (token ids out; the gateway detokenizes for its clients), after
-`warm_up()` (kernels compiled, decode CUDA graphs captured); the eager rows run the same engine
-with `enforce_eager`. The HF peer is transformers' eager `generate` on
-the same shapes. Run it as a module from the repository root (benchmarks/kernels.py would shadow
+`warm_up()` (kernels compiled, decode and prefill CUDA graphs captured); the eager rows run the
+same engine with `enforce_eager`. The HF peer is transformers' eager `generate` on the same
+shapes. Run it as a module from the repository root (benchmarks/kernels.py would shadow
 the kernels package otherwise)."""
 
 from __future__ import annotations
@@ -89,6 +89,10 @@ class Rooflines:
         flops = 2 * self.matmul_params * prompt_len + 2 * self.attention_width * prompt_len ** 2
         return flops / self.ceilings.matmul_flops_per_s
 
+    def lone_prefill_s(self, prompt_len: int) -> float:
+        """One prompt alone in its step: its FLOPs, or its one read of the weights if longer."""
+        return max(self.prefill_s(prompt_len), self.step_s(1, prompt_len))
+
     def workload_s(self, num: int, prompt_len: int, output_len: int) -> float:
         decode = sum(self.step_s(num, prompt_len + i) for i in range(output_len - 1))
         return num * self.prefill_s(prompt_len) + decode
@@ -141,6 +145,15 @@ def run_workload(engine: LLMEngine, num: int, prompt_len: int, output_len: int,
             "ttft_first_ms": 1000 * min(first.values()),
             "ttft_median_ms": 1000 * statistics.median(first.values()),
             "decode_step_ms": 1000 * statistics.median(decode_steps) if decode_steps else None}
+
+
+def ttft_ms(engine: LLMEngine, prompt_len: int, repeats: int = 7) -> float:
+    """Median TTFT of single requests one after another (a prefill alone in its step)."""
+    return statistics.median(run_workload(engine, 1, prompt_len, 2)["ttft_first_ms"]
+                             for _ in range(repeats))
+
+
+PROMPT_TTFT_LENGTHS = (128, 512, 1000)
 
 
 def replay_ms(engine: LLMEngine, num: int, context: int) -> float:
@@ -234,7 +247,7 @@ def main() -> None:
               f"ratio {'' if ratio is None else f'{ratio:.2f}'}  {extra or ''}", flush=True)
 
     engine, warm_s = make_engine(loaded)
-    print(f"# warm-up {warm_s:.1f} s, {engine.runner.graphs.num_graphs} graphs, "
+    print(f"# warm-up {warm_s:.1f} s, {engine.runner.num_graphs} graphs, "
           f"KV pool {engine.kv.num_blocks} blocks", flush=True)
     first = run_workload(engine, 1, 512, 8)
     later = [run_workload(engine, 1, 512, 8)["ttft_first_ms"] for _ in range(3)]
@@ -243,6 +256,10 @@ def main() -> None:
     warm = {"ttft_first_ms": later[-1]}
     add("TTFT, first 512-token request after start (ms)", first["ttft_first_ms"],
         warm["ttft_first_ms"], "ms", note="limit = a warm request's TTFT")
+    graphed_ttft = {n: ttft_ms(engine, n) for n in PROMPT_TTFT_LENGTHS}
+    for n, ms in graphed_ttft.items():
+        add(f"TTFT, one {n}-token prompt (median of 7, ms)", ms, 1000 * roof.lone_prefill_s(n),
+            "ms")
     one = run_workload(engine, 1, 512, 128)
     add("decode step, batch 1, ctx ~576 (ms)", one["decode_step_ms"], 1000 * roof.step_s(1, 576), "ms")
     prefill = run_workload(engine, 1, 2048, 2)
@@ -306,6 +323,9 @@ def main() -> None:
         result = run_workload(eager, num, 512, 64)
         add(f"eager (no graphs) decode step, batch {num} (ms)", result["decode_step_ms"],
             1000 * roof.step_s(num, 544), "ms")
+    for n in PROMPT_TTFT_LENGTHS:
+        add(f"eager (no graphs) TTFT, one {n}-token prompt (ms)", ttft_ms(eager, n),
+            graphed_ttft[n], "ms", note="limit = the same with graphs")
     del eager
     gc.collect()
     torch.cuda.empty_cache()

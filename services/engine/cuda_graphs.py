@@ -123,11 +123,11 @@ class DecodeGraphs:
         rows = bucket_for(n, self.batch_buckets)
         width = bucket_for(used_width, self.width_buckets)
         graph, hidden = self._graphs[(rows, width)]
-        _copy_padded(self._input_ids, inputs.input_ids, rows, 0)
-        _copy_padded(self._positions, inputs.positions, rows, 0)
-        _copy_padded(self._slots, inputs.slot_mapping, rows, -1)    # padded rows write no K/V
-        _copy_padded(self._seq_lens, inputs.seq_lens, rows, 1)      # and attend to one token
-        self._tables[:n, :used_width].copy_(inputs.block_tables.pin_memory(), non_blocking=True)
+        copy_padded(self._input_ids, inputs.input_ids, rows, 0)
+        copy_padded(self._positions, inputs.positions, rows, 0)
+        copy_padded(self._slots, inputs.slot_mapping, rows, -1)    # padded rows write no K/V
+        copy_padded(self._seq_lens, inputs.seq_lens, rows, 1)      # and attend to one token
+        copy_async(self._tables[:n, :used_width], inputs.block_tables)
         graph.replay()
         return hidden[:n]
 
@@ -140,10 +140,17 @@ class DecodeGraphs:
         return self.model(self._input_ids[:rows], self._positions[:rows], self.kv_cache, meta)
 
 
-def _copy_padded(buffer: torch.Tensor, values: torch.Tensor, rows: int, pad: int) -> None:
-    """Values padded to the bucket, in one asynchronous copy to the device buffer (host values
-    from pinned memory, so the host does not wait for the GPU)."""
+def copy_padded(buffer: torch.Tensor, values: torch.Tensor, rows: int, pad: int) -> None:
+    """Values padded to the bucket, in one asynchronous copy into the buffer."""
     n = values.shape[0]
     if n < rows:
         values = torch.cat([values, values.new_full((rows - n,), pad)])
-    buffer[:rows].copy_(values if values.is_cuda else values.pin_memory(), non_blocking=True)
+    copy_async(buffer[:rows], values)
+
+
+def copy_async(target: torch.Tensor, values: torch.Tensor) -> None:
+    """target.copy_(values) without making the host wait: host values bound for the GPU go
+    from pinned memory (a copy from pageable memory waits for every kernel queued before it)."""
+    if target.is_cuda and not values.is_cuda:
+        values = values.pin_memory()
+    target.copy_(values, non_blocking=True)

@@ -2,7 +2,8 @@
 
 The batch is flattened (batch_inputs.py): decodes first, then prefill chunks, every chunk's new
 tokens end to end with their positions and the slots their K/V go to. A decode-only batch replays
-a captured CUDA graph (cuda_graphs.py) when graphs are on; any other batch runs eagerly. Logits
+a captured CUDA graph (cuda_graphs.py) when graphs are on, and so does a prefill-only batch of up
+to a thousand tokens (prefill_graphs.py); any other batch runs eagerly. Logits
 are computed only at the last token of the chunks that sample.
 
 Host syncs: none. `launch` queues the forward pass, the sampler and the one device-to-host copy
@@ -21,6 +22,8 @@ from services.engine.batch_inputs import TABLE_WIDTH_ALIGN, BatchInputs, build_b
 from services.engine.cuda_graphs import DecodeGraphs, DecodeInputs
 from services.engine.kv_cache import KVCacheManager, cdiv
 from services.engine.model.attention import AttentionMetadata
+from services.engine.prefill_graphs import MAX_TOKENS as PREFILL_GRAPH_MAX_TOKENS
+from services.engine.prefill_graphs import PrefillGraphs
 from services.engine.outputs import TokenLogprob
 from services.engine.sampler import Sampler, SamplerOutput, SamplingRow, to_device
 from services.engine.request import PENDING_TOKEN
@@ -69,15 +72,25 @@ class ModelRunner:
         self.sampler = sampler
         self.device = device
         self.graphs: DecodeGraphs | None = None
-        self.num_graph_steps = 0
+        self.prefill_graphs: PrefillGraphs | None = None
+        self.num_graph_steps = 0            # decode steps replayed
+        self.num_prefill_graph_steps = 0
         self.num_eager_steps = 0
 
-    def capture_graphs(self, max_num_seqs: int, max_model_len: int) -> float:
-        """Capture the decode graphs (CUDA only); returns the seconds it took."""
+    @property
+    def num_graphs(self) -> int:
+        return sum(g.num_graphs for g in (self.graphs, self.prefill_graphs) if g is not None)
+
+    def capture_graphs(self, max_num_seqs: int, max_model_len: int, max_tokens: int) -> float:
+        """Capture the decode and the prefill graphs (CUDA only); returns the seconds it took.
+        max_tokens: the step's token budget."""
         max_blocks = cdiv(cdiv(max_model_len, self.kv.block_size), TABLE_WIDTH_ALIGN) * TABLE_WIDTH_ALIGN
         self.graphs = DecodeGraphs(self.model, self.kv.kv_cache, max_num_seqs, max_blocks,
                                    self.kv.block_size)
-        return self.graphs.capture()
+        self.prefill_graphs = PrefillGraphs(self.model, self.kv.kv_cache,
+                                            min(max_tokens, PREFILL_GRAPH_MAX_TOKENS),
+                                            max_num_seqs, max_blocks)
+        return self.graphs.capture() + self.prefill_graphs.capture()
 
     def run(self, batch: ScheduledBatch) -> StepResult:
         """Launch and wait (tokens all known on the host)."""
@@ -137,6 +150,11 @@ class ModelRunner:
             self.num_graph_steps += 1
             return self.graphs.run(DecodeInputs(input_ids, inputs.positions, inputs.slot_mapping,
                                                 inputs.seq_lens, inputs.block_tables))
+        if self.prefill_graphs is not None:
+            bucket = self.prefill_graphs.bucket(inputs)
+            if bucket is not None:
+                self.num_prefill_graph_steps += 1
+                return self.prefill_graphs.run(bucket, inputs, input_ids)
         self.num_eager_steps += 1
         dev = self._to_device
         d = inputs.num_decodes

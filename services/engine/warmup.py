@@ -1,5 +1,6 @@
 """Warm-up before a worker says it is ready: every Triton kernel compiled for the shapes it will
-meet, every decode CUDA graph captured, so no request pays for compilation.
+meet, every CUDA graph (decode; prefill up to a thousand tokens) captured, so no request pays
+for compilation.
 
 What decides a compilation is a kernel's compile-time constants and the few arguments Triton
 specializes on (the kernels keep those few on purpose: see their `do_not_specialize` lists). So a
@@ -60,8 +61,9 @@ def warm_up(engine, *, capture_graphs: bool) -> WarmupReport:
     graph_seconds, num_graphs = 0.0, 0
     if capture_graphs:
         config = engine.scheduler.config
-        graph_seconds = engine.runner.capture_graphs(config.max_num_seqs, engine.max_model_len)
-        num_graphs = engine.runner.graphs.num_graphs
+        graph_seconds = engine.runner.capture_graphs(config.max_num_seqs, engine.max_model_len,
+                                                     config.max_num_batched_tokens)
+        num_graphs = engine.runner.num_graphs
     generate_through_the_step_loop(engine)
     burst_through_the_step_loop(engine)
     torch.cuda.synchronize(engine.device)

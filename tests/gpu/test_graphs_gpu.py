@@ -1,7 +1,8 @@
 """CUDA graphs change no output: greedy and seeded tokens of a graph-replaying engine equal the
-eager engine's at batch sizes that straddle a bucket edge (1, 15, 16, 17) and with requests
-joining and leaving mid-run; warm-up leaves the pool clean; the first request after warm-up
-compiles nothing. `pytest -m gpu tests/gpu/test_graphs_gpu.py`."""
+eager engine's at batch sizes that straddle a bucket edge (1, 15, 16, 17), with requests
+joining and leaving mid-run, and for prefill graphs at prompt lengths around their token buckets,
+several prompts at once, chunked prompts and prefix-cache hits; warm-up leaves the pool clean;
+the first request after warm-up compiles nothing. `pytest -m gpu tests/gpu/test_graphs_gpu.py`."""
 
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ def loaded():
     return load_model("tiny-random", dtype="float32", device="cuda")
 
 
-def _engine(loaded, enforce_eager: bool) -> LLMEngine:
+def _engine(loaded, enforce_eager: bool, **scheduler) -> LLMEngine:
     engine = LLMEngine(EngineConfig(enforce_eager=enforce_eager,
                                     cache=CacheConfig(block_size=16, num_blocks=512),
-                                    scheduler=SchedulerConfig(max_num_seqs=40, max_model_len=1024)),
+                                    scheduler=SchedulerConfig(max_num_seqs=40, max_model_len=1024,
+                                                              **scheduler)),
                        loaded)
     report = engine.warm_up()
     assert (report.num_graphs > 0) == (not enforce_eager)
@@ -63,6 +65,40 @@ def test_graphs_equal_eager_with_requests_joining_and_leaving(loaded):
     graphed = _engine(loaded, enforce_eager=False)
     assert _run(graphed, arrivals) == _run(_engine(loaded, enforce_eager=True), arrivals)
     assert graphed.runner.num_graph_steps > 0 and graphed.runner.num_eager_steps > 0
+
+
+def _prompts(engine: LLMEngine, lengths: list[int], rounds: int = 2) -> list[list[int]]:
+    """Greedy tokens of prompts of the given lengths, all added at once, the same prompts again
+    in a second round (their full pages then come from the prefix cache)."""
+    tokens = []
+    for round_ in range(rounds):
+        for i, length in enumerate(lengths):
+            prompt = [(i * 131 + j * 17) % 250 + 3 for j in range(length)]
+            engine.add_request(f"p{round_}-{i}", prompt,
+                               SamplingParams(temperature=0, max_tokens=3, ignore_eos=True))
+        outputs: dict[str, list[int]] = {}
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                outputs.setdefault(out.request_id, []).extend(out.new_token_ids)
+        tokens += [outputs[f"p{round_}-{i}"] for i in range(len(lengths))]
+    engine.check_integrity()
+    return tokens
+
+
+@pytest.mark.parametrize("lengths", [[15], [16], [17], [127, 128, 129], [1000], [40] * 9,
+                                     [300] * 5])
+def test_prefill_graphs_equal_eager(loaded, lengths):
+    graphed = _engine(loaded, enforce_eager=False)
+    assert _prompts(graphed, lengths) == _prompts(_engine(loaded, enforce_eager=True), lengths)
+    assert graphed.runner.num_prefill_graph_steps > 0
+
+
+def test_prefill_graphs_equal_eager_for_chunked_prompts(loaded):
+    lengths = [250, 90, 33]
+    graphed = _engine(loaded, enforce_eager=False, max_num_batched_tokens=96)
+    eager = _engine(loaded, enforce_eager=True, max_num_batched_tokens=96)
+    assert _prompts(graphed, lengths) == _prompts(eager, lengths)
+    assert graphed.runner.num_prefill_graph_steps >= 3
 
 
 def test_first_request_after_warm_up_compiles_nothing(loaded):
