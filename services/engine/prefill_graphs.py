@@ -13,10 +13,14 @@ their (token bucket, sequence bucket):
 - the block table has max_model_len's width: the prefill kernel walks each sequence's own length,
   so the width costs nothing, and a cached prefix or an earlier chunk is read as eagerly.
 
-Above MAX_TOKENS a prefill's GPU time exceeds its host time, and padding would cost more than the
-graph saves; those batches and mixed ones (decode rows beside prefill chunks) run eagerly. A
-sequence bucket is captured only for token buckets with MIN_TOKENS_PER_SEQ tokens per sequence,
-so the graph count stays small (many tiny prompts pad to a larger token bucket)."""
+Padding is not free: from ~200 tokens on, the products are compute-bound, and each padded token
+costs what a real one does (~0.023 ms on an H200). So a lone prompt, the common case when a
+server is not saturated, has a bucket every SINGLE_STEP tokens (a 513-token prompt, BOS and 512,
+pads to 544, not 640), and several prompts share coarser ones. A sequence bucket is captured
+only for token buckets with MIN_TOKENS_PER_SEQ tokens per sequence, so the graph count stays
+small (many tiny prompts pad to a larger token bucket). Above MAX_TOKENS a prefill's GPU time
+exceeds its host time, and the graph would save less than padding costs; those batches and mixed
+ones (decode rows beside prefill chunks) run eagerly."""
 
 from __future__ import annotations
 
@@ -32,18 +36,23 @@ from services.engine.model.attention import AttentionMetadata
 log = logging.getLogger("tandem.engine")
 
 MAX_TOKENS = 1024
+SINGLE_STEP = 32
 _TOKEN_BUCKETS = (16, 32, 64, 128, 256, 384, 512, 640, 768, 896, 1024)
-_SEQ_BUCKETS = (1, 2, 4, 8, 16, 32)
+_SEQ_BUCKETS = (2, 4, 8, 16, 32)
 MIN_TOKENS_PER_SEQ = 8
 
 
 def prefill_buckets(max_tokens: int, max_seqs: int) -> tuple[tuple[int, int], ...]:
-    """(tokens, sequences) of the graphs to capture, smallest token bucket first: token buckets
-    below max_tokens (the step budget, at most MAX_TOKENS) and max_tokens itself, sequence
-    buckets up to max_seqs, each with at least MIN_TOKENS_PER_SEQ tokens per sequence."""
-    tokens = [t for t in _TOKEN_BUCKETS if t < max_tokens] + [max_tokens]
-    seqs = [s for s in _SEQ_BUCKETS if s <= max_seqs]
-    return tuple((t, s) for t in tokens for s in seqs if s * MIN_TOKENS_PER_SEQ <= t)
+    """(tokens, sequences) of the graphs to capture, smallest first. One sequence: 16 and every
+    multiple of SINGLE_STEP below max_tokens (the step budget, at most MAX_TOKENS), and
+    max_tokens itself; several: the coarse token buckets below max_tokens and max_tokens, for
+    sequence buckets up to max_seqs with at least MIN_TOKENS_PER_SEQ tokens per sequence."""
+    single = sorted({16, *range(SINGLE_STEP, max_tokens, SINGLE_STEP), max_tokens})
+    buckets = [(t, 1) for t in single if t <= max_tokens]
+    coarse = [t for t in _TOKEN_BUCKETS if t < max_tokens] + [max_tokens]
+    buckets += [(t, s) for t in coarse for s in _SEQ_BUCKETS
+                if s <= max_seqs and s * MIN_TOKENS_PER_SEQ <= t]
+    return tuple(sorted(buckets))
 
 
 def pick_bucket(buckets: tuple[tuple[int, int], ...], num_tokens: int,

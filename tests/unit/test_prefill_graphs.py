@@ -13,8 +13,8 @@ from services.engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from services.engine.engine import LLMEngine
 from services.engine.kv_cache import cdiv
 from services.engine.loader import load_model
-from services.engine.prefill_graphs import (MIN_TOKENS_PER_SEQ, PrefillGraphs, pick_bucket,
-                                            prefill_buckets)
+from services.engine.prefill_graphs import (MIN_TOKENS_PER_SEQ, SINGLE_STEP, PrefillGraphs,
+                                            pick_bucket, prefill_buckets)
 from services.engine.request import Request
 from services.engine.sampling_params import SamplingParams
 from services.engine.scheduler import ScheduledChunk
@@ -37,11 +37,14 @@ def test_buckets_hold_every_prefill_batch_up_to_the_budget():
             assert bucket is not None and bucket[0] >= tokens and bucket[1] >= seqs
             # the fewest tokens that hold it
             assert not any(seqs <= s and tokens <= t < bucket[0] for t, s in buckets)
+    # A lone prompt pads by less than SINGLE_STEP tokens.
+    assert all(pick_bucket(buckets, n, 1)[0] - n < SINGLE_STEP for n in range(2, 513))
     assert pick_bucket(buckets, 513, 1) is None          # above the budget: eager
     assert pick_bucket(buckets, 100, 17) is None         # more sequences than any bucket
     # A budget between buckets is a bucket of its own (its full chunks replay a graph).
     assert max(t for t, _ in prefill_buckets(max_tokens=96, max_seqs=4)) == 96
     assert prefill_buckets(max_tokens=8, max_seqs=4) == ((8, 1),)
+    assert len(prefill_buckets(max_tokens=8192 // 8, max_seqs=256)) < 80
 
 
 def _chunks(engine: LLMEngine, spans: list[tuple[str, int, int, int]]) -> tuple:
