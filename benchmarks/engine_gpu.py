@@ -147,6 +147,35 @@ def run_workload(engine: LLMEngine, num: int, prompt_len: int, output_len: int,
             "decode_step_ms": 1000 * statistics.median(decode_steps) if decode_steps else None}
 
 
+def closed_loop(engine: LLMEngine, streams: int, prompt_len: int, output_len: int,
+                seconds: float) -> dict:
+    """`streams` requests kept in flight (a finished one replaced at once, as clients in a closed
+    loop do), so new prompts keep joining running decodes in mixed steps: output tok/s over
+    the window and the median step."""
+    salt = next(_run_counter)
+    params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True)
+    vocab = engine.model_config.vocab_size
+    prompts = iter(_prompts(100_000, prompt_len, vocab, salt))
+    for i in range(streams):
+        engine.add_request(f"c{salt}-{i}", next(prompts), params)
+    start, tokens, steps, added = time.perf_counter(), 0, [], streams
+    while time.perf_counter() - start < seconds:
+        before = time.perf_counter()
+        for out in engine.step():
+            tokens += len(out.new_token_ids)
+            if out.finished:
+                engine.add_request(f"c{salt}-{added}", next(prompts), params)
+                added += 1
+        steps.append(time.perf_counter() - before)
+    elapsed = time.perf_counter() - start
+    for request in [*engine.scheduler.running, *engine.scheduler.waiting]:
+        engine.abort(request.request_id)
+    while engine.has_unfinished_requests():
+        engine.step()
+    engine.check_integrity()
+    return {"output_tok_s": tokens / elapsed, "step_ms": 1000 * statistics.median(steps)}
+
+
 def ttft_ms(engine: LLMEngine, prompt_len: int, repeats: int = 7) -> float:
     """Median TTFT of single requests one after another (a prefill alone in its step)."""
     return statistics.median(run_workload(engine, 1, prompt_len, 2)["ttft_first_ms"]
@@ -284,6 +313,14 @@ def main() -> None:
     for num in (1, 64, 256):
         add(f"decode forward replayed alone (GPU), batch {num}, ctx 576 (ms)",
             replay_ms(engine, num, 576), 1000 * roof.step_s(num, 576), "ms")
+    # Mixed steps (prompts joining running decodes) with their pieces replayed, then eager.
+    pieces = closed_loop(engine, 64, 512, 128, 12.0)
+    engine.runner.piecewise_graphs, kept = None, engine.runner.piecewise_graphs
+    eager_mixed = closed_loop(engine, 64, 512, 128, 12.0)
+    engine.runner.piecewise_graphs = kept
+    add("closed loop, 64 streams x 512/128, output tok/s", pieces["output_tok_s"],
+        eager_mixed["output_tok_s"], "tok/s", note="limit = mixed steps eager, same engine",
+        step_ms=pieces["step_ms"], eager_step_ms=eager_mixed["step_ms"])
     del engine
     gc.collect()
     torch.cuda.empty_cache()

@@ -77,6 +77,18 @@ def check_paged_kv(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.
                                        f"num_kv_heads ({key_cache.shape[2]})")
 
 
+def output_like(out: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor:
+    """Where an attention result shaped and typed as q goes: `out`, checked (any outer strides,
+    head_dim contiguous), or a new tensor."""
+    if out is None:
+        return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    check_tensor("out", out, q.dim(), (q.dtype,))
+    if out.shape != q.shape or out.device != q.device:
+        raise KernelArgumentError("out", f"must be {tuple(q.shape)} on {q.device}, got "
+                                         f"{tuple(out.shape)} on {out.device}")
+    return out
+
+
 def use_triton_for(use_triton: bool | None, t: torch.Tensor) -> bool:
     """None: the Triton kernel on CUDA tensors, the reference elsewhere. True forces the kernel
     (CPU tensors then need Triton's interpreter, as the tests run it); False the reference."""

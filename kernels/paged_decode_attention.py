@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from kernels.arguments import (KernelArgumentError, check_dim, check_paged_kv, check_same_device,
-                               check_tensor, next_power_of_2,
+                               check_tensor, next_power_of_2, output_like,
                                use_triton_for)
 from kernels.prefill_attention import prefill_attention_ref
 
@@ -221,18 +221,21 @@ def _check(q, key_cache, value_cache, block_tables, seq_lens) -> None:
 def paged_decode_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                            block_tables: torch.Tensor, seq_lens: torch.Tensor,
                            scale: float, *, use_triton: bool | None = None,
-                           launch: DecodeLaunch | None = None) -> torch.Tensor:
+                           launch: DecodeLaunch | None = None,
+                           out: torch.Tensor | None = None) -> torch.Tensor:
     """q: [num_seqs, num_heads, head_dim]; key_cache/value_cache: [num_blocks, block_size,
     num_kv_heads, head_dim] (any block and token stride, head_dim contiguous); block_tables:
     int32 [num_seqs, max_blocks]; seq_lens: int32 [num_seqs], each >= 1.
-    Returns [num_seqs, num_heads, head_dim] in q's dtype."""
+    Returns [num_seqs, num_heads, head_dim] in q's dtype: `out` if given, else a new tensor."""
     _check(q, key_cache, value_cache, block_tables, seq_lens)
     if not use_triton_for(use_triton, q):
-        return paged_decode_attention_ref(q, key_cache, value_cache, block_tables, seq_lens, scale)
+        result = paged_decode_attention_ref(q, key_cache, value_cache, block_tables, seq_lens,
+                                            scale)
+        return result if out is None else output_like(out, q).copy_(result)
+    out = output_like(out, q)
     num_seqs, num_heads, head_dim = q.shape
     block_size, num_kv_heads = key_cache.shape[1], key_cache.shape[2]
     group = num_heads // num_kv_heads
-    out = torch.empty((num_seqs, num_heads, head_dim), dtype=q.dtype, device=q.device)
     if num_seqs == 0:
         return out
     max_context = block_tables.shape[1] * block_size

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from kernels.arguments import (KernelArgumentError, check_dim, check_paged_kv, check_same_device,
-                               check_tensor, next_power_of_2,
+                               check_tensor, next_power_of_2, output_like,
                                use_triton_for)
 
 
@@ -182,17 +182,19 @@ def _check(q, key_cache, value_cache, block_tables, query_start_loc, seq_lens) -
 def prefill_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                       block_tables: torch.Tensor, query_start_loc: torch.Tensor,
                       seq_lens: torch.Tensor, scale: float, *, use_triton: bool | None = None,
-                      launch: PrefillLaunch | None = None) -> torch.Tensor:
+                      launch: PrefillLaunch | None = None,
+                      out: torch.Tensor | None = None) -> torch.Tensor:
     """Shapes as in prefill_attention_ref; query_start_loc must end at q.shape[0] and each
-    sequence's new tokens must fit in its context (q_len <= seq_len). Returns a new tensor
-    [num_tokens, num_heads, head_dim] in q's dtype."""
+    sequence's new tokens must fit in its context (q_len <= seq_len). Returns [num_tokens,
+    num_heads, head_dim] in q's dtype: `out` if given, else a new tensor."""
     _check(q, key_cache, value_cache, block_tables, query_start_loc, seq_lens)
     if not use_triton_for(use_triton, q):
-        return prefill_attention_ref(q, key_cache, value_cache, block_tables, query_start_loc,
-                                     seq_lens, scale)
+        result = prefill_attention_ref(q, key_cache, value_cache, block_tables, query_start_loc,
+                                       seq_lens, scale)
+        return result if out is None else output_like(out, q).copy_(result)
+    out = output_like(out, q)
     num_tokens, num_heads, head_dim = q.shape
     num_seqs = seq_lens.shape[0]
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
     if num_tokens == 0 or num_seqs == 0:
         return out
     launch = launch or PREFILL_LAUNCHES.get(head_dim, PrefillLaunch())

@@ -3,7 +3,8 @@
 The batch is flattened (batch_inputs.py): decodes first, then prefill chunks, every chunk's new
 tokens end to end with their positions and the slots their K/V go to. A decode-only batch replays
 a captured CUDA graph (cuda_graphs.py) when graphs are on, and so does a prefill-only batch of up
-to a thousand tokens (prefill_graphs.py); any other batch runs eagerly. Logits
+to a thousand tokens (prefill_graphs.py); any other batch of up to two thousand tokens replays
+the pieces between its attentions (piecewise_graphs.py); larger ones run eagerly. Logits
 are computed only at the last token of the chunks that sample.
 
 Host syncs: none. `launch` queues the forward pass, the sampler and the one device-to-host copy
@@ -23,6 +24,7 @@ from services.engine.cuda_graphs import DecodeGraphs, DecodeInputs
 from services.engine.kv_cache import KVCacheManager, cdiv
 from services.engine.model.attention import AttentionMetadata
 from services.engine.prefill_graphs import MAX_TOKENS as PREFILL_GRAPH_MAX_TOKENS
+from services.engine.piecewise_graphs import PiecewiseGraphs
 from services.engine.prefill_graphs import PrefillGraphs
 from services.engine.outputs import TokenLogprob
 from services.engine.sampler import Sampler, SamplerOutput, SamplingRow, to_device
@@ -73,24 +75,29 @@ class ModelRunner:
         self.device = device
         self.graphs: DecodeGraphs | None = None
         self.prefill_graphs: PrefillGraphs | None = None
+        self.piecewise_graphs: PiecewiseGraphs | None = None
         self.num_graph_steps = 0            # decode steps replayed
         self.num_prefill_graph_steps = 0
+        self.num_piecewise_steps = 0
         self.num_eager_steps = 0
 
     @property
     def num_graphs(self) -> int:
-        return sum(g.num_graphs for g in (self.graphs, self.prefill_graphs) if g is not None)
+        return sum(g.num_graphs for g in (self.graphs, self.prefill_graphs, self.piecewise_graphs)
+                   if g is not None)
 
     def capture_graphs(self, max_num_seqs: int, max_model_len: int, max_tokens: int) -> float:
-        """Capture the decode and the prefill graphs (CUDA only); returns the seconds it took.
-        max_tokens: the step's token budget."""
-        max_blocks = cdiv(cdiv(max_model_len, self.kv.block_size), TABLE_WIDTH_ALIGN) * TABLE_WIDTH_ALIGN
-        self.graphs = DecodeGraphs(self.model, self.kv.kv_cache, max_num_seqs, max_blocks,
-                                   self.kv.block_size)
-        self.prefill_graphs = PrefillGraphs(self.model, self.kv.kv_cache,
+        """Capture the decode, prefill and piecewise graphs (CUDA only); returns the seconds it
+        took. max_tokens: the step's token budget."""
+        max_blocks = cdiv(max_model_len, self.kv.block_size)
+        max_blocks = cdiv(max_blocks, TABLE_WIDTH_ALIGN) * TABLE_WIDTH_ALIGN
+        pool = self.kv.kv_cache
+        self.graphs = DecodeGraphs(self.model, pool, max_num_seqs, max_blocks, self.kv.block_size)
+        self.prefill_graphs = PrefillGraphs(self.model, pool,
                                             min(max_tokens, PREFILL_GRAPH_MAX_TOKENS),
                                             max_num_seqs, max_blocks)
-        return self.graphs.capture() + self.prefill_graphs.capture()
+        self.piecewise_graphs = PiecewiseGraphs(self.model, pool, max_tokens)
+        return sum(g.capture() for g in (self.graphs, self.prefill_graphs, self.piecewise_graphs))
 
     def run(self, batch: ScheduledBatch) -> StepResult:
         """Launch and wait (tokens all known on the host)."""
@@ -155,16 +162,24 @@ class ModelRunner:
             if bucket is not None:
                 self.num_prefill_graph_steps += 1
                 return self.prefill_graphs.run(bucket, inputs, input_ids)
+        meta, positions = self._metadata(inputs), self._to_device(inputs.positions)
+        if self.piecewise_graphs is not None:
+            bucket = self.piecewise_graphs.bucket(inputs.input_ids.shape[0])
+            if bucket is not None:
+                self.num_piecewise_steps += 1
+                return self.piecewise_graphs.run(bucket, input_ids, positions, meta)
         self.num_eager_steps += 1
+        return self.model(input_ids, positions, self.kv.kv_cache, meta)
+
+    def _metadata(self, inputs: BatchInputs) -> AttentionMetadata:
         dev = self._to_device
         d = inputs.num_decodes
-        meta = AttentionMetadata(
+        return AttentionMetadata(
             query_start_loc=dev(inputs.query_start_loc), seq_lens=dev(inputs.seq_lens),
             block_tables=dev(inputs.block_tables), slot_mapping=dev(inputs.slot_mapping),
             max_query_len=inputs.max_query_len, max_seq_len=int(inputs.seq_lens.max()),
             num_decodes=d,
             prefill_query_start_loc=dev(inputs.query_start_loc[d:] - inputs.query_start_loc[d]))
-        return self.model(input_ids, dev(inputs.positions), self.kv.kv_cache, meta)
 
     def _to_device(self, host: torch.Tensor) -> torch.Tensor:
         return to_device(host, self.device)

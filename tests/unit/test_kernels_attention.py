@@ -165,3 +165,38 @@ def test_wrappers_reject_bad_arguments(ops):
         kv_write.write_kv_pages(torch.randn(1, 2, 32), torch.randn(1, 2, 32),
                                 key_cache.to(torch.int8), value_cache.to(torch.int8),
                                 torch.zeros(1, dtype=torch.int64))
+
+
+def test_attention_writes_into_a_given_output(ops):
+    """`out`: a strided view of a larger buffer (as a CUDA graph's persistent one) is written in
+    place by both kernels and the references; rows outside it are untouched; a wrong one is
+    refused by name."""
+    decode, prefill, _ = ops
+    from kernels.arguments import KernelArgumentError
+    block_size, seq_lens, q_lens = 16, [17, 33], [5, 9]
+    _, key_cache, value_cache = make_pool(8, block_size, 2, 32, torch.float32)
+    tables = make_block_tables(seq_lens, block_size, 8)
+    lens = torch.tensor(seq_lens, dtype=torch.int32)
+    starts = torch.tensor([0, 5, 14], dtype=torch.int32)
+    cases = [
+        (torch.randn(2, 4, 32), lambda q, **kw: decode.paged_decode_attention(
+            q, key_cache, value_cache, tables, lens, 0.3,
+            launch=decode.DecodeLaunch(block_n=16, partitions=2, min_tiles=1), **kw)),
+        (torch.randn(14, 4, 32), lambda q, **kw: prefill.prefill_attention(
+            q, key_cache, value_cache, tables, starts, lens, 0.3,
+            launch=prefill.PrefillLaunch(block_m=16, block_n=16, num_warps=4), **kw)),
+    ]
+    for q, attend in cases:
+        expected = attend(q, use_triton=False)
+        for use_triton in (False, True):
+            buffer = torch.full((q.shape[0] + 3, 6, 32), 7.0)    # more rows and heads than q
+            view = buffer[1:q.shape[0] + 1, 1:5]
+            assert attend(q, use_triton=use_triton, out=view) is view
+            assert_close(view, expected)
+            untouched = buffer.clone()
+            untouched[1:q.shape[0] + 1, 1:5] = 7.0
+            assert bool((untouched == 7.0).all())
+        with pytest.raises(KernelArgumentError, match="out"):
+            attend(q, out=torch.empty(q.shape[0] + 1, 4, 32))
+        with pytest.raises(KernelArgumentError, match="out"):
+            attend(q, out=torch.empty(q.shape, dtype=torch.float64))

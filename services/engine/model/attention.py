@@ -37,22 +37,23 @@ class AttentionMetadata:
 
 
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_layer: torch.Tensor,
-                    meta: AttentionMetadata, scale: float) -> torch.Tensor:
+                    meta: AttentionMetadata, scale: float,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
     """q: [num_tokens, num_heads, head_dim]; k, v: [num_tokens, num_kv_heads, head_dim];
     kv_layer: this layer's slice of the pool, [num_blocks, 2, block_size, num_kv_heads, head_dim].
-    Returns [num_tokens, num_heads, head_dim]."""
+    Returns [num_tokens, num_heads, head_dim]: `out` if given (written in place), else new."""
     key_cache, value_cache = kv_layer[:, 0], kv_layer[:, 1]
     kernels.write_kv_pages(k, v, key_cache, value_cache, meta.slot_mapping)
     if meta.max_query_len == 1:
         return kernels.paged_decode_attention(q, key_cache, value_cache, meta.block_tables,
-                                              meta.seq_lens, scale)
+                                              meta.seq_lens, scale, out=out)
     d = meta.num_decodes
     if d == 0:
         return kernels.prefill_attention(q, key_cache, value_cache, meta.block_tables,
-                                         meta.query_start_loc, meta.seq_lens, scale)
-    out = torch.empty_like(q)
-    out[:d] = kernels.paged_decode_attention(q[:d], key_cache, value_cache, meta.block_tables[:d],
-                                             meta.seq_lens[:d], scale)
-    out[d:] = kernels.prefill_attention(q[d:], key_cache, value_cache, meta.block_tables[d:],
-                                        meta.prefill_query_start_loc, meta.seq_lens[d:], scale)
+                                         meta.query_start_loc, meta.seq_lens, scale, out=out)
+    out = torch.empty_like(q) if out is None else out
+    kernels.paged_decode_attention(q[:d], key_cache, value_cache, meta.block_tables[:d],
+                                   meta.seq_lens[:d], scale, out=out[:d])
+    kernels.prefill_attention(q[d:], key_cache, value_cache, meta.block_tables[d:],
+                              meta.prefill_query_start_loc, meta.seq_lens[d:], scale, out=out[d:])
     return out

@@ -54,16 +54,21 @@ class Attention(nn.Module):
                                    bias=config.attention_bias, dtype=dtype, quantization=quant)
         self.o_proj = projection(self.q_size, config.hidden_size, dtype=dtype, quantization=quant)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor,
-                kv_layer: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    # No forward: the decoder layer calls paged attention between these two (see there).
+    def project(self, x: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [T, heads, head_dim] and k, v [T, kv_heads, head_dim], rotary applied."""
         num_tokens = x.shape[0]
         q, k, v = self.qkv_proj(x).split((self.q_size, self.kv_size, self.kv_size), dim=-1)
         q = q.view(num_tokens, self.num_heads, self.head_dim)
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
         q, k = kernels.rotary(q, k, positions, cos_sin)
-        out = paged_attention(q, k, v, kv_layer, meta, self.scale)
-        return self.o_proj(out.reshape(num_tokens, self.q_size))
+        return q, k, v
+
+    def output(self, attention: torch.Tensor) -> torch.Tensor:
+        """attention [T, heads, head_dim] -> [T, hidden]."""
+        return self.o_proj(attention.reshape(attention.shape[0], self.q_size))
 
 
 class MLP(nn.Module):
@@ -90,14 +95,28 @@ class DecoderLayer(nn.Module):
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None,
                 positions: torch.Tensor, cos_sin: torch.Tensor, kv_layer: torch.Tensor,
                 meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        q, k, v, residual = self.before_attention(hidden, residual, positions, cos_sin)
+        attention = paged_attention(q, k, v, kv_layer, meta, self.self_attn.scale)
+        return self.after_attention(attention, residual)
+
+    # The layer in two parts around its paged attention, which reads the batch's metadata: the
+    # parts see only token-shaped tensors (what piecewise CUDA graphs capture).
+    def before_attention(self, hidden: torch.Tensor, residual: torch.Tensor | None,
+                         positions: torch.Tensor, cos_sin: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v and the residual stream."""
         # The residual add is fused into the norm that follows it; the first layer has none yet.
         if residual is None:
             residual = hidden
             x, _ = self.input_layernorm(hidden)
         else:
             x, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(x, positions, cos_sin, kv_layer, meta)
-        x, residual = self.post_attention_layernorm(hidden, residual)
+        q, k, v = self.self_attn.project(x, positions, cos_sin)
+        return q, k, v, residual
+
+    def after_attention(self, attention: torch.Tensor, residual: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        x, residual = self.post_attention_layernorm(self.self_attn.output(attention), residual)
         return self.mlp(x), residual
 
 

@@ -1,7 +1,9 @@
-"""The padded prefill forward that a prefill CUDA graph captures, run on CPU: tokens padded to
+"""The forwards that CUDA graphs capture, run eagerly on CPU. Prefill graphs: tokens padded to
 the bucket and sequences padded with empty ones give the real rows the eager pass's hidden
-states and write exactly the eager pass's K/V (a cached prefix and a second chunk included);
-the buckets cover every prefill-only batch up to the budget."""
+states and write exactly the eager pass's K/V (a cached prefix and a second chunk included), and
+the buckets cover every prefill-only batch up to the budget. Piecewise graphs: the pieces around
+eager attentions give a mixed batch (decode rows beside prefill chunks) the eager pass's hidden
+states and K/V, padded to their token bucket."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from services.engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from services.engine.engine import LLMEngine
 from services.engine.kv_cache import cdiv
 from services.engine.loader import load_model
+from services.engine.piecewise_graphs import MAX_TOKENS as PIECEWISE_MAX_TOKENS
+from services.engine.piecewise_graphs import PiecewiseGraphs, piecewise_buckets
 from services.engine.prefill_graphs import (MIN_TOKENS_PER_SEQ, SINGLE_STEP, PrefillGraphs,
                                             pick_bucket, prefill_buckets)
 from services.engine.request import Request
@@ -98,3 +102,41 @@ def test_padded_prefill_equals_the_eager_pass(loaded):
         eager, padded, eager_pool, padded_pool = _eager_and_padded(engine, graphs, second)
         torch.testing.assert_close(padded, eager, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(padded_pool, eager_pool, rtol=1e-5, atol=1e-5)
+
+
+def test_piecewise_buckets_reach_the_budget():
+    assert piecewise_buckets(8192)[-1] == PIECEWISE_MAX_TOKENS
+    assert piecewise_buckets(96) == (16, 32, 64, 96)
+    buckets = piecewise_buckets(2048)
+    assert all(b - a <= 128 for a, b in zip(buckets[3:], buckets[4:]))
+
+
+def test_piecewise_forward_equals_the_eager_pass(loaded):
+    config = EngineConfig(cache=CacheConfig(block_size=BLOCK, num_blocks=128),
+                          scheduler=SchedulerConfig(max_num_batched_tokens=256, max_num_seqs=8,
+                                                    max_model_len=256))
+    engine = LLMEngine(config, loaded)
+    pieces = PiecewiseGraphs(engine.runner.model, engine.kv.kv_cache, 256)
+    torch.manual_seed(1)
+    engine.kv.kv_cache.normal_()
+    runner, kv = engine.runner, engine.kv
+    with torch.inference_mode():
+        # Two prompts to give the decode rows a context, then a mixed batch: both decode one
+        # token each beside the first chunk of a third prompt (3 + 40 tokens pad to 64).
+        prompts = _chunks(engine, [("a", 30, 0, 29), ("b", 12, 0, 11)])
+        first = build_batch_inputs(prompts, BLOCK)
+        runner._forward(first, first.input_ids)
+        mixed = _chunks(engine, [("a", 30, 29, 1), ("c", 70, 0, 40), ("b", 12, 11, 1)])
+        for batch in (mixed, prompts):
+            inputs = build_batch_inputs(batch, BLOCK)
+            start = kv.kv_cache.clone()
+            eager = runner._forward(inputs, inputs.input_ids).clone()
+            eager_pool = kv.kv_cache.clone()
+            kv.kv_cache.copy_(start)
+            bucket = min(b for b in pieces.buckets if b >= inputs.input_ids.shape[0])
+            assert bucket > inputs.input_ids.shape[0]                  # really padded
+            padded = pieces.forward(bucket, inputs.input_ids, inputs.positions,
+                                    runner._metadata(inputs)).clone()
+            torch.testing.assert_close(padded, eager, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(kv.kv_cache, eager_pool, rtol=1e-5, atol=1e-5)
+        assert inputs.num_decodes == 0 and build_batch_inputs(mixed, BLOCK).num_decodes == 2
