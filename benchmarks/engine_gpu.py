@@ -150,21 +150,26 @@ def run_workload(engine: LLMEngine, num: int, prompt_len: int, output_len: int,
 def closed_loop(engine: LLMEngine, streams: int, prompt_len: int, output_len: int,
                 seconds: float) -> dict:
     """`streams` requests kept in flight (a finished one replaced at once, as clients in a closed
-    loop do), so new prompts keep joining running decodes in mixed steps: output tok/s over
-    the window and the median step."""
+    loop do), their output lengths spread over 0.5-1.5x output_len so that they do not finish
+    together: new prompts keep joining running decodes in mixed steps. Output tok/s over the
+    window and the median step."""
     salt = next(_run_counter)
-    params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True)
     vocab = engine.model_config.vocab_size
-    prompts = iter(_prompts(100_000, prompt_len, vocab, salt))
-    for i in range(streams):
-        engine.add_request(f"c{salt}-{i}", next(prompts), params)
+    prompts = iter(_prompts(20_000, prompt_len, vocab, salt))
+
+    def add(index: int) -> None:
+        length = output_len // 2 + (index * 7919) % output_len
+        engine.add_request(f"c{salt}-{index}", next(prompts), SamplingParams(
+            temperature=0, max_tokens=length, ignore_eos=True))
+    for index in range(streams):
+        add(index)
     start, tokens, steps, added = time.perf_counter(), 0, [], streams
     while time.perf_counter() - start < seconds:
         before = time.perf_counter()
         for out in engine.step():
             tokens += len(out.new_token_ids)
             if out.finished:
-                engine.add_request(f"c{salt}-{added}", next(prompts), params)
+                add(added)
                 added += 1
         steps.append(time.perf_counter() - before)
     elapsed = time.perf_counter() - start
@@ -314,13 +319,15 @@ def main() -> None:
         add(f"decode forward replayed alone (GPU), batch {num}, ctx 576 (ms)",
             replay_ms(engine, num, 576), 1000 * roof.step_s(num, 576), "ms")
     # Mixed steps (prompts joining running decodes) with their pieces replayed, then eager.
-    pieces = closed_loop(engine, 64, 512, 128, 12.0)
-    engine.runner.piecewise_graphs, kept = None, engine.runner.piecewise_graphs
-    eager_mixed = closed_loop(engine, 64, 512, 128, 12.0)
-    engine.runner.piecewise_graphs = kept
-    add("closed loop, 64 streams x 512/128, output tok/s", pieces["output_tok_s"],
-        eager_mixed["output_tok_s"], "tok/s", note="limit = mixed steps eager, same engine",
-        step_ms=pieces["step_ms"], eager_step_ms=eager_mixed["step_ms"])
+    for streams in (16, 64, 256):
+        pieces = closed_loop(engine, streams, 512, 128, 10.0)
+        engine.runner.piecewise_graphs, kept = None, engine.runner.piecewise_graphs
+        eager_mixed = closed_loop(engine, streams, 512, 128, 10.0)
+        engine.runner.piecewise_graphs = kept
+        add(f"closed loop, {streams} streams x 512/64-192, output tok/s", pieces["output_tok_s"],
+            eager_mixed["output_tok_s"], "tok/s", note="limit = mixed steps eager, same engine",
+            step_ms=pieces["step_ms"], eager_step_ms=eager_mixed["step_ms"])
+    del kept
     del engine
     gc.collect()
     torch.cuda.empty_cache()

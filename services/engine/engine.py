@@ -61,7 +61,7 @@ class LLMEngine:
         self._in_flight: tuple[InFlightStep, list[SampleSlot]] | None = None
 
     def warm_up(self) -> WarmupReport:
-        """Compile every kernel for the shapes it will meet and capture the decode CUDA graphs
+        """Compile every kernel for the shapes it will meet and capture the CUDA graphs
         (unless eager is enforced), before the first request: see warmup.py."""
         return warm_up(self, capture_graphs=not self._enforce_eager)
 

@@ -1,6 +1,6 @@
 """Warm-up before a worker says it is ready: every Triton kernel compiled for the shapes it will
-meet, every CUDA graph (decode; prefill up to a thousand tokens) captured, so no request pays
-for compilation.
+meet, every CUDA graph (decode, prefill, the pieces of mixed steps) captured, so no request
+pays for compilation.
 
 What decides a compilation is a kernel's compile-time constants and the few arguments Triton
 specializes on (the kernels keep those few on purpose: see their `do_not_specialize` lists). So a

@@ -49,7 +49,7 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--scheduler-policy", default=_SCHED.policy, choices=("fcfs", "shortest_prompt_first"))
     p.add_argument("--enforce-eager", action="store_true",
-                   help="no CUDA graphs: every decode step runs eagerly")
+                   help="no CUDA graphs: every step runs eagerly")
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
