@@ -27,6 +27,7 @@ from services.engine.config import EngineConfig
 from services.engine.errors import CapacityError, ConfigError, InvalidRequestError
 from services.engine.kv_cache import KVCacheManager
 from services.engine.loader import LoadedModel, load_model
+from services.engine.memory_profile import activation_reserve
 from services.engine.output_processor import OutputProcessor
 from services.engine.outputs import RequestOutput
 from services.engine.request import Request, RequestStatus
@@ -46,11 +47,17 @@ class LLMEngine:
         self.device = weight.device
         self.tokenizer = loaded.tokenizer
         self.model_config = loaded.config
-        # Sized after the weights are in place, so a GPU budget counts only what is left.
-        self.kv = KVCacheManager(config.cache, loaded.config, self.device, weight.dtype)
+        scheduler = config.scheduler.for_device(self.device.type)
+        # Sized after the weights are in place, so a GPU budget counts only what is left, and
+        # after the steps' own allocations are measured, so that they fit beside it.
+        reserve = 0
+        if config.cache.num_blocks is None:
+            reserve = activation_reserve(
+                loaded.model, loaded.config, scheduler, self._wanted_model_len(config),
+                config.cache.block_size, self.device, graphs=not config.enforce_eager)
+        self.kv = KVCacheManager(config.cache, loaded.config, self.device, weight.dtype, reserve)
         self.max_model_len = self._max_model_len(config)
-        self.scheduler = Scheduler(config.scheduler.for_device(self.device.type), self.kv,
-                                   self.max_model_len, loaded.eos_token_ids)
+        self.scheduler = Scheduler(scheduler, self.kv, self.max_model_len, loaded.eos_token_ids)
         self.runner = ModelRunner(loaded.model, self.kv, Sampler(config.seed, self.device), self.device)
         self.outputs = OutputProcessor(self.tokenizer, loaded.eos_token_ids, self.scheduler.finish,
                                        config.detokenize)
@@ -65,14 +72,17 @@ class LLMEngine:
         (unless eager is enforced), before the first request: see warmup.py."""
         return warm_up(self, capture_graphs=not self._enforce_eager)
 
-    def _max_model_len(self, config: EngineConfig) -> int:
+    def _wanted_model_len(self, config: EngineConfig) -> int:
         model_limit = self.model_config.max_position_embeddings
         wanted = config.scheduler.max_model_len or model_limit
         if wanted > model_limit:
             raise ConfigError(f"max_model_len ({wanted}) exceeds the model's "
                               f"max_position_embeddings ({model_limit})")
+        return wanted
+
+    def _max_model_len(self, config: EngineConfig) -> int:
         # A request must fit in the pool on its own, or preemption could never make room for it.
-        return min(wanted, self.kv.num_blocks * self.kv.block_size)
+        return min(self._wanted_model_len(config), self.kv.num_blocks * self.kv.block_size)
 
     # --- the step loop ---
 

@@ -31,16 +31,18 @@ class PrefixHit:
     num_tokens: int = 0
 
 
-def pool_num_blocks(config: CacheConfig, bytes_per_block: int, device: torch.device) -> int:
-    """num_blocks if configured, else what the memory budget holds, capped by what the worker
-    can ever use (max_pool_tokens)."""
+def pool_num_blocks(config: CacheConfig, bytes_per_block: int, device: torch.device,
+                    reserve_bytes: int = 0) -> int:
+    """num_blocks if configured, else what the memory budget holds beside `reserve_bytes` (what
+    the steps allocate outside the pool: memory_profile.py), capped by what the worker can ever
+    use (max_pool_tokens)."""
     if config.num_blocks is not None:
         return config.num_blocks
     if device.type == "cuda":
         torch.cuda.empty_cache()        # what loading left cached but unused is not the weights
         free_bytes, total_bytes = torch.cuda.mem_get_info(device)
         budget = GpuBudget(total_bytes, free_bytes, torch.cuda.memory_reserved(device),
-                           config.gpu_memory_fraction, config.gpu_memory_bytes)
+                           config.gpu_memory_fraction, config.gpu_memory_bytes, reserve_bytes)
         pool_bytes, where = budget.pool_bytes, f"{device}: {budget}"
     else:
         pool_bytes, where = config.cpu_budget_bytes, "cpu_budget_bytes"
@@ -56,14 +58,17 @@ def pool_num_blocks(config: CacheConfig, bytes_per_block: int, device: torch.dev
 @dataclass(frozen=True)
 class GpuBudget:
     """One worker's share of a card: `budget_bytes` if set, else `fraction` of the card's total
-    memory, weights included. The pool gets that less what this process has allocated already
-    (its weights), and never more than is free now (other workers and processes on the card)."""
+    memory, weights, activations and CUDA graphs included. The pool gets that less what this
+    process has allocated already (its weights) and what its steps will allocate beside the pool
+    (`reserved_bytes`), and never more than is free now less that (other workers and processes
+    on the card)."""
 
     total_bytes: int
     free_bytes: int
     used_bytes: int                  # allocated by this process before the pool
     fraction: float
     budget_bytes: int | None = None
+    reserved_bytes: int = 0          # activations and graph pools, allocated after the pool
 
     @property
     def allowed_bytes(self) -> int:
@@ -71,26 +76,29 @@ class GpuBudget:
 
     @property
     def pool_bytes(self) -> int:
-        return min(self.allowed_bytes - self.used_bytes, self.free_bytes)
+        return min(self.allowed_bytes - self.used_bytes, self.free_bytes) - self.reserved_bytes
 
     def __str__(self) -> str:
         gib = 2**30
         share = (f"gpu_memory_bytes {self.budget_bytes}" if self.budget_bytes is not None
                  else f"gpu_memory_fraction {self.fraction:g} of {self.total_bytes / gib:.1f} GiB")
         return (f"this worker may use {self.allowed_bytes / gib:.2f} GiB ({share}), has "
-                f"{self.used_bytes / gib:.2f} GiB allocated, {self.free_bytes / gib:.2f} GiB free")
+                f"{self.used_bytes / gib:.2f} GiB allocated, keeps "
+                f"{self.reserved_bytes / gib:.2f} GiB for activations and CUDA graphs, "
+                f"{self.free_bytes / gib:.2f} GiB free")
 
 
 class KVCacheManager:
     def __init__(self, config: CacheConfig, model_config: ModelConfig,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 reserve_bytes: int = 0) -> None:
         device = torch.device(device)
         self.block_size = config.block_size
         self.enable_prefix_caching = config.enable_prefix_caching
         page_shape = (model_config.num_layers, 2, config.block_size, model_config.num_kv_heads,
                       model_config.head_dim)
         bytes_per_block = torch.Size(page_shape).numel() * dtype.itemsize
-        self.num_blocks = pool_num_blocks(config, bytes_per_block, device)
+        self.num_blocks = pool_num_blocks(config, bytes_per_block, device, reserve_bytes)
         self.kv_cache = torch.zeros((self.num_blocks, *page_shape), dtype=dtype, device=device)
         self._pool = BlockPool(self.num_blocks)
         self._tables: dict[str, list[int]] = {}

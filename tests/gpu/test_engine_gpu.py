@@ -1,6 +1,7 @@
 """The engine on a CUDA device: greedy parity with HF generate (fp32, Triton kernels) through
 chunked prefill and preemption, seeded sampling independent of the batch, the prefill -> decode
-hand-off between two engines, and the 8B-shaped preset end to end. `pytest -m gpu tests/gpu`."""
+hand-off between two engines, the 8B-shaped preset end to end, and its memory within its share.
+`pytest -m gpu tests/gpu`."""
 
 from __future__ import annotations
 
@@ -88,3 +89,29 @@ def test_llama_8b_shaped_preset_runs_a_batch():
                            SamplingParams(temperature=0.7, seed=i, max_tokens=8, ignore_eos=True))
     tokens = drain(engine)
     assert all(len(t) == 8 for t in tokens.values()) and len(tokens) == 8
+
+
+def test_an_8b_engine_stays_within_its_memory_share():
+    """Weights, KV pool, activations and every CUDA graph pool together stay inside the
+    configured fraction of the card, through warm-up and a load of the largest steps (prompts
+    filling the step budget beside decodes, top-p and logprobs): the pool is sized after the
+    steps' own allocations were measured (memory_profile.py)."""
+    import gc
+    fraction = 0.3
+    total = torch.cuda.mem_get_info(0)[1]
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(0)
+    engine = LLMEngine(EngineConfig(model="llama-3.1-8b-random", device="cuda",
+                                    cache=CacheConfig(gpu_memory_fraction=fraction),
+                                    scheduler=SchedulerConfig(max_model_len=4096)))
+    engine.warm_up()
+    params = SamplingParams(temperature=0.8, top_p=0.9, logprobs=5, max_tokens=16,
+                            ignore_eos=True)
+    for i in range(40):
+        engine.add_request(f"r{i}", [1 + (i * 7 + j) % 1000 for j in range(300 + 67 * i)], params)
+    assert len(drain(engine)) == 40
+    peak = torch.cuda.max_memory_reserved(0)
+    print(f"peak {peak / 2**30:.2f} GiB of a {fraction * total / 2**30:.2f} GiB share; pool "
+          f"{engine.kv.num_blocks} blocks")
+    assert peak <= fraction * total

@@ -3,7 +3,8 @@ the bucket and sequences padded with empty ones give the real rows the eager pas
 states and write exactly the eager pass's K/V (a cached prefix and a second chunk included), and
 the buckets cover every prefill-only batch up to the budget. Piecewise graphs: the pieces around
 eager attentions give a mixed batch (decode rows beside prefill chunks) the eager pass's hidden
-states and K/V, padded to their token bucket."""
+states and K/V, padded to their token bucket. The batches the GPU memory profile measures are
+well-formed forwards."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from services.engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from services.engine.engine import LLMEngine
 from services.engine.kv_cache import cdiv
 from services.engine.loader import load_model
+from services.engine.memory_profile import profile_batch
 from services.engine.piecewise_graphs import MAX_TOKENS as PIECEWISE_MAX_TOKENS
 from services.engine.piecewise_graphs import PiecewiseGraphs, piecewise_buckets
 from services.engine.prefill_graphs import (MIN_TOKENS_PER_SEQ, SINGLE_STEP, PrefillGraphs,
@@ -140,3 +142,19 @@ def test_piecewise_forward_equals_the_eager_pass(loaded):
             torch.testing.assert_close(padded, eager, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(kv.kv_cache, eager_pool, rtol=1e-5, atol=1e-5)
         assert inputs.num_decodes == 0 and build_batch_inputs(mixed, BLOCK).num_decodes == 2
+
+
+@pytest.mark.parametrize("tokens,per_seq", [(40, 40), (40, 16), (12, 1)])
+def test_the_memory_profile_batches_run(loaded, tokens, per_seq):
+    """The forwards memory_profile.py measures on a GPU (a prefill at the step budget in
+    sequences of max_model_len, a full decode batch) are well-formed batches: on CPU they run
+    through the same model and write K/V only into their own scratch pool."""
+    batch = profile_batch(loaded.config, tokens, per_seq, BLOCK, torch.float32,
+                          torch.device("cpu"))
+    assert batch.meta.num_decodes == (tokens if per_seq == 1 else 0)
+    with torch.inference_mode():
+        hidden = loaded.model(batch.input_ids, batch.positions, batch.kv_cache, batch.meta)
+    assert hidden.shape == (tokens, loaded.config.hidden_size) and bool(hidden.isfinite().all())
+    written = batch.kv_cache.flatten(1).abs().sum(1) > 0          # per block
+    assert int(written.sum()) == sum(cdiv(min(per_seq, tokens - s), BLOCK)
+                                     for s in range(0, tokens, per_seq))

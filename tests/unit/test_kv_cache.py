@@ -58,6 +58,13 @@ def test_a_gpu_budget_is_a_share_of_the_card_less_the_weights_and_never_more_tha
     short = GpuBudget(80 * GIB, 60 * GIB, 16 * GIB, 0.1)
     assert short.pool_bytes < 0
     assert "may use 8.00 GiB (gpu_memory_fraction 0.1 of 80.0 GiB), has 16.00 GiB allocated" in str(short)
+    # What the steps will allocate beside the pool (activations, graph pools) comes off both
+    # limits, and the message says how much.
+    kept = GpuBudget(80 * GIB, 60 * GIB, 16 * GIB, 0.5, reserved_bytes=3 * GIB)
+    assert kept.pool_bytes == 21 * GIB
+    assert "keeps 3.00 GiB for activations and CUDA graphs" in str(kept)
+    crowded = GpuBudget(80 * GIB, 10 * GIB, 16 * GIB, 0.5, reserved_bytes=3 * GIB)
+    assert crowded.pool_bytes == 7 * GIB
 
 
 def test_allocate_grows_and_free_returns_everything():
