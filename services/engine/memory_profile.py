@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from services.engine.config import ModelConfig, SchedulerConfig
+from services.engine.errors import ConfigError
 from services.engine.kv_cache import cdiv
 from services.engine.model.attention import AttentionMetadata
 from services.engine.piecewise_graphs import MAX_TOKENS as PIECEWISE_MAX_TOKENS
@@ -48,8 +49,14 @@ def activation_reserve(model: torch.nn.Module, config: ModelConfig, scheduler: S
         cases += [(min(budget, PREFILL_GRAPH_MAX_TOKENS), max_model_len, 1),
                   (min(budget, PIECEWISE_MAX_TOKENS), max_model_len, 1),
                   (rows, 1, 0)]                           # the decode graphs' widest batch
-    peaks = [_peak_bytes(model, config, tokens, per_seq, samples, block_size, device)
-             for tokens, per_seq, samples in cases]
+    try:
+        peaks = [_peak_bytes(model, config, tokens, per_seq, samples, block_size, device)
+                 for tokens, per_seq, samples in cases]
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        raise ConfigError(f"a step of {budget} tokens (max_num_batched_tokens) does not fit on "
+                          f"{device} beside the weights: lower it, or give the worker more "
+                          "memory") from None
     reserve = int(sum(peaks) * (1 + _ALLOCATOR_SLACK)) + _FIXED_BYTES
     log.info("kept beside the KV pool: %.2f GiB (an eager step of %d tokens %.2f GiB, graph "
              "pools %.2f GiB, allocator slack)", reserve / 2**30, budget, peaks[0] / 2**30,
