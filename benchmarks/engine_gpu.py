@@ -15,8 +15,8 @@ written) and the bf16 matmul rate (8192^3); from them each figure's roofline:
 
 Ours is `LLMEngine.step` in a loop (scheduling, batch preparation, forward, sampling, outputs),
 configured as a worker runs it (token ids out; the gateway detokenizes for its clients), after
-`warm_up()` (kernels compiled, decode and prefill CUDA graphs captured); the eager rows run the
-same engine with `enforce_eager`. The HF peer is transformers' eager `generate` on the same
+`warm_up()` (kernels compiled, every kind of CUDA graph captured); the eager rows run the same
+engine with `enforce_eager`. The HF peer is transformers' eager `generate` on the same
 shapes. Run it as a module from the repository root (benchmarks/kernels.py would shadow
 the kernels package otherwise)."""
 
@@ -150,9 +150,9 @@ def run_workload(engine: LLMEngine, num: int, prompt_len: int, output_len: int,
 def closed_loop(engine: LLMEngine, streams: int, prompt_len: int, output_len: int,
                 seconds: float) -> dict:
     """`streams` requests kept in flight (a finished one replaced at once, as clients in a closed
-    loop do), their output lengths spread over 0.5-1.5x output_len so that they do not finish
-    together: new prompts keep joining running decodes in mixed steps. Output tok/s over the
-    window and the median step."""
+    loop do), their output lengths spread over [output_len / 2, 1.5 output_len) so that they do
+    not finish together: new prompts keep joining running decodes in mixed steps. Output tok/s
+    over the window and the median step."""
     salt = next(_run_counter)
     vocab = engine.model_config.vocab_size
     prompts = iter(_prompts(20_000, prompt_len, vocab, salt))
@@ -324,7 +324,7 @@ def main() -> None:
         engine.runner.piecewise_graphs, kept = None, engine.runner.piecewise_graphs
         eager_mixed = closed_loop(engine, streams, 512, 128, 10.0)
         engine.runner.piecewise_graphs = kept
-        add(f"closed loop, {streams} streams x 512/64-192, output tok/s", pieces["output_tok_s"],
+        add(f"closed loop, {streams} streams x 512/64-191, output tok/s", pieces["output_tok_s"],
             eager_mixed["output_tok_s"], "tok/s", note="limit = mixed steps eager, same engine",
             step_ms=pieces["step_ms"], eager_step_ms=eager_mixed["step_ms"])
     del kept

@@ -23,10 +23,10 @@ from services.engine.batch_inputs import TABLE_WIDTH_ALIGN, BatchInputs, build_b
 from services.engine.cuda_graphs import DecodeGraphs, DecodeInputs
 from services.engine.kv_cache import KVCacheManager, cdiv
 from services.engine.model.attention import AttentionMetadata
-from services.engine.prefill_graphs import MAX_TOKENS as PREFILL_GRAPH_MAX_TOKENS
-from services.engine.piecewise_graphs import PiecewiseGraphs
-from services.engine.prefill_graphs import PrefillGraphs
 from services.engine.outputs import TokenLogprob
+from services.engine.piecewise_graphs import PiecewiseGraphs
+from services.engine.prefill_graphs import MAX_TOKENS as PREFILL_GRAPH_MAX_TOKENS
+from services.engine.prefill_graphs import PrefillGraphs
 from services.engine.sampler import Sampler, SamplerOutput, SamplingRow, to_device
 from services.engine.request import PENDING_TOKEN
 from services.engine.scheduler import ScheduledBatch
