@@ -1,7 +1,7 @@
-"""The engine on a CUDA device: greedy parity with HF generate (fp32, Triton kernels) through
-chunked prefill and preemption, seeded sampling independent of the batch, the prefill -> decode
-hand-off between two engines, the 8B-shaped preset end to end, and its memory within its share.
-`pytest -m gpu tests/gpu`."""
+"""The engine on a CUDA device, eager and with every CUDA graph on: greedy parity with HF
+generate (fp32, Triton kernels) through chunked prefill and preemption, seeded sampling
+independent of the batch, the prefill -> decode hand-off between two engines; the 8B-shaped
+preset end to end, and its memory within its share. `pytest -m gpu tests/gpu`."""
 
 from __future__ import annotations
 
@@ -31,7 +31,16 @@ def drain(engine: LLMEngine, holds_pages: bool = False) -> dict[str, list[int]]:
     return tokens
 
 
-def test_greedy_matches_hf_on_gpu_through_chunks_and_preemption(tmp_path):
+def ready(engine: LLMEngine, graphs: bool) -> LLMEngine:
+    """With graphs: warmed up, so every step kind replays its CUDA graphs (decode, prefill,
+    pieces); without: every step eager."""
+    if graphs:
+        assert engine.warm_up().num_graphs > 0
+    return engine
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_greedy_matches_hf_on_gpu_through_chunks_and_preemption(tmp_path, graphs):
     path = make_hf_checkpoint(tmp_path, "llama3")
     loaded = load_model(str(path), dtype="float32", device="cuda")
     hf = load_hf_model(path).cuda()
@@ -45,14 +54,15 @@ def test_greedy_matches_hf_on_gpu_through_chunks_and_preemption(tmp_path):
     for cache, scheduler in ((CacheConfig(block_size=16, num_blocks=64), SchedulerConfig()),
                              (CacheConfig(block_size=4, num_blocks=32),
                               SchedulerConfig(max_num_batched_tokens=7))):
-        engine = LLMEngine(EngineConfig(cache=cache, scheduler=scheduler), loaded)
+        engine = ready(LLMEngine(EngineConfig(cache=cache, scheduler=scheduler), loaded), graphs)
         for text in PROMPTS:
             engine.add_request(text, loaded.tokenizer.encode(text),
                                SamplingParams(temperature=0, max_tokens=10))
         assert drain(engine) == expected
 
 
-def test_seeded_sampling_and_hand_off_on_gpu():
+@pytest.mark.parametrize("graphs", [False, True])
+def test_seeded_sampling_and_hand_off_on_gpu(graphs):
     loaded = load_model("tiny-random", device="cuda")
     ids = loaded.tokenizer.encode("Disaggregated serving moves the KV cache as pages.")
     params = SamplingParams(temperature=0.8, top_p=0.9, top_k=40, seed=3, max_tokens=12,
@@ -60,14 +70,15 @@ def test_seeded_sampling_and_hand_off_on_gpu():
     config = EngineConfig(cache=CacheConfig(block_size=16, num_blocks=64))
     alone = LLMEngine(config, loaded)
     alone.add_request("r", ids, params)
-    expected = drain(alone)["r"]
+    expected = drain(alone)["r"]        # eager: the reference either way
 
-    busy = LLMEngine(config, loaded)
+    busy = ready(LLMEngine(config, loaded), graphs)
     busy.add_request("other", ids[::-1], SamplingParams(max_tokens=20, ignore_eos=True))
     busy.add_request("r", ids, params)
     assert drain(busy)["r"] == expected
 
-    prefill, decode = LLMEngine(config, loaded), LLMEngine(config, loaded)
+    prefill = ready(LLMEngine(config, loaded), graphs)
+    decode = ready(LLMEngine(config, loaded), graphs)
     prefill.add_request("r", ids, params, prefill_only=True)
     first = drain(prefill, holds_pages=True)["r"]
     blocks, num_tokens = prefill.held_pages("r")
