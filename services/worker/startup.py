@@ -15,7 +15,7 @@ log = logging.getLogger("tandem.worker")
 
 
 async def warm_up(loop: EngineLoop) -> float:
-    """Runs the engine's warm-up (LLMEngine.warm_up: kernels compiled, decode CUDA graphs
+    """Runs the engine's warm-up (LLMEngine.warm_up: kernels compiled, CUDA graphs
     captured) on its engine thread, where its steps run, before any request; returns the seconds
     it took."""
     start = time.perf_counter()
