@@ -19,8 +19,8 @@ server is not saturated, has a bucket every SINGLE_STEP tokens (a 513-token prom
 pads to 544, not 640), and several prompts share coarser ones. A sequence bucket is captured
 only for token buckets with MIN_TOKENS_PER_SEQ tokens per sequence, so the graph count stays
 small (many tiny prompts pad to a larger token bucket). Above MAX_TOKENS a prefill's GPU time
-exceeds its host time, and the graph would save less than padding costs; those batches and mixed
-ones (decode rows beside prefill chunks) run eagerly."""
+exceeds its host time, and a whole graph would save less than padding costs; those batches and
+mixed ones (decode rows beside prefill chunks) replay pieces instead (piecewise_graphs.py)."""
 
 from __future__ import annotations
 
