@@ -162,14 +162,15 @@ class ModelRunner:
             if bucket is not None:
                 self.num_prefill_graph_steps += 1
                 return self.prefill_graphs.run(bucket, inputs, input_ids)
-        meta, positions = self._metadata(inputs), self._to_device(inputs.positions)
+        meta = self._metadata(inputs)
         if self.piecewise_graphs is not None:
             bucket = self.piecewise_graphs.bucket(inputs.input_ids.shape[0])
             if bucket is not None:
                 self.num_piecewise_steps += 1
-                return self.piecewise_graphs.run(bucket, input_ids, positions, meta)
+                # host positions: they go straight into the pieces' buffer, padded there
+                return self.piecewise_graphs.run(bucket, input_ids, inputs.positions, meta)
         self.num_eager_steps += 1
-        return self.model(input_ids, positions, self.kv.kv_cache, meta)
+        return self.model(input_ids, self._to_device(inputs.positions), self.kv.kv_cache, meta)
 
     def _metadata(self, inputs: BatchInputs) -> AttentionMetadata:
         dev = self._to_device
