@@ -178,6 +178,15 @@ def bench_elementwise(bandwidth: float) -> None:
     base = time_ms(lambda: rotary_ref(q, k, positions, cache))
     record("rotary", f"{tokens} tok 32+8 heads", ours, 2 * (q.numel() + k.numel()) * 2, "B/s",
            bandwidth, "torch eager", base)
+    for n in (1, 256, tokens):       # a decode of one, of a full batch, a prefill step
+        args = (q[:n], k[:n], qkv[:n, (HEADS + KV_HEADS) * HEAD_DIM:].view(n, KV_HEADS, HEAD_DIM),
+                positions[:n], cache, key_cache, value_cache, slots[:n])
+        ours = time_ms(lambda: kernels.rotary_kv_write(*args))
+        base = time_ms(lambda: kernels.write_kv_pages(
+            *kernels.rotary(*args[:2], *args[3:5]), args[2], *args[5:]))
+        moved = 2 * (q[:n].numel() + 2 * k[:n].numel()) * 2
+        record("rotary + KV page write", f"{n} tok 32+8 heads", ours, moved, "B/s", bandwidth,
+               "rotary, then KV page write", base)
 
     gate_up = torch.randn(tokens, 2 * INTERMEDIATE, dtype=BF16, device="cuda")
     ours = time_ms(lambda: kernels.silu_and_mul(gate_up))

@@ -28,7 +28,7 @@ def rotary_ref(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
 
 
 @triton.jit
-def _rotate_heads(src_ptr, dst_ptr, num_heads, stride_st, stride_sh, stride_dt, stride_dh,
+def rotate_heads(src_ptr, dst_ptr, num_heads, stride_st, stride_sh, stride_dt, stride_dh,
                   token, cos, sin, HEADS_PAD: tl.constexpr, HALF: tl.constexpr,
                   HALF_PAD: tl.constexpr):
     h = tl.arange(0, HEADS_PAD)
@@ -54,9 +54,9 @@ def _rotary_kernel(q_ptr, k_ptr, q_out_ptr, k_out_ptr, positions_ptr, cache_ptr,
     j = tl.arange(0, HALF_PAD)
     cos = tl.load(cache_ptr + pos * stride_cache + j, mask=j < HALF, other=0.0)
     sin = tl.load(cache_ptr + pos * stride_cache + HALF + j, mask=j < HALF, other=0.0)
-    _rotate_heads(q_ptr, q_out_ptr, num_heads, stride_qt, stride_qh, stride_qot, stride_qoh,
+    rotate_heads(q_ptr, q_out_ptr, num_heads, stride_qt, stride_qh, stride_qot, stride_qoh,
                   token, cos, sin, Q_HEADS_PAD, HALF, HALF_PAD)
-    _rotate_heads(k_ptr, k_out_ptr, num_kv_heads, stride_kt, stride_kh, stride_kot, stride_koh,
+    rotate_heads(k_ptr, k_out_ptr, num_kv_heads, stride_kt, stride_kh, stride_kot, stride_koh,
                   token, cos, sin, K_HEADS_PAD, HALF, HALF_PAD)
 
 

@@ -10,10 +10,10 @@ per piece between two attentions:
     piece i (1..L-1): layer i-1 after its attention, layer i up to its attention
     piece L:          layer L-1 after its attention, final norm      -> hidden states
 
-and a step replays piece 0, then for each layer writes its K/V and runs its attention eagerly,
-on the real tokens with the batch's own metadata (the decode kernel for decode rows, the prefill
-kernel for chunks, as the eager pass), and replays the next piece. Pieces pass q, k, v, the
-residual and the attention output through persistent buffers; rows past the real tokens are
+and a step replays piece 0, then for each layer rotates q and k, writes its K/V and runs its
+attention eagerly, on the real tokens with the batch's own metadata (the decode kernel for
+decode rows, the prefill kernel for chunks, as the eager pass), and replays the next piece.
+Pieces pass q, k, v, the residual and the attention output through persistent buffers; rows past the real tokens are
 padding that no attention reads and no one keeps. A step thus launches L + 1 graphs (33 for a
 32-layer model) and ~3 kernels a layer instead of ~13 kernels and a dozen torch ops a layer: the
 host keeps ahead of the GPU.
@@ -118,7 +118,8 @@ class PiecewiseGraphs:
         copy_padded(self._positions, positions, bucket, 0)
         for index, layer in enumerate(self.layers):
             piece(index)
-            paged_attention(self._q[:n], self._k[:n], self._v[:n], self.kv_cache[:, index], meta,
+            paged_attention(self._q[:n], self._k[:n], self._v[:n], self._positions[:n],
+                            self.model.cos_sin_cache, self.kv_cache[:, index], meta,
                             layer.self_attn.scale, out=self._attention[:n])
         return piece(len(self.layers))[:n]
 
@@ -134,8 +135,7 @@ class PiecewiseGraphs:
         if index == len(self.layers):
             hidden, _ = self.model.model.norm(hidden, residual)
             return hidden
-        q, k, v, residual = self.layers[index].before_attention(
-            hidden, residual, self._positions[:tokens], self.model.cos_sin_cache)
+        q, k, v, residual = self.layers[index].before_attention(hidden, residual)
         for buffer, value in ((self._q, q), (self._k, k), (self._v, v),
                               (self._residual, residual)):
             buffer[:tokens].copy_(value)

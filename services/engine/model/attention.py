@@ -1,9 +1,9 @@
 """The one narrow attention function every model layer calls, and the batch metadata it reads.
 
 A step's batch is flattened: the new tokens of every scheduled sequence laid end to end (a prefill
-chunk contributes many, a decoding sequence one). K/V of the new tokens are written into their
-pages first; attention then reads the whole context from the pages, so a cached prefix, an earlier
-chunk and the new tokens are all read the same way.
+chunk contributes many, a decoding sequence one). One kernel rotates q and k and writes the new
+tokens' K/V into their pages first; attention then reads the whole context from the pages, so a
+cached prefix, an earlier chunk and the new tokens are all read the same way.
 
 Sequences with one new token come first in the batch (`num_decodes` of them): they go through the
 decode kernel, which reads each context once for all the query heads that share a KV head; the
@@ -36,14 +36,16 @@ class AttentionMetadata:
         return self.seq_lens.shape[0]
 
 
-def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_layer: torch.Tensor,
-                    meta: AttentionMetadata, scale: float,
-                    out: torch.Tensor | None = None) -> torch.Tensor:
-    """q: [num_tokens, num_heads, head_dim]; k, v: [num_tokens, num_kv_heads, head_dim];
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                    cos_sin: torch.Tensor, kv_layer: torch.Tensor, meta: AttentionMetadata,
+                    scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """q: [num_tokens, num_heads, head_dim]; k, v: [num_tokens, num_kv_heads, head_dim], before
+    rotary (q is rotated in place); positions [num_tokens] and cos_sin as rotary takes them;
     kv_layer: this layer's slice of the pool, [num_blocks, 2, block_size, num_kv_heads, head_dim].
     Returns [num_tokens, num_heads, head_dim]: `out` if given (written in place), else new."""
     key_cache, value_cache = kv_layer[:, 0], kv_layer[:, 1]
-    kernels.write_kv_pages(k, v, key_cache, value_cache, meta.slot_mapping)
+    kernels.rotary_kv_write(q, k, v, positions, cos_sin, key_cache, value_cache,
+                            meta.slot_mapping)
     if meta.max_query_len == 1:
         return kernels.paged_decode_attention(q, key_cache, value_cache, meta.block_tables,
                                               meta.seq_lens, scale, out=out)

@@ -55,15 +55,14 @@ class Attention(nn.Module):
         self.o_proj = projection(self.q_size, config.hidden_size, dtype=dtype, quantization=quant)
 
     # No forward: the decoder layer calls paged attention between these two (see there).
-    def project(self, x: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q [T, heads, head_dim] and k, v [T, kv_heads, head_dim], rotary applied."""
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [T, heads, head_dim] and k, v [T, kv_heads, head_dim], before rotary (paged
+        attention rotates them as it writes the pages)."""
         num_tokens = x.shape[0]
         q, k, v = self.qkv_proj(x).split((self.q_size, self.kv_size, self.kv_size), dim=-1)
         q = q.view(num_tokens, self.num_heads, self.head_dim)
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
-        q, k = kernels.rotary(q, k, positions, cos_sin)
         return q, k, v
 
     def output(self, attention: torch.Tensor) -> torch.Tensor:
@@ -95,23 +94,23 @@ class DecoderLayer(nn.Module):
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None,
                 positions: torch.Tensor, cos_sin: torch.Tensor, kv_layer: torch.Tensor,
                 meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
-        q, k, v, residual = self.before_attention(hidden, residual, positions, cos_sin)
-        attention = paged_attention(q, k, v, kv_layer, meta, self.self_attn.scale)
+        q, k, v, residual = self.before_attention(hidden, residual)
+        attention = paged_attention(q, k, v, positions, cos_sin, kv_layer, meta,
+                                    self.self_attn.scale)
         return self.after_attention(attention, residual)
 
     # The layer in two parts around its paged attention, which reads the batch's metadata: the
     # parts see only token-shaped tensors (what piecewise CUDA graphs capture).
-    def before_attention(self, hidden: torch.Tensor, residual: torch.Tensor | None,
-                         positions: torch.Tensor, cos_sin: torch.Tensor
+    def before_attention(self, hidden: torch.Tensor, residual: torch.Tensor | None
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v and the residual stream."""
+        """q, k, v (before rotary) and the residual stream."""
         # The residual add is fused into the norm that follows it; the first layer has none yet.
         if residual is None:
             residual = hidden
             x, _ = self.input_layernorm(hidden)
         else:
             x, residual = self.input_layernorm(hidden, residual)
-        q, k, v = self.self_attn.project(x, positions, cos_sin)
+        q, k, v = self.self_attn.project(x)
         return q, k, v, residual
 
     def after_attention(self, attention: torch.Tensor, residual: torch.Tensor

@@ -1,0 +1,120 @@
+"""Rotary embedding and the KV page write in one launch: what every layer does between its qkv
+projection and its attention. q is rotated in place; k is rotated on its way into its page and
+v copied beside it, so the rotated k is never written anywhere but the pool (the attention
+kernels read K/V only from the pages).
+
+One program per token: its cos/sin row once, all its query heads, then its K/V heads into
+their slot (a negative slot is skipped: the padded rows of a graph bucket). rotary.py and
+kv_page_write.py are the two halves as separate kernels."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.arguments import (FLOAT_DTYPES, KernelArgumentError, check_dim, check_same_device,
+                               check_tensor, next_power_of_2, use_triton_for)
+from kernels.kv_page_write import write_kv_pages_ref
+from kernels.rotary import rotary_ref, rotate_heads
+
+
+def rotary_kv_write_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        positions: torch.Tensor, cos_sin_cache: torch.Tensor,
+                        key_cache: torch.Tensor, value_cache: torch.Tensor,
+                        slot_mapping: torch.Tensor) -> None:
+    """The specification: q <- rotary(q) in place; rotary(k) and v written to their slots."""
+    q_rot, k_rot = rotary_ref(q, k, positions, cos_sin_cache)
+    q.copy_(q_rot)
+    write_kv_pages_ref(k_rot, v, key_cache, value_cache, slot_mapping)
+
+
+@triton.jit
+def _rotary_kv_write_kernel(
+        q_ptr, k_ptr, v_ptr, positions_ptr, cos_sin_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
+        num_heads, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+        stride_cos, stride_kcb, stride_kct, stride_kch, stride_vcb, stride_vct, stride_vch,
+        NUM_KV_HEADS: tl.constexpr, Q_HEADS_PAD: tl.constexpr, KV_HEADS_PAD: tl.constexpr,
+        HALF: tl.constexpr, HALF_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+    token = tl.program_id(0).to(tl.int64)
+    pos = tl.load(positions_ptr + token).to(tl.int64)
+    j = tl.arange(0, HALF_PAD)
+    cos = tl.load(cos_sin_ptr + pos * stride_cos + j, mask=j < HALF, other=0.0)
+    sin = tl.load(cos_sin_ptr + pos * stride_cos + HALF + j, mask=j < HALF, other=0.0)
+    rotate_heads(q_ptr, q_ptr, num_heads, stride_qt, stride_qh, stride_qt, stride_qh,
+                  token, cos, sin, Q_HEADS_PAD, HALF, HALF_PAD)
+    slot = tl.load(slot_ptr + token).to(tl.int64)
+    if slot >= 0:
+        block = slot // BLOCK_SIZE
+        offset = slot % BLOCK_SIZE
+        # The page row is the destination "token" 0 of the rotation, its heads at stride_kch.
+        rotate_heads(k_ptr, k_cache_ptr + block * stride_kcb + offset * stride_kct,
+                      NUM_KV_HEADS, stride_kt, stride_kh, 0, stride_kch, token, cos, sin,
+                      KV_HEADS_PAD, HALF, HALF_PAD)
+        h = tl.arange(0, KV_HEADS_PAD)
+        d = tl.arange(0, 2 * HALF_PAD)
+        mask = (h < NUM_KV_HEADS)[:, None] & (d < 2 * HALF)[None, :]
+        value = tl.load(v_ptr + token * stride_vt + h[:, None] * stride_vh + d[None, :],
+                        mask=mask, other=0.0)
+        v_dst = (v_cache_ptr + block * stride_vcb + offset * stride_vct
+                 + h[:, None] * stride_vch + d[None, :])
+        tl.store(v_dst, value.to(v_cache_ptr.dtype.element_ty), mask=mask)
+
+
+def _check(q, k, v, positions, cos_sin_cache, key_cache, value_cache, slot_mapping) -> None:
+    check_tensor("q", q, 3, FLOAT_DTYPES)
+    check_tensor("k", k, 3, (q.dtype,))
+    check_tensor("v", v, 3, (q.dtype,))
+    num_tokens, _, head_dim = q.shape
+    if head_dim % 2:
+        raise KernelArgumentError("q", f"head_dim must be even, got {head_dim}")
+    for name, t in (("k", k), ("v", v)):
+        check_dim(name, t, 0, num_tokens)
+        check_dim(name, t, 2, head_dim)
+    if v.shape != k.shape:
+        raise KernelArgumentError("v", f"shape {tuple(v.shape)} differs from k {tuple(k.shape)}")
+    check_tensor("positions", positions, 1, (torch.int32, torch.int64))
+    check_dim("positions", positions, 0, num_tokens)
+    check_tensor("cos_sin_cache", cos_sin_cache, 2, (torch.float32,))
+    check_dim("cos_sin_cache", cos_sin_cache, 1, head_dim)
+    check_tensor("key_cache", key_cache, 4, FLOAT_DTYPES)
+    check_tensor("value_cache", value_cache, 4, (key_cache.dtype,))
+    if value_cache.shape != key_cache.shape:
+        raise KernelArgumentError("value_cache", f"shape {tuple(value_cache.shape)} differs "
+                                                 f"from key_cache {tuple(key_cache.shape)}")
+    check_dim("key_cache", key_cache, 2, k.shape[1])
+    check_dim("key_cache", key_cache, 3, head_dim)
+    check_tensor("slot_mapping", slot_mapping, 1, (torch.int64, torch.int32))
+    check_dim("slot_mapping", slot_mapping, 0, num_tokens)
+    check_same_device(q=q, k=k, v=v, positions=positions, cos_sin_cache=cos_sin_cache,
+                      key_cache=key_cache, value_cache=value_cache, slot_mapping=slot_mapping)
+
+
+def rotary_kv_write(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                    cos_sin_cache: torch.Tensor, key_cache: torch.Tensor,
+                    value_cache: torch.Tensor, slot_mapping: torch.Tensor, *,
+                    use_triton: bool | None = None) -> torch.Tensor:
+    """q: [T, heads, head_dim], k, v: [T, kv_heads, head_dim] (strided views with head_dim
+    contiguous, e.g. slices of a fused qkv projection); positions [T] below
+    cos_sin_cache.shape[0] (layout of rotary.py); key_cache / value_cache [num_blocks,
+    block_size, kv_heads, head_dim] in a float dtype, slot_mapping [T] as in kv_page_write.py.
+    Rotates q in place and returns it; the pages receive rotary(k) and v."""
+    _check(q, k, v, positions, cos_sin_cache, key_cache, value_cache, slot_mapping)
+    if not use_triton_for(use_triton, q):
+        rotary_kv_write_ref(q, k, v, positions, cos_sin_cache, key_cache, value_cache,
+                            slot_mapping)
+        return q
+    num_tokens, num_heads, head_dim = q.shape
+    if num_tokens == 0:
+        return q
+    num_kv_heads = k.shape[1]
+    half = head_dim // 2
+    _rotary_kv_write_kernel[(num_tokens,)](
+        q, k, v, positions, cos_sin_cache, key_cache, value_cache, slot_mapping, num_heads,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        cos_sin_cache.stride(0), key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
+        value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
+        NUM_KV_HEADS=num_kv_heads, Q_HEADS_PAD=next_power_of_2(num_heads),
+        KV_HEADS_PAD=next_power_of_2(num_kv_heads), HALF=half, HALF_PAD=next_power_of_2(half),
+        BLOCK_SIZE=key_cache.shape[1], num_warps=4)
+    return q

@@ -1,0 +1,89 @@
+"""Rotary + KV page write in one kernel, under Triton's interpreter, against its two halves'
+references: q rotated in place, rotary(k) and v in their slots, padded rows (slot -1) writing
+nothing, and every other page left as it was."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.unit.kernel_interpreter import assert_close, interpreted, poisoned_allocations
+
+NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, NUM_BLOCKS = 6, 2, 24, 4, 7
+
+
+@pytest.fixture(scope="module")
+def op():
+    with interpreted("kernels.rotary", "kernels.rotary_kv_write") as modules:
+        yield modules[1]
+
+
+def _inputs(num_tokens: int, dtype: torch.dtype):
+    # q, k and v as slices of one fused qkv projection, the way the model produces them.
+    qkv = torch.randn(num_tokens, (NUM_HEADS + 2 * NUM_KV_HEADS) * HEAD_DIM).to(dtype)
+    q, k, v = qkv.split((NUM_HEADS * HEAD_DIM, NUM_KV_HEADS * HEAD_DIM, NUM_KV_HEADS * HEAD_DIM),
+                        dim=-1)
+    q = q.view(num_tokens, NUM_HEADS, HEAD_DIM)
+    k = k.view(num_tokens, NUM_KV_HEADS, HEAD_DIM)
+    v = v.view(num_tokens, NUM_KV_HEADS, HEAD_DIM)
+    angles = torch.rand(50, HEAD_DIM // 2) * 6.3
+    cos_sin = torch.cat((angles.cos(), angles.sin()), dim=-1)
+    positions = torch.randint(0, 50, (num_tokens,))
+    # One layer's slice of a page-major pool [blocks, layers, 2, block, kv_heads, head_dim].
+    pool = torch.randn(NUM_BLOCKS, 3, 2, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM).to(dtype)
+    slots = torch.randperm(NUM_BLOCKS * BLOCK_SIZE)[:num_tokens]
+    slots[1] = -1
+    return q, k, v, positions, cos_sin, pool, slots
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_rotates_q_in_place_and_writes_rotated_k_and_v(op, dtype):
+    q, k, v, positions, cos_sin, pool, slots = _inputs(9, dtype)
+    expected_q = q.clone()
+    expected_pool = pool.clone()
+    layer, expected_layer = pool[:, 1], expected_pool[:, 1]
+    op.rotary_kv_write_ref(expected_q, k, v, positions, cos_sin, expected_layer[:, 0],
+                           expected_layer[:, 1], slots)
+    with poisoned_allocations():
+        out = op.rotary_kv_write(q, k, v, positions, cos_sin, layer[:, 0], layer[:, 1], slots,
+                                 use_triton=True)
+    assert out is q
+    assert_close(q, expected_q)
+    assert_close(pool, expected_pool)
+    # Other layers' pages and the rows of the skipped slot are untouched.
+    assert torch.equal(pool[:, 0], expected_pool[:, 0])
+    assert torch.equal(pool[:, 2], expected_pool[:, 2])
+
+
+def test_the_reference_is_rotary_then_the_page_write():
+    from kernels.kv_page_write import write_kv_pages_ref
+    from kernels.rotary import rotary_ref
+    from kernels.rotary_kv_write import rotary_kv_write_ref
+
+    q, k, v, positions, cos_sin, pool, slots = _inputs(5, torch.float32)
+    q_rot, k_rot = rotary_ref(q, k, positions, cos_sin)
+    expected = pool.clone()
+    write_kv_pages_ref(k_rot, v, expected[:, 0, 0], expected[:, 0, 1], slots)
+    rotary_kv_write_ref(q, k, v, positions, cos_sin, pool[:, 0, 0], pool[:, 0, 1], slots)
+    assert torch.equal(q, q_rot)
+    assert torch.equal(pool, expected)
+    kept = slots[slots >= 0]
+    written = pool[:, 0, 0].reshape(-1, NUM_KV_HEADS, HEAD_DIM)[kept]
+    assert torch.equal(written, k_rot[slots >= 0])
+
+
+def test_bad_arguments_are_named():
+    import kernels
+
+    q, k, v, positions, cos_sin, pool, slots = _inputs(3, torch.float32)
+    key_cache, value_cache = pool[:, 0, 0], pool[:, 0, 1]
+    with pytest.raises(kernels.KernelArgumentError, match="^v: "):
+        kernels.rotary_kv_write(q, k, v[:, :1], positions, cos_sin, key_cache, value_cache, slots)
+    with pytest.raises(kernels.KernelArgumentError, match="^key_cache: "):
+        kernels.rotary_kv_write(q, k, v, positions, cos_sin, key_cache.to(torch.int8),
+                                value_cache.to(torch.int8), slots)
+    with pytest.raises(kernels.KernelArgumentError, match="^slot_mapping: "):
+        kernels.rotary_kv_write(q, k, v, positions, cos_sin, key_cache, value_cache, slots[:2])
+    with pytest.raises(kernels.KernelArgumentError, match="positions on meta"):
+        kernels.rotary_kv_write(q, k, v, positions.to("meta"), cos_sin, key_cache, value_cache,
+                                slots)
