@@ -11,10 +11,10 @@ per piece between two attentions:
     piece L:          layer L-1 after its attention, final norm      -> hidden states
 
 and a step replays piece 0, then for each layer rotates q and k, writes its K/V and runs its
-attention eagerly, on the real tokens with the batch's own metadata (the decode kernel for
-decode rows, the prefill kernel for chunks, as the eager pass), and replays the next piece.
-Pieces pass q, k, v, the residual and the attention output through persistent buffers; rows
-past the real tokens are padding that no attention reads and no one keeps. A step thus launches L + 1 graphs (33 for a
+attention eagerly, on the real tokens with the batch's own metadata (the decode kernel for decode
+rows, the prefill kernel for chunks, as the eager pass), and replays the next piece. Pieces pass q,
+k, v, the residual and the attention output through persistent buffers; rows past the real tokens
+are padding that no attention reads and no one keeps. A step thus launches L + 1 graphs (33 for a
 32-layer model) and ~3 kernels a layer instead of ~13 kernels and a dozen torch ops a layer: the
 host keeps ahead of the GPU.
 
