@@ -25,9 +25,8 @@ nibble, and keep tens of KB per SM in flight:
 - FMA (gemv) for one row: products accumulate per (packed row, column) in registers, summed
   over K once after the loop; no MMA layout at all. Tensor cores (dot) for more rows: one
   tl.dot per plane with the rows padded to 16.
-- Split-K (for few columns and a long K) in the same launch: each slice writes its fp32 partial
-  sums to a workspace and counts itself in an arrival counter; the last slice of a tile adds
-  the partials (and the bias), casts, writes the output and resets the counter to 0.
+- Split-K (for few columns and a long K) in the same launch (split_k.py): the last slice of a
+  tile to arrive adds the others' partial sums.
 
 A K step is GROUPS sub-steps of GROUP_ROWS packed rows, each inside one group (GROUP_ROWS * 8
 divides group_size). Act order only as sorted rows with an input permutation; g_idx goes to
@@ -41,6 +40,7 @@ import triton
 import triton.language as tl
 
 from kernels.gemm_launch import W4DecodeLaunch
+from kernels.split_k import finish_tile, split_k_buffers
 
 INT32_SPAN = 2**31
 MAX_DECODE_ROWS = 16
@@ -109,30 +109,6 @@ def _k_slice(K, STEP: tl.constexpr, SPLIT_K: tl.constexpr):
     return start, tl.minimum(rows, start + span)
 
 
-@triton.jit
-def _finish(acc, out_ptr, out_offs, part_ptr, part_offs, arrival_ptr, bias_ptr, cols, mask, M, N,
-            HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr):
-    """Write the tile (bias added, cast); with split-K, through the workspace: the slice that
-    arrives last at this tile adds every slice's partial sums and resets the tile's counter."""
-    if SPLIT_K > 1:
-        tl.store(part_ptr + tl.program_id(1) * M * N + part_offs, acc, mask=mask)
-        tl.debug_barrier()      # every thread's partial stored before the release below
-        arrived = tl.atomic_add(arrival_ptr + tl.program_id(0), 1, sem="acq_rel", scope="gpu")
-        if arrived == SPLIT_K - 1:
-            acc = tl.zeros_like(acc)
-            for s in tl.static_range(SPLIT_K):   # from L2: other SMs wrote them
-                acc += tl.load(part_ptr + s * M * N + part_offs, mask=mask, other=0.0,
-                               cache_modifier=".cg")
-            if HAS_BIAS:
-                acc += tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-            tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
-            tl.atomic_xchg(arrival_ptr + tl.program_id(0), 0, sem="relaxed", scope="gpu")
-    else:
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-        tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
-
-
 # M varies with the batch: not specialized on, so a new row count never compiles anew.
 @triton.jit(do_not_specialize=["M"])
 def _w4a16_gemv_kernel(x_ptr, qw_ptr, qz_ptr, scale_ptr, perm_ptr, bias_ptr, out_ptr, part_ptr,
@@ -180,7 +156,7 @@ def _w4a16_gemv_kernel(x_ptr, qw_ptr, qz_ptr, scale_ptr, perm_ptr, bias_ptr, out
                 x_sum += unit
             acc += (scale * TWO_POW_64)[None, :] * dot
             acc -= (scale * zero * TWO_POW_23)[None, :] * x_sum[:, None]
-    _finish(tl.sum(acc, axis=0), out_ptr, m * stride_om + rn, part_ptr, m * N + rn, arrival_ptr,
+    finish_tile(tl.sum(acc, axis=0), out_ptr, m * stride_om + rn, part_ptr, m * N + rn, arrival_ptr,
             bias_ptr, rn, n_mask, M, N, HAS_BIAS, SPLIT_K)
 
 
@@ -243,7 +219,7 @@ def _w4a16_decode_dot_kernel(x_ptr, qw_ptr, qz_ptr, scale_ptr, perm_ptr, bias_pt
             total = tl.sum(x_sum, axis=1)
             acc += scale[None, :] * (dot - (zero + CODE_OFFSET)[None, :] * total[:, None])
     mask = m_mask[:, None] & n_mask[None, :]
-    _finish(acc, out_ptr, rm[:, None] * stride_om + rn[None, :], part_ptr,
+    finish_tile(acc, out_ptr, rm[:, None] * stride_om + rn[None, :], part_ptr,
             rm[:, None] * N + rn[None, :], arrival_ptr, bias_ptr, rn[None, :], mask, M, N,
             HAS_BIAS, SPLIT_K)
 
@@ -279,27 +255,6 @@ def fits_int32(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
             and m * x.stride(0) + x.shape[1] < INT32_SPAN and split_k * m * n < INT32_SPAN)
 
 
-class ArrivalCounters:
-    """Split-K's per-tile counters, zero between launches (the last slice of a tile resets its
-    own), so they are allocated and zeroed once per device and stream: two streams could run
-    split-K launches at the same time, one stream runs them one after another."""
-
-    def __init__(self) -> None:
-        self._counters: dict[tuple[torch.device, int], torch.Tensor] = {}
-
-    def get(self, device: torch.device, count: int) -> torch.Tensor:
-        stream = torch.cuda.current_stream(device).stream_id if device.type == "cuda" else 0
-        key = (device, stream)
-        counters = self._counters.get(key)
-        if counters is None or counters.numel() < count:
-            counters = torch.zeros(max(count, 1024), dtype=torch.int32, device=device)
-            self._counters[key] = counters
-        return counters
-
-
-ARRIVALS = ArrivalCounters()
-
-
 def w4a16_decode(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor,
                  scales: torch.Tensor, group_size: int, bias: torch.Tensor | None,
                  perm: torch.Tensor | None, launch: W4DecodeLaunch,
@@ -311,10 +266,7 @@ def w4a16_decode(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor,
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     split_k = launch.split_k
     grid = (triton.cdiv(n, launch.block_n) * (1 if use_dot else m), split_k)
-    part = arrivals = out
-    if split_k > 1:
-        part = torch.empty((split_k, m, n), dtype=torch.float32, device=x.device)
-        arrivals = ARRIVALS.get(x.device, grid[0])
+    part, arrivals = split_k_buffers(out, grid[0], split_k)
     args = (x, qweight, qzeros, scales, perm if perm is not None else qweight,
             bias if bias is not None else scales, out, part, arrivals, m, n, k, group_size,
             x.stride(0), qweight.stride(0), qzeros.stride(0), scales.stride(0), out.stride(0))

@@ -11,7 +11,7 @@ import torch
 
 import kernels
 from kernels.gemm_launch import W4DecodeLaunch
-from kernels.w4a16_decode import ARRIVALS
+from kernels.split_k import ARRIVALS
 from kernels.w4a16_gemm import w4a16_gemm_ref
 from tests.unit.kernel_interpreter import poisoned_allocations
 

@@ -14,13 +14,13 @@ from kernels.gemm_launch import W4DecodeLaunch, w4_decode_launch
 from tests.unit.kernel_interpreter import assert_close, interpreted, poisoned_allocations
 from tests.unit.test_kernels_int4 import random_int4
 
-MODULES = ("kernels.w8a16_gemm", "kernels.w4a16_decode", "kernels.w4a16_gemm")
+MODULES = ("kernels.w8a16_gemm", "kernels.split_k", "kernels.w4a16_decode", "kernels.w4a16_gemm")
 
 
 @pytest.fixture(scope="module")
 def ops():
-    with interpreted(*MODULES) as (_, decode, gemm):
-        yield decode, gemm
+    with interpreted(*MODULES) as (_, split_k, decode, gemm):
+        yield decode, gemm, split_k
 
 
 FMA, DOT = False, True
@@ -45,7 +45,7 @@ FMA, DOT = False, True
     (torch.float32, 4, 256, 16, 128, W4DecodeLaunch(16, 128, split_k=2, use_dot=DOT), "perm"),
 ])
 def test_decode_kernels_match_reference(ops, dtype, m, k, n, group_size, launch, extra):
-    decode, gemm = ops
+    decode, gemm, _ = ops
     qweight, qzeros, scales = random_int4(k, n, group_size)
     scales = scales.to(torch.float16)
     x = torch.randn(m, k).to(dtype)
@@ -70,7 +70,7 @@ def test_decode_kernels_exact_on_small_integers(ops, dtype, use_dot):
     so the output equals the reference's rounding of the exact value. For bf16 the activations
     are sparse enough that the exact outputs are bf16 numbers (the interpreter's fp32 -> bf16
     cast truncates where the GPU rounds)."""
-    decode, gemm = ops
+    decode, gemm, _ = ops
     m, k, n, group_size = 3, 256, 32, 128
     qweight, qzeros, _ = random_int4(k, n, group_size, seed=1)
     scales = torch.full((k // group_size, n), 0.25, dtype=torch.float16)
@@ -95,12 +95,12 @@ def test_decode_kernels_exact_on_small_integers(ops, dtype, use_dot):
 def test_split_k_counters_are_left_at_zero(ops):
     """The last slice of each tile resets its arrival counter, so the next launch (here the
     same one again) starts from zero and gives the same output."""
-    decode, gemm = ops
+    _, gemm, split_k = ops
     qweight, qzeros, scales = random_int4(512, 48, 128, seed=2)
     x = torch.randn(2, 512)
     launch = W4DecodeLaunch(16, 128, split_k=4)
     first = gemm.w4a16_gemm(x, qweight, qzeros, scales, 128, use_triton=True, launch=launch)
-    counters = decode.ARRIVALS.get(x.device, 1)
+    counters = split_k.ARRIVALS.get(x.device, 1)
     assert int(counters.abs().sum()) == 0
     again = gemm.w4a16_gemm(x, qweight, qzeros, scales, 128, use_triton=True, launch=launch)
     assert torch.equal(first, again)
@@ -108,7 +108,7 @@ def test_split_k_counters_are_left_at_zero(ops):
 
 
 def test_decode_steps_choose_sub_steps_inside_groups(ops):
-    decode, _ = ops
+    decode, _, _ = ops
     fma, dot = W4DecodeLaunch(32, 512), W4DecodeLaunch(32, 512, use_dot=True)
     assert decode.decode_steps(fma, 128, torch.bfloat16) == (False, 4, 16)
     assert decode.decode_steps(dot, 128, torch.bfloat16) == (True, 4, 16)
