@@ -3,12 +3,12 @@ ceilings (a large device-to-device copy; an 8192^3 bf16 matmul) and the torch ba
 cuBLAS bf16, torch._int_mm; W8A16 beside W4A16) measured in the same run, at Llama-3.1-8B
 shapes in bf16.
 
-    python -m benchmarks.kernels --out kernels.json [--sweep decode,prefill,w8a16,w8a8,w4a16]
+    python -m benchmarks.kernels --out kernels.json [--sweep decode,prefill,gemv,w8a16,w8a8,w4a16]
         [--only ...] [--w4a16-shapes qkv,o,gate_up,down]
 
 --sweep also times each candidate launch config of the tunable kernels (checking its output
 against the default's) and reports the best, which is how the tables in kernels/ were filled.
-The W4A16 part is benchmarks/w4a16_kernels.py."""
+The W4A16 part is benchmarks/w4a16_kernels.py, the one-row GEMV benchmarks/gemv_kernels.py."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import triton
 import triton.testing
 
 import kernels
+from benchmarks.gemv_kernels import bench_gemv
 from benchmarks.measure import ROWS, record, rel_err, sweep, time_ms
 from benchmarks.quantized_weights import int8_weight
 from benchmarks.w4a16_kernels import W4A16_SHAPE_NAMES, bench_w4a16
@@ -286,7 +287,7 @@ def main() -> None:
     parser.add_argument("--out", default="kernels.json")
     parser.add_argument("--sweep", default="", help="comma list of ops whose launch configs to sweep")
     parser.add_argument("--only", default="",
-                        help="comma list: decode,prefill,elementwise,w8a16,w8a8,w4a16")
+                        help="comma list: decode,prefill,elementwise,gemv,w8a16,w8a8,w4a16")
     parser.add_argument("--w4a16-shapes", default=",".join(W4A16_SHAPE_NAMES),
                         help="comma list of the W4A16 shapes to run (default: %(default)s)")
     args = parser.parse_args()
@@ -302,6 +303,8 @@ def main() -> None:
         bench_prefill(flops, "prefill" in swept)
     if want("elementwise"):
         bench_elementwise(bandwidth)
+    if want("gemv"):
+        bench_gemv(bandwidth, "gemv" in swept)
     if want("w8a16"):
         bench_w8a16(bandwidth, "w8a16" in swept)
     if want("w8a8"):

@@ -3,6 +3,7 @@ specification. Public wrappers run the Triton kernel on CUDA tensors and the ref
 (`use_triton=True` forces the kernel, e.g. on CPU under Triton's interpreter)."""
 
 from kernels.arguments import KernelArgumentError
+from kernels.gemv import gemv, gemv_launch
 from kernels.kv_page_write import write_kv_pages
 from kernels.paged_decode_attention import paged_decode_attention
 from kernels.prefill_attention import prefill_attention
@@ -15,6 +16,6 @@ from kernels.w8a8_gemm import w8a8_gemm
 from kernels.w4a16_gemm import w4a16_gemm
 from kernels.w8a16_gemm import w8a16_gemm
 
-__all__ = ["KernelArgumentError", "paged_decode_attention", "prefill_attention", "quantize_rows",
-           "rms_norm", "rotary", "rotary_kv_write", "silu_and_mul", "w4a16_gemm", "w8a16_gemm",
-           "w8a8_gemm", "write_kv_pages"]
+__all__ = ["KernelArgumentError", "gemv", "gemv_launch", "paged_decode_attention",
+           "prefill_attention", "quantize_rows", "rms_norm", "rotary", "rotary_kv_write",
+           "silu_and_mul", "w4a16_gemm", "w8a16_gemm", "w8a8_gemm", "write_kv_pages"]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import kernels
+from kernels.gemv import GemvLaunch, gemv_ref
 from kernels.kv_page_write import write_kv_pages_ref
 from kernels.paged_decode_attention import paged_decode_attention_ref
 from kernels.prefill_attention import prefill_attention_ref
@@ -17,6 +18,7 @@ from kernels.quantize_rows import quantize_rows_ref
 from kernels.rms_norm import rms_norm_ref
 from kernels.rotary import rotary_ref
 from kernels.silu_and_mul import silu_and_mul_ref
+from kernels.split_k import ARRIVALS
 from kernels.w8a8_gemm import w8a8_gemm_ref
 from kernels.w8a16_gemm import w8a16_gemm_ref
 from tests.unit.kernel_interpreter import poisoned_allocations
@@ -125,6 +127,39 @@ def test_rms_norm_rotary_silu():
 
     gate_up = torch.randn(129, 2 * INTERMEDIATE, dtype=BF16, device="cuda")
     assert rel_err(kernels.silu_and_mul(gate_up), silu_and_mul_ref(gate_up)) < 1e-2
+
+
+def test_rotary_kv_write_is_rotary_then_the_page_write():
+    tokens, num_blocks = 333, 64
+    qkv = torch.randn(tokens, (HEADS + 2 * KV_HEADS) * HEAD_DIM, dtype=BF16, device="cuda")
+    q, k, v = qkv.split((HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM), dim=-1)
+    q, k, v = (t.view(tokens, -1, HEAD_DIM) for t in (q, k, v))
+    angles = torch.rand(8192, HEAD_DIM // 2, device="cuda") * 100
+    cache = torch.cat((angles.cos(), angles.sin()), dim=-1)
+    positions = torch.randint(0, 8192, (tokens,), device="cuda")
+    pool = torch.randn(num_blocks, 2, 2, 16, KV_HEADS, HEAD_DIM, dtype=BF16, device="cuda")
+    slots = torch.randperm(num_blocks * 16, device="cuda")[:tokens]
+    slots[7] = -1
+    expected_q, expected_k = rotary_ref(q, k, positions, cache)
+    expected = pool.clone()
+    write_kv_pages_ref(expected_k, v, expected[:, 1, 0], expected[:, 1, 1], slots)
+    out = kernels.rotary_kv_write(q, k, v, positions, cache, pool[:, 1, 0], pool[:, 1, 1], slots)
+    assert out is q and rel_err(q, expected_q) < 1e-2
+    assert rel_err(pool, expected) < 1e-2
+    assert torch.equal(pool[:, 0], expected[:, 0])
+
+
+@pytest.mark.parametrize("n,k", [(6144, HIDDEN), (HIDDEN, HIDDEN), (HIDDEN, INTERMEDIATE)])
+@pytest.mark.parametrize("launch", [GemvLaunch(16, 512, 1, 4), GemvLaunch(32, 256, 4, 8),
+                                    GemvLaunch(8, 1024, 2, 4)], ids=repr)
+def test_gemv_at_8b_shapes(n, k, launch):
+    x = torch.randn(1, k, dtype=BF16, device="cuda")
+    weight = torch.randn(n, k, dtype=BF16, device="cuda") * 0.02
+    bias = torch.randn(n, dtype=BF16, device="cuda")
+    for b in (None, bias):
+        out = kernels.gemv(x, weight, b, launch=launch)
+        assert rel_err(out, gemv_ref(x, weight, b)) < 1e-2
+        assert int(ARRIVALS.get(x.device, 1).abs().sum()) == 0
 
 
 @pytest.mark.parametrize("n,k", [(INTERMEDIATE, HIDDEN), (HIDDEN, INTERMEDIATE)])

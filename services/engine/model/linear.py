@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import kernels
+
 from services.engine.config import Int4Scheme
 from services.engine.model.int4_linear import Int4Linear
 from services.engine.model.quantized_linear import Int8Linear
@@ -60,6 +62,11 @@ class Linear(nn.Module):
                      if bias else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 1 and x.is_cuda:
+            # One row (a batch-1 decode): the GEMV where the card's sweep found it faster.
+            launch = kernels.gemv_launch(self.out_features, self.in_features)
+            if launch is not None:
+                return kernels.gemv(x, self.weight, self.bias, launch=launch)
         return F.linear(x, self.weight, self.bias)
 
     def load(self, param_name: str, tensor: torch.Tensor, shard: int = 0) -> None:

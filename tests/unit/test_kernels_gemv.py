@@ -1,0 +1,58 @@
+"""The one-row GEMV under Triton's interpreter: odd shapes (masked tiles), split K meeting in
+one launch with its counters left at zero, bias, and the arguments it refuses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.unit.kernel_interpreter import assert_close, interpreted, poisoned_allocations
+
+
+@pytest.fixture(scope="module")
+def ops():
+    with interpreted("kernels.split_k", "kernels.gemv") as (split_k, gemv):
+        yield split_k, gemv
+
+
+@pytest.mark.parametrize("n,k,block_n,block_k,split_k,bias", [
+    (37, 100, 16, 32, 1, False),     # masked along N and K
+    (37, 100, 16, 32, 3, True),      # split K, the last slice short
+    (64, 256, 16, 32, 2, False),     # even: no masks
+    (48, 512, 8, 64, 4, True),
+])
+def test_gemv_matches_reference(ops, n, k, block_n, block_k, split_k, bias):
+    split, gemv = ops
+    x = torch.randn(1, k, dtype=torch.float16)
+    weight = (0.1 * torch.randn(n, k)).to(torch.float16)
+    b = torch.randn(n, dtype=torch.float16) if bias else None
+    launch = gemv.GemvLaunch(block_n, block_k, split_k)
+    with poisoned_allocations():
+        out = gemv.gemv(x, weight, b, launch=launch, use_triton=True)
+    assert out.shape == (1, n)
+    assert_close(out, gemv.gemv_ref(x, weight, b))
+    assert int(split.ARRIVALS.get(x.device, 1).abs().sum()) == 0
+    again = gemv.gemv(x, weight, b, launch=launch, use_triton=True)
+    assert torch.equal(out, again)
+
+
+def test_gemv_refuses_what_it_does_not_take(ops):
+    _, gemv = ops
+    from kernels.arguments import KernelArgumentError
+    launch = gemv.GemvLaunch(16, 32)
+    weight = torch.randn(8, 32, dtype=torch.float16)
+    with pytest.raises(KernelArgumentError, match="^x: dimension 0 must be 1"):
+        gemv.gemv(torch.randn(2, 32, dtype=torch.float16), weight, launch=launch)
+    with pytest.raises(KernelArgumentError, match="^weight: dimension 1 must be 32"):
+        gemv.gemv(torch.randn(1, 32, dtype=torch.float16), weight[:, :16], launch=launch)
+    with pytest.raises(KernelArgumentError, match="^x: dtype"):
+        gemv.gemv(torch.randn(1, 32), weight.float(), launch=launch)
+    with pytest.raises(KernelArgumentError, match="^launch.block_k"):
+        gemv.GemvLaunch(16, 48)
+
+
+def test_only_shapes_measured_faster_take_the_gemv():
+    from kernels.gemv import GEMV_LAUNCHES, gemv_launch
+    assert gemv_launch(7, 9) is None
+    for (n, k), launch in GEMV_LAUNCHES.items():
+        assert gemv_launch(n, k) == launch
