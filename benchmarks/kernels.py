@@ -184,7 +184,7 @@ def bench_elementwise(bandwidth: float) -> None:
                 positions[:n], cache, key_cache, value_cache, slots[:n])
         ours = time_ms(lambda: kernels.rotary_kv_write(*args))
         base = time_ms(lambda: kernels.write_kv_pages(
-            *kernels.rotary(*args[:2], *args[3:5]), args[2], *args[5:]))
+            kernels.rotary(*args[:2], *args[3:5])[1], args[2], *args[5:]))
         moved = 2 * (q[:n].numel() + 2 * k[:n].numel()) * 2
         record("rotary + KV page write", f"{n} tok 32+8 heads", ours, moved, "B/s", bandwidth,
                "rotary, then KV page write", base)

@@ -3,8 +3,9 @@ projection and its attention. q is rotated in place; k is rotated on its way int
 v copied beside it, so the rotated k is never written anywhere but the pool (the attention
 kernels read K/V only from the pages).
 
-One program per token: its cos/sin row once, all its query heads, then its K/V heads into
-their slot (a negative slot is skipped: the padded rows of a graph bucket). rotary.py and
+One program per token and KV head: the token's cos/sin row, the query heads that share the KV
+head, then its K and V into their slot (a negative slot is skipped: the padded rows of a graph
+bucket). A decode of one token thus runs on as many SMs as there are KV heads. rotary.py and
 kv_page_write.py are the two halves as separate kernels."""
 
 from __future__ import annotations
@@ -32,32 +33,32 @@ def rotary_kv_write_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 @triton.jit
 def _rotary_kv_write_kernel(
         q_ptr, k_ptr, v_ptr, positions_ptr, cos_sin_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
-        num_heads, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+        stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
         stride_cos, stride_kcb, stride_kct, stride_kch, stride_vcb, stride_vct, stride_vch,
-        NUM_KV_HEADS: tl.constexpr, Q_HEADS_PAD: tl.constexpr, KV_HEADS_PAD: tl.constexpr,
-        HALF: tl.constexpr, HALF_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+        GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HALF: tl.constexpr,
+        HALF_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr):
     token = tl.program_id(0).to(tl.int64)
+    kv_head = tl.program_id(1)
     pos = tl.load(positions_ptr + token).to(tl.int64)
     j = tl.arange(0, HALF_PAD)
     cos = tl.load(cos_sin_ptr + pos * stride_cos + j, mask=j < HALF, other=0.0)
     sin = tl.load(cos_sin_ptr + pos * stride_cos + HALF + j, mask=j < HALF, other=0.0)
-    rotate_heads(q_ptr, q_ptr, num_heads, stride_qt, stride_qh, stride_qt, stride_qh,
-                  token, cos, sin, Q_HEADS_PAD, HALF, HALF_PAD)
+    # The query heads that share this KV head, in place.
+    q_heads = q_ptr + kv_head * GROUP * stride_qh
+    rotate_heads(q_heads, q_heads, GROUP, stride_qt, stride_qh, stride_qt, stride_qh,
+                 token, cos, sin, GROUP_PAD, HALF, HALF_PAD)
     slot = tl.load(slot_ptr + token).to(tl.int64)
     if slot >= 0:
         block = slot // BLOCK_SIZE
         offset = slot % BLOCK_SIZE
-        # The page row is the destination "token" 0 of the rotation, its heads at stride_kch.
-        rotate_heads(k_ptr, k_cache_ptr + block * stride_kcb + offset * stride_kct,
-                      NUM_KV_HEADS, stride_kt, stride_kh, 0, stride_kch, token, cos, sin,
-                      KV_HEADS_PAD, HALF, HALF_PAD)
-        h = tl.arange(0, KV_HEADS_PAD)
+        # The page row is the destination "token" 0 of the rotation.
+        rotate_heads(k_ptr + kv_head * stride_kh,
+                     k_cache_ptr + block * stride_kcb + offset * stride_kct + kv_head * stride_kch,
+                     1, stride_kt, 0, 0, 0, token, cos, sin, 1, HALF, HALF_PAD)
         d = tl.arange(0, 2 * HALF_PAD)
-        mask = (h < NUM_KV_HEADS)[:, None] & (d < 2 * HALF)[None, :]
-        value = tl.load(v_ptr + token * stride_vt + h[:, None] * stride_vh + d[None, :],
-                        mask=mask, other=0.0)
-        v_dst = (v_cache_ptr + block * stride_vcb + offset * stride_vct
-                 + h[:, None] * stride_vch + d[None, :])
+        mask = d < 2 * HALF
+        value = tl.load(v_ptr + token * stride_vt + kv_head * stride_vh + d, mask=mask, other=0.0)
+        v_dst = v_cache_ptr + block * stride_vcb + offset * stride_vct + kv_head * stride_vch + d
         tl.store(v_dst, value.to(v_cache_ptr.dtype.element_ty), mask=mask)
 
 
@@ -73,6 +74,9 @@ def _check(q, k, v, positions, cos_sin_cache, key_cache, value_cache, slot_mappi
         check_dim(name, t, 2, head_dim)
     if v.shape != k.shape:
         raise KernelArgumentError("v", f"shape {tuple(v.shape)} differs from k {tuple(k.shape)}")
+    if q.shape[1] % k.shape[1]:
+        raise KernelArgumentError("k", f"{k.shape[1]} KV heads do not divide {q.shape[1]} "
+                                       "query heads")
     check_tensor("positions", positions, 1, (torch.int32, torch.int64))
     check_dim("positions", positions, 0, num_tokens)
     check_tensor("cos_sin_cache", cos_sin_cache, 2, (torch.float32,))
@@ -108,13 +112,12 @@ def rotary_kv_write(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions
     if num_tokens == 0:
         return q
     num_kv_heads = k.shape[1]
-    half = head_dim // 2
-    _rotary_kv_write_kernel[(num_tokens,)](
-        q, k, v, positions, cos_sin_cache, key_cache, value_cache, slot_mapping, num_heads,
+    group, half = num_heads // num_kv_heads, head_dim // 2
+    _rotary_kv_write_kernel[(num_tokens, num_kv_heads)](
+        q, k, v, positions, cos_sin_cache, key_cache, value_cache, slot_mapping,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         cos_sin_cache.stride(0), key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
-        NUM_KV_HEADS=num_kv_heads, Q_HEADS_PAD=next_power_of_2(num_heads),
-        KV_HEADS_PAD=next_power_of_2(num_kv_heads), HALF=half, HALF_PAD=next_power_of_2(half),
-        BLOCK_SIZE=key_cache.shape[1], num_warps=4)
+        GROUP=group, GROUP_PAD=next_power_of_2(group), HALF=half, HALF_PAD=next_power_of_2(half),
+        BLOCK_SIZE=key_cache.shape[1], num_warps=1)
     return q

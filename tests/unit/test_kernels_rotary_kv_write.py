@@ -18,12 +18,12 @@ def op():
         yield modules[1]
 
 
-def _inputs(num_tokens: int, dtype: torch.dtype):
+def _inputs(num_tokens: int, dtype: torch.dtype, num_heads: int = NUM_HEADS):
     # q, k and v as slices of one fused qkv projection, the way the model produces them.
-    qkv = torch.randn(num_tokens, (NUM_HEADS + 2 * NUM_KV_HEADS) * HEAD_DIM).to(dtype)
-    q, k, v = qkv.split((NUM_HEADS * HEAD_DIM, NUM_KV_HEADS * HEAD_DIM, NUM_KV_HEADS * HEAD_DIM),
+    qkv = torch.randn(num_tokens, (num_heads + 2 * NUM_KV_HEADS) * HEAD_DIM).to(dtype)
+    q, k, v = qkv.split((num_heads * HEAD_DIM, NUM_KV_HEADS * HEAD_DIM, NUM_KV_HEADS * HEAD_DIM),
                         dim=-1)
-    q = q.view(num_tokens, NUM_HEADS, HEAD_DIM)
+    q = q.view(num_tokens, num_heads, HEAD_DIM)
     k = k.view(num_tokens, NUM_KV_HEADS, HEAD_DIM)
     v = v.view(num_tokens, NUM_KV_HEADS, HEAD_DIM)
     angles = torch.rand(50, HEAD_DIM // 2) * 6.3
@@ -36,9 +36,10 @@ def _inputs(num_tokens: int, dtype: torch.dtype):
     return q, k, v, positions, cos_sin, pool, slots
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_rotates_q_in_place_and_writes_rotated_k_and_v(op, dtype):
-    q, k, v, positions, cos_sin, pool, slots = _inputs(9, dtype)
+@pytest.mark.parametrize("dtype,num_heads", [(torch.float32, NUM_HEADS), (torch.float16, NUM_HEADS),
+                                             (torch.float32, NUM_KV_HEADS)])   # GQA, MHA
+def test_rotates_q_in_place_and_writes_rotated_k_and_v(op, dtype, num_heads):
+    q, k, v, positions, cos_sin, pool, slots = _inputs(9, dtype, num_heads)
     expected_q = q.clone()
     expected_pool = pool.clone()
     layer, expected_layer = pool[:, 1], expected_pool[:, 1]
@@ -82,6 +83,9 @@ def test_bad_arguments_are_named():
     with pytest.raises(kernels.KernelArgumentError, match="^key_cache: "):
         kernels.rotary_kv_write(q, k, v, positions, cos_sin, key_cache.to(torch.int8),
                                 value_cache.to(torch.int8), slots)
+    with pytest.raises(kernels.KernelArgumentError, match="^k: 2 KV heads do not divide 5"):
+        kernels.rotary_kv_write(q[:, :5], k, v, positions, cos_sin, key_cache, value_cache,
+                                slots)
     with pytest.raises(kernels.KernelArgumentError, match="^slot_mapping: "):
         kernels.rotary_kv_write(q, k, v, positions, cos_sin, key_cache, value_cache, slots[:2])
     with pytest.raises(kernels.KernelArgumentError, match="positions on meta"):
