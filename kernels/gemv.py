@@ -1,4 +1,5 @@
-"""GEMV: one activation row times a bf16 / fp16 weight, y = x W^T (+ b), for the batch-1 decode.
+"""GEMV: one activation row times a weight, y = x W^T (+ b), for the batch-1 decode: a bf16 /
+fp16 weight, or an int8 one with a scale per output channel (W8A16: y = x (W * scale)^T + b).
 
 At one row a projection is a weight stream: the time is the weight's bytes at the card's copy
 rate, plus whatever the launch leaves idle. cuBLAS streams the large projections at the copy
@@ -10,11 +11,12 @@ into about as many equal programs as the SMs hold, and the slices meet in the sa
 
 Each K step loads a [block_n, block_k] tile of W (rows contiguous along K: 16-byte loads) and
 the matching x, multiplies in fp32 and keeps the products per column and lane, summed over K
-once after the loop. Triton does not pipeline these loads, so bytes in flight come from the
+once after the loop (an int8 weight's scale, constant along K, multiplies that sum). Triton does not pipeline these loads, so bytes in flight come from the
 tile's size and the programs per SM, which is what the launch sets.
 
-Which shapes take this kernel instead of cuBLAS is data: GEMV_LAUNCHES lists the (N, K) whose
-sweep on the card (`benchmarks/kernels.py --only gemv --sweep gemv`) found it faster."""
+Which shapes take this kernel is data: GEMV_LAUNCHES lists the (N, K) whose sweep on the card
+(`benchmarks/kernels.py --only gemv --sweep gemv`) found it faster than cuBLAS, and
+W8_GEMV_LAUNCHES those where it beat our W8A16 GEMM (w8a16_gemm.py) at one row."""
 
 from __future__ import annotations
 
@@ -60,24 +62,31 @@ GEMV_LAUNCHES: dict[tuple[int, int], GemvLaunch] = {
 }
 
 
-def gemv_launch(n: int, k: int) -> GemvLaunch | None:
-    """The launch of a shape the GEMV serves best, else None (cuBLAS does)."""
-    return GEMV_LAUNCHES.get((n, k))
+# The same for int8 weights, against w8a16_gemm at one row. Empty until a sweep fills it.
+W8_GEMV_LAUNCHES: dict[tuple[int, int], GemvLaunch] = {}
 
 
-def gemv_ref(x: torch.Tensor, weight: torch.Tensor,
-             bias: torch.Tensor | None = None) -> torch.Tensor:
-    """The specification. x: [1, K]; weight: [N, K]; bias: [N] or None. Returns [1, N]."""
+def gemv_launch(n: int, k: int, int8: bool = False) -> GemvLaunch | None:
+    """The launch of a shape the GEMV serves best, else None (the GEMM does)."""
+    return (W8_GEMV_LAUNCHES if int8 else GEMV_LAUNCHES).get((n, k))
+
+
+def gemv_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+             weight_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """The specification. x: [1, K]; weight: [N, K] (int8 with weight_scale fp32 [N]); bias:
+    [N] or None. Returns [1, N]."""
     out = x.float() @ weight.float().t()
+    if weight_scale is not None:
+        out = out * weight_scale.float()
     if bias is not None:
         out = out + bias.float()
     return out.to(x.dtype)
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, part_ptr, arrival_ptr, N, K, stride_wn,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-                 HAS_BIAS: tl.constexpr, EVEN: tl.constexpr):
+def _gemv_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, part_ptr, arrival_ptr, N, K,
+                 stride_wn, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, EVEN: tl.constexpr, SCALED: tl.constexpr):
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = rn < N
     span = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
@@ -94,34 +103,46 @@ def _gemv_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, part_ptr, arrival_ptr, N, K, s
         else:
             k_mask = rk < k_end
             x = tl.load(x_ptr + rk, mask=k_mask, other=0.0)
-            w = tl.load(w_rows + rk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)
+            w = tl.load(w_rows + rk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0)
         acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
-    finish_tile(tl.sum(acc, axis=1), out_ptr, rn, part_ptr, rn, arrival_ptr, bias_ptr, rn,
-                n_mask, 1, N, HAS_BIAS, SPLIT_K)
+    total = tl.sum(acc, axis=1)
+    if SCALED:
+        total *= tl.load(scale_ptr + rn, mask=n_mask, other=0.0)
+    finish_tile(total, out_ptr, rn, part_ptr, rn, arrival_ptr, bias_ptr, rn, n_mask, 1, N,
+                HAS_BIAS, SPLIT_K)
 
 
-def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-         launch: GemvLaunch, use_triton: bool | None = None) -> torch.Tensor:
-    """x: [1, K] (K contiguous); weight: [N, K] row-major, x's dtype (fp16 / bf16); bias [N].
-    Returns [1, N] in x's dtype."""
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+         weight_scale: torch.Tensor | None = None, *, launch: GemvLaunch,
+         use_triton: bool | None = None) -> torch.Tensor:
+    """x: [1, K] (K contiguous); weight: [N, K] row-major, x's dtype (fp16 / bf16), or int8
+    with weight_scale fp32 [N]; bias [N]. Returns [1, N] in x's dtype."""
     check_tensor("x", x, 2, GEMV_DTYPES)
     check_dim("x", x, 0, 1)
-    check_tensor("weight", weight, 2, (x.dtype,))
+    check_tensor("weight", weight, 2, (x.dtype, torch.int8))
     check_dim("weight", weight, 1, x.shape[1])
+    n = weight.shape[0]
+    if (weight.dtype == torch.int8) != (weight_scale is not None):
+        raise KernelArgumentError("weight_scale", "an int8 weight needs its fp32 scales, and "
+                                                  "only an int8 weight takes them")
+    if weight_scale is not None:
+        check_tensor("weight_scale", weight_scale, 1, (torch.float32,))
+        check_dim("weight_scale", weight_scale, 0, n)
     if bias is not None:
         check_tensor("bias", bias, 1, (x.dtype,))
-        check_dim("bias", bias, 0, weight.shape[0])
-    check_same_device(x=x, weight=weight, bias=bias)
+        check_dim("bias", bias, 0, n)
+    check_same_device(x=x, weight=weight, weight_scale=weight_scale, bias=bias)
     if not use_triton_for(use_triton, x):
-        return gemv_ref(x, weight, bias)
-    n, k = weight.shape
+        return gemv_ref(x, weight, bias, weight_scale)
+    k = weight.shape[1]
     out = torch.empty((1, n), dtype=x.dtype, device=x.device)
     tiles = triton.cdiv(n, launch.block_n)
     part, arrivals = split_k_buffers(out, tiles, launch.split_k)
     even = n % launch.block_n == 0 and k % (launch.block_k * launch.split_k) == 0
     _gemv_kernel[(tiles, launch.split_k)](
-        x, weight, bias if bias is not None else weight, out, part, arrivals, n, k,
-        weight.stride(0), BLOCK_N=launch.block_n, BLOCK_K=launch.block_k,
-        SPLIT_K=launch.split_k, HAS_BIAS=bias is not None, EVEN=even,
+        x, weight, weight_scale if weight_scale is not None else out,
+        bias if bias is not None else out, out, part, arrivals, n, k, weight.stride(0),
+        BLOCK_N=launch.block_n, BLOCK_K=launch.block_k, SPLIT_K=launch.split_k,
+        HAS_BIAS=bias is not None, EVEN=even, SCALED=weight_scale is not None,
         num_warps=launch.num_warps)
     return out

@@ -160,6 +160,10 @@ def test_gemv_at_8b_shapes(n, k, launch):
         out = kernels.gemv(x, weight, b, launch=launch)
         assert rel_err(out, gemv_ref(x, weight, b)) < 1e-2
         assert int(ARRIVALS.get(x.device, 1).abs().sum()) == 0
+    w8 = torch.randint(-127, 128, (n, k), dtype=torch.int8, device="cuda")
+    scale = torch.rand(n, device="cuda") * 1e-3 + 1e-4
+    out = kernels.gemv(x, w8, bias, scale, launch=launch)
+    assert rel_err(out, w8a16_gemm_ref(x, w8, scale, bias)) < 1e-2
 
 
 @pytest.mark.parametrize("n,k", [(INTERMEDIATE, HIDDEN), (HIDDEN, INTERMEDIATE)])

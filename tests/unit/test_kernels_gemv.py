@@ -36,6 +36,21 @@ def test_gemv_matches_reference(ops, n, k, block_n, block_k, split_k, bias):
     assert torch.equal(out, again)
 
 
+@pytest.mark.parametrize("n,k,split_k", [(37, 100, 3), (64, 256, 2)])
+def test_gemv_of_an_int8_weight_matches_reference(ops, n, k, split_k):
+    _, gemv = ops
+    from kernels.w8a16_gemm import w8a16_gemm_ref
+    x = torch.randn(1, k, dtype=torch.bfloat16)
+    weight = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+    scale = torch.rand(n) / 127
+    bias = torch.randn(n, dtype=torch.bfloat16)
+    with poisoned_allocations():
+        out = gemv.gemv(x, weight, bias, scale, launch=gemv.GemvLaunch(16, 32, split_k),
+                        use_triton=True)
+    assert_close(out, w8a16_gemm_ref(x, weight, scale, bias))
+    assert_close(gemv.gemv_ref(x, weight, bias, scale), w8a16_gemm_ref(x, weight, scale, bias))
+
+
 def test_gemv_refuses_what_it_does_not_take(ops):
     _, gemv = ops
     from kernels.arguments import KernelArgumentError
@@ -47,12 +62,16 @@ def test_gemv_refuses_what_it_does_not_take(ops):
         gemv.gemv(torch.randn(1, 32, dtype=torch.float16), weight[:, :16], launch=launch)
     with pytest.raises(KernelArgumentError, match="^x: dtype"):
         gemv.gemv(torch.randn(1, 32), weight.float(), launch=launch)
+    with pytest.raises(KernelArgumentError, match="^weight_scale: an int8 weight needs"):
+        gemv.gemv(torch.randn(1, 32, dtype=torch.float16), weight.to(torch.int8), launch=launch)
     with pytest.raises(KernelArgumentError, match="^launch.block_k"):
         gemv.GemvLaunch(16, 48)
 
 
 def test_only_shapes_measured_faster_take_the_gemv():
-    from kernels.gemv import GEMV_LAUNCHES, gemv_launch
-    assert gemv_launch(7, 9) is None
+    from kernels.gemv import GEMV_LAUNCHES, W8_GEMV_LAUNCHES, gemv_launch
+    assert gemv_launch(7, 9) is None and gemv_launch(7, 9, int8=True) is None
     for (n, k), launch in GEMV_LAUNCHES.items():
         assert gemv_launch(n, k) == launch
+    for (n, k), launch in W8_GEMV_LAUNCHES.items():
+        assert gemv_launch(n, k, int8=True) == launch
