@@ -16,6 +16,14 @@ from pathlib import Path
 from services.addresses import free_port
 
 
+def served_prompt_len(tokenizer, input_len: int) -> int:
+    """How many tokens the gateway runs for a text that `tandem bench` counts as input_len (it
+    counts without special tokens; the gateway's tokenizer adds them, e.g. BOS): the length an
+    engine-alone baseline must use for the same work."""
+    added = len(tokenizer.encode("a")) - len(tokenizer.encode("a", add_special_tokens=False))
+    return input_len + added
+
+
 def setup_flags(setup: str) -> list[str]:
     """`colocated` (one worker doing both phases), `Ncolocated` (N of them behind one gateway),
     or `NpMd` (N prefill and M decode workers)."""

@@ -4,8 +4,9 @@
         [--requests 200] [--warmup 20] [--engine-arg=--device=cpu ...]
         [--worker-arg=--engine-process] [--json PATH]
 
-One request at a time, each with a prompt of --input-len ids (or text of that many tokens) that
-shares no prefix block with another, 2 output tokens, EOS ignored; the same engine settings for
+One request at a time, each with a text of --input-len tokens (as `tandem bench` counts them)
+or the ids of as many tokens as the gateway runs for it (the text's plus BOS), that shares no
+prefix block with another, 2 output tokens, EOS ignored; the same engine settings for
 every layer:
 
 1. `engine`: the engine's own step loop (LLMEngine.step until the first token), in a child
@@ -47,6 +48,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from benchmarks.served import served_prompt_len
 from services import wire
 from services.engine.sampling_params import SamplingParams
 from services.rpc.tandem.v1 import generation_pb2 as gen
@@ -81,6 +83,7 @@ def engine_child(args: argparse.Namespace) -> None:
     engine.warm_up()
     rng = random.Random(1)
     vocab = engine.model_config.vocab_size
+    prompt_len = served_prompt_len(engine.tokenizer, args.input_len)
 
     def alone(rid: str, prompt: list[int]) -> float:
         engine.add_request(rid, prompt, _params())
@@ -107,7 +110,7 @@ def engine_child(args: argparse.Namespace) -> None:
 
     print("READY", flush=True)
     for i, line in enumerate(sys.stdin):
-        prompt = _prompts(rng, vocab, args.input_len, 1)[0]
+        prompt = _prompts(rng, vocab, prompt_len, 1)[0]
         if line.strip() == "engine":
             seconds = alone(f"e{i}", prompt)
         else:
@@ -175,13 +178,14 @@ async def measure(args: argparse.Namespace, child: EngineChild, worker: str,
     from loadgen.tokens import load_token_counter
     from services.engine.loader import load_tokenizer
     counter = load_token_counter(args.model)
-    vocab = load_tokenizer(args.model).tokenizer.vocab_size
+    tokenizer = load_tokenizer(args.model).tokenizer
+    vocab, prompt_len = tokenizer.vocab_size, served_prompt_len(tokenizer, args.input_len)
     rng, text_rng = random.Random(2), np.random.default_rng(3)
     times: dict[str, list[float]] = {name: [] for name in LAYERS}
     async with grpc.aio.insecure_channel(worker) as wch, grpc.aio.insecure_channel(gateway) as gch:
         wstub, gstub = worker_pb2_grpc.DecodeWorkerStub(wch), gen_grpc.GenerationStub(gch)
         for i in range(args.warmup + args.requests):
-            ids = _prompts(rng, vocab, args.input_len, 2)
+            ids = _prompts(rng, vocab, prompt_len, 2)
             text = text_of_length(args.input_len, counter, text_rng)
             runs = {"engine": lambda: child.ttft("engine"),
                     "engine thread": lambda: child.ttft("thread"),

@@ -7,7 +7,8 @@ same loads: what the served path costs.
 
 1. Engine alone (a child process, so its memory is gone before the server starts): the engine's
    own step loop, closed loop at each concurrency (a finished request is replaced by a new one
-   between two steps), random prompts of --input-len ids, --output-len tokens each, EOS ignored;
+   between two steps), random prompts of --input-len ids (plus the special tokens the gateway's
+   tokenizer adds to a text, e.g. BOS: the same work), --output-len tokens each, EOS ignored;
    tok/s counts every token the window generated, TPOT and TTFT the requests that finished.
 2. For each variant, `tandem serve --mode colocated --launcher process` started fresh (the
    variant `process` adds --engine-process: the worker's engine in a process of its own, away
@@ -32,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.served import Server
+from benchmarks.served import Server, served_prompt_len
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -56,6 +57,7 @@ def engine_alone(args: argparse.Namespace) -> list[dict]:
     rng = random.Random(0)
     vocab = engine.model_config.vocab_size
     params = SamplingParams(temperature=0.0, max_tokens=args.output_len, ignore_eos=True)
+    prompt_len = served_prompt_len(engine.tokenizer, args.input_len)    # BOS, as served
     rows = []
     for concurrency in [int(c) for c in args.concurrency.split(",")]:
         counter = iter(range(1 << 30))
@@ -65,7 +67,7 @@ def engine_alone(args: argparse.Namespace) -> list[dict]:
 
         def add() -> None:
             rid = f"c{concurrency}-{next(counter)}"
-            engine.add_request(rid, [rng.randrange(1, vocab) for _ in range(args.input_len)], params)
+            engine.add_request(rid, [rng.randrange(1, vocab) for _ in range(prompt_len)], params)
             started[rid] = time.perf_counter()
 
         for _ in range(concurrency):
