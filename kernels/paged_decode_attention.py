@@ -2,16 +2,14 @@
 
 Decode is bandwidth-bound, so the kernel reads every K/V byte once: a program owns one KV head of
 one sequence and computes all the query heads that share it (GQA), and long contexts are split
-into partitions handled by separate programs (flash-decoding), merged by an exact log-sum-exp
-reduction. The launch fixes how many programs may share one sequence (from the batch size, so
-that the grid fills the GPU: many for batch 1, one for a large batch); each sequence's programs
-then split its actual length among themselves in whole tiles, read on the device, so a short
-context in a table sized for long ones still uses all of them, and the launch needs no
-device-to-host sync and can be captured in a CUDA graph. The merge is in the same launch: each
-program of a split sequence stores its partial and counts itself in the (sequence, KV head)'s
-arrival counter (split_k.py's counters); the last to arrive merges them all for its query
-heads and resets the counter. A sequence that needs only one partition is written whole by its
-one program: its partial never makes a round trip through memory."""
+into partitions handled by separate programs (flash-decoding), merged afterwards by an exact
+log-sum-exp reduction. The launch fixes how many programs may share one sequence (from the
+batch size, so that the grid fills the GPU: many for batch 1, one for a large batch); each
+sequence's programs then split its actual length among themselves in whole tiles, read on the
+device, so a short context in a table sized for long ones still uses all of them, and the launch
+needs no device-to-host sync and can be captured in a CUDA graph. A sequence that needs only one
+partition is written whole by its one program and skipped by the reduction: its partial never
+makes a round trip through memory; a launch with one partition per sequence has no reduction."""
 
 from __future__ import annotations
 
@@ -27,7 +25,6 @@ from kernels.arguments import (KernelArgumentError, check_dim, check_paged_kv, c
                                check_tensor, next_power_of_2, output_like,
                                use_triton_for)
 from kernels.prefill_attention import prefill_attention_ref
-from kernels.split_k import ARRIVALS
 
 
 def paged_decode_attention_ref(q: torch.Tensor, key_cache: torch.Tensor,
@@ -67,7 +64,7 @@ DECODE_LAUNCHES: dict[int, DecodeLaunch] = {
     64: DecodeLaunch(block_n=64, min_tiles=1, num_warps=4, num_stages=3),
     128: DecodeLaunch(block_n=64, min_tiles=1, num_warps=4, num_stages=3),
 }
-_PARTITIONS_PER_MERGE_STEP = 16
+_PARTITIONS_PER_REDUCE_STEP = 16
 _PROGRAMS_PER_SM = 3
 
 
@@ -80,9 +77,9 @@ def default_launch(num_seqs: int, num_kv_heads: int, max_context: int, head_dim:
                    device: torch.device) -> DecodeLaunch:
     """The table's tiles, with as many partitions per sequence as give every SM a few programs,
     and no more than a context of max_context tokens (the block table's width) can use. A batch
-    that fills the GPU by itself gets one: a split costs its partials' round trip and their
-    merge, more than uneven waves do (H200: batch 64 at 576 tokens 41 us unsplit, 54-63 us in
-    2-32 partitions, with the merge then a kernel of its own)."""
+    that fills the GPU by itself gets one: a split costs its partials' round trip and a
+    reduction launch, more than uneven waves do (H200: batch 64 at 576 tokens 41 us unsplit,
+    54-63 us in 2-32 partitions)."""
     launch = DECODE_LAUNCHES.get(head_dim, DecodeLaunch())
     wanted = _PROGRAMS_PER_SM * _sm_count(device) // max(1, num_seqs * num_kv_heads)
     usable = triton.cdiv(max_context, launch.min_tiles * launch.block_n)
@@ -107,13 +104,12 @@ def _partition_tokens(seq_len, num_partitions, BLOCK_N: tl.constexpr, MIN_TILES:
 @triton.jit(do_not_specialize=["num_partitions", "stride_bt"])
 def _decode_partition_kernel(
         q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, out_ptr,
-        part_out_ptr, part_lse_ptr, arrival_ptr, scale_log2, num_heads, num_kv_heads,
-        num_partitions,
+        part_out_ptr, part_lse_ptr, scale_log2, num_heads, num_partitions,
         stride_qs, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
         stride_bt, stride_os, stride_oh,
         BLOCK_SIZE: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
         HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
-        MIN_TILES: tl.constexpr, SPLIT: tl.constexpr, CHUNK: tl.constexpr):
+        MIN_TILES: tl.constexpr, SPLIT: tl.constexpr):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     part = tl.program_id(2)
@@ -162,7 +158,7 @@ def _decode_partition_kernel(
     out_mask = row_mask[:, None] & d_mask[None, :]
     if SPLIT:
         if seq_len <= partition:
-            # The sequence's only partition: its result is final, nothing to merge.
+            # The sequence's only partition: its result is final, the reduction skips it.
             tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=out_mask)
         else:
             # Partials in fp32, normalised, with their log2-sum-exp for the exact merge.
@@ -170,27 +166,24 @@ def _decode_partition_kernel(
             tl.store(part_out_ptr + part_row[:, None] * HEAD_DIM + d[None, :], out,
                      mask=out_mask)
             tl.store(part_lse_ptr + part_row, m + tl.log2(l), mask=row_mask)
-            tl.debug_barrier()      # every thread's partial stored before the release below
-            counter = arrival_ptr + seq * num_kv_heads + kv_head
-            arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-            if arrived == tl.cdiv(seq_len, partition) - 1:
-                for r in tl.static_range(GROUP):
-                    head = kv_head * GROUP + r
-                    _merge_partials(part_out_ptr, part_lse_ptr, out_ptr + seq * stride_os
-                                    + head * stride_oh, (seq * num_heads + head) * num_partitions,
-                                    tl.cdiv(seq_len, partition), HEAD_DIM, HEAD_PAD, CHUNK)
-                tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
     else:
         tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
-@triton.jit
-def _merge_partials(part_out_ptr, part_lse_ptr, out_ptr, row0, used,
-                    HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, CHUNK: tl.constexpr):
-    """out = the exact merge of one head's `used` partials (rows row0.. of the workspace), read
-    from L2 (other SMs wrote them)."""
+@triton.jit(do_not_specialize=["num_partitions"])
+def _decode_reduce_kernel(part_out_ptr, part_lse_ptr, seq_lens_ptr, out_ptr, num_heads,
+                          num_partitions, stride_os, stride_oh,
+                          HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
+                          MIN_TILES: tl.constexpr, CHUNK: tl.constexpr):
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    seq_len = tl.load(seq_lens_ptr + seq)
+    used = tl.cdiv(seq_len, _partition_tokens(seq_len, num_partitions, BLOCK_N, MIN_TILES))
+    if used <= 1:               # written whole by its one partition program
+        return
     d = tl.arange(0, HEAD_PAD)
     d_mask = d < HEAD_DIM
+    row0 = (seq * num_heads + head) * num_partitions
     # One running (max, sum, acc) per lane; lanes are merged at the end.
     m = tl.full([CHUNK], float("-inf"), tl.float32)
     s = tl.zeros([CHUNK], tl.float32)
@@ -198,10 +191,9 @@ def _merge_partials(part_out_ptr, part_lse_ptr, out_ptr, row0, used,
     for p0 in range(0, used, CHUNK):
         parts = p0 + tl.arange(0, CHUNK)
         p_mask = parts < used
-        lse = tl.load(part_lse_ptr + row0 + parts, mask=p_mask, other=float("-inf"),
-                      cache_modifier=".cg")
+        lse = tl.load(part_lse_ptr + row0 + parts, mask=p_mask, other=float("-inf"))
         o = tl.load(part_out_ptr + (row0 + parts)[:, None] * HEAD_DIM + d[None, :],
-                    mask=p_mask[:, None] & d_mask[None, :], other=0.0, cache_modifier=".cg")
+                    mask=p_mask[:, None] & d_mask[None, :], other=0.0)
         # A lane with no partition yet keeps m = -inf; shifting by 0 then gives weights of 0.
         m_new = tl.maximum(m, lse)
         shift = tl.where(m_new > float("-inf"), m_new, 0.0)
@@ -212,7 +204,8 @@ def _merge_partials(part_out_ptr, part_lse_ptr, out_ptr, row0, used,
         m = m_new
     f = tl.exp2(m - tl.max(m, 0))      # lanes that saw no partition have m = -inf: weight 0
     out = tl.sum(acc * f[:, None], 0) / tl.sum(s * f, 0)
-    tl.store(out_ptr + d, out.to(out_ptr.dtype.element_ty), mask=d_mask)
+    tl.store(out_ptr + seq * stride_os + head * stride_oh + d, out.to(out_ptr.dtype.element_ty),
+             mask=d_mask)
 
 
 def _check(q, key_cache, value_cache, block_tables, seq_lens) -> None:
@@ -254,18 +247,23 @@ def paged_decode_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache
                                dtype=torch.float32, device=q.device)
         part_lse = torch.empty((num_seqs, num_heads, num_partitions), dtype=torch.float32,
                                device=q.device)
-        arrivals = ARRIVALS.get(q.device, num_seqs * num_kv_heads)
     else:
-        part_out = part_lse = arrivals = out      # unused: the kernel writes `out` directly
+        part_out = part_lse = out      # unused: the kernel writes `out` directly
     head_pad = max(16, next_power_of_2(head_dim))
     _decode_partition_kernel[(num_seqs, num_kv_heads, num_partitions)](
-        q, key_cache, value_cache, block_tables, seq_lens, out, part_out, part_lse, arrivals,
-        scale * math.log2(math.e), num_heads, num_kv_heads, num_partitions,
+        q, key_cache, value_cache, block_tables, seq_lens, out, part_out, part_lse,
+        scale * math.log2(math.e), num_heads, num_partitions,
         q.stride(0), q.stride(1), key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         BLOCK_SIZE=block_size, GROUP=group, GROUP_PAD=max(16, next_power_of_2(group)),
         HEAD_DIM=head_dim, HEAD_PAD=head_pad, BLOCK_N=launch.block_n,
-        MIN_TILES=launch.min_tiles, SPLIT=split, CHUNK=_PARTITIONS_PER_MERGE_STEP,
+        MIN_TILES=launch.min_tiles, SPLIT=split,
         num_warps=launch.num_warps, num_stages=launch.num_stages)
+    if split:
+        _decode_reduce_kernel[(num_seqs, num_heads)](
+            part_out, part_lse, seq_lens, out, num_heads, num_partitions,
+            out.stride(0), out.stride(1), HEAD_DIM=head_dim, HEAD_PAD=head_pad,
+            BLOCK_N=launch.block_n, MIN_TILES=launch.min_tiles,
+            CHUNK=_PARTITIONS_PER_REDUCE_STEP, num_warps=4)
     return out
