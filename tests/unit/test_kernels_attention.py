@@ -64,6 +64,21 @@ def test_paged_decode_attention_matches_reference(ops, dtype, num_heads, num_kv_
     assert_close(out, ref)
 
 
+def test_paged_decode_attention_merges_more_partitions_than_one_merge_step(ops):
+    decode = ops[0]
+    block_size, seq_lens = 16, [300, 5]     # 19 one-tile partitions: two reduction steps of 16
+    _, key_cache, value_cache = make_pool(24, block_size, 2, 32, torch.float32)
+    tables = make_block_tables(seq_lens, block_size, 24)
+    q = torch.randn(len(seq_lens), 4, 32)
+    lens = torch.tensor(seq_lens, dtype=torch.int32)
+    launch = decode.DecodeLaunch(block_n=16, partitions=24, min_tiles=1)
+    with poisoned_allocations():
+        out = decode.paged_decode_attention(q, key_cache, value_cache, tables, lens, 0.3,
+                                            use_triton=True, launch=launch)
+    assert_close(out, decode.paged_decode_attention_ref(q, key_cache, value_cache, tables, lens,
+                                                        0.3))
+
+
 def test_decode_partitions_fill_the_gpu_from_the_batch_size(monkeypatch) -> None:
     # The module, not the package's function of the same name.
     decode = importlib.import_module("kernels.paged_decode_attention")
