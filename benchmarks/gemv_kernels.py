@@ -77,7 +77,7 @@ def _one(name: str, n: int, k: int, x: torch.Tensor, weights: list, reference: t
                          for w, s in weights])
     w0, s0 = weights[0]
     kind = "int8" if int8 else "bf16"
-    best, best_ms = gemv_launch(n, k, int8), math.inf
+    best, best_ms = gemv_launch(n, k, x.dtype, int8), math.inf
     if best is not None:
         best_ms = run(best)
     for launch in candidates(n, k, tiles) if do_sweep else ():

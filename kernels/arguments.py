@@ -62,16 +62,26 @@ def check_same_device(**tensors: torch.Tensor | None) -> None:
                                       f"tensors must share a device: {listing}")
 
 
+def check_kv_pages(key_cache: torch.Tensor, value_cache: torch.Tensor,
+                   dtypes: Iterable[torch.dtype], head_dim: int,
+                   num_kv_heads: int | None = None) -> None:
+    """Key and value pages [blocks, block_size, kv_heads, head_dim], alike in shape, of one of
+    `dtypes`, with head_dim (and num_kv_heads, when given) as the other tensors have them."""
+    check_tensor("key_cache", key_cache, 4, dtypes)
+    check_tensor("value_cache", value_cache, 4, (key_cache.dtype,))
+    if value_cache.shape != key_cache.shape:
+        raise KernelArgumentError("value_cache", f"shape {tuple(value_cache.shape)} differs from "
+                                                 f"key_cache {tuple(key_cache.shape)}")
+    if num_kv_heads is not None:
+        check_dim("key_cache", key_cache, 2, num_kv_heads)
+    check_dim("key_cache", key_cache, 3, head_dim)
+
+
 def check_paged_kv(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor) -> None:
     """Queries [tokens, heads, head_dim] against key/value pages [blocks, block_size, kv_heads,
     head_dim] of the query's dtype, with the query heads a multiple of the KV heads (GQA)."""
     check_tensor("q", q, 3, FLOAT_DTYPES)
-    check_tensor("key_cache", key_cache, 4, (q.dtype,))
-    check_tensor("value_cache", value_cache, 4, (q.dtype,))
-    if value_cache.shape != key_cache.shape:
-        raise KernelArgumentError("value_cache", f"shape {tuple(value_cache.shape)} differs from "
-                                                 f"key_cache {tuple(key_cache.shape)}")
-    check_dim("key_cache", key_cache, 3, q.shape[2])
+    check_kv_pages(key_cache, value_cache, (q.dtype,), q.shape[2])
     if q.shape[1] % key_cache.shape[2]:
         raise KernelArgumentError("q", f"num_heads ({q.shape[1]}) must be a multiple of "
                                        f"num_kv_heads ({key_cache.shape[2]})")

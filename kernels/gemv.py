@@ -70,8 +70,11 @@ W8_GEMV_LAUNCHES: dict[tuple[int, int], GemvLaunch] = {
 }
 
 
-def gemv_launch(n: int, k: int, int8: bool = False) -> GemvLaunch | None:
-    """The launch of a shape the GEMV serves best, else None (the GEMM does)."""
+def gemv_launch(n: int, k: int, x_dtype: torch.dtype, int8: bool = False) -> GemvLaunch | None:
+    """The launch of a shape the GEMV serves best for activations of x_dtype, else None (the
+    GEMM does: other shapes, and fp32 activations, which the GEMV does not take)."""
+    if x_dtype not in GEMV_DTYPES:
+        return None
     return (W8_GEMV_LAUNCHES if int8 else GEMV_LAUNCHES).get((n, k))
 
 

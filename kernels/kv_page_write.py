@@ -10,8 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.arguments import (FLOAT_DTYPES, KernelArgumentError, check_dim, check_same_device,
-                               check_tensor, next_power_of_2, use_triton_for)
+from kernels.arguments import (FLOAT_DTYPES, KernelArgumentError, check_dim, check_kv_pages,
+                               check_same_device, check_tensor, next_power_of_2, use_triton_for)
 from kernels.quantize_rows import quantize_rows_ref
 
 def write_kv_pages_ref(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor,
@@ -91,14 +91,8 @@ def _check(key, value, key_cache, value_cache, slot_mapping, key_scale_cache,
     if value.shape != key.shape:
         raise KernelArgumentError("value", f"shape {tuple(value.shape)} differs from key "
                                            f"{tuple(key.shape)}")
-    cache_dtypes = FLOAT_DTYPES + (torch.int8,)
-    check_tensor("key_cache", key_cache, 4, cache_dtypes)
-    check_tensor("value_cache", value_cache, 4, (key_cache.dtype,))
-    if value_cache.shape != key_cache.shape:
-        raise KernelArgumentError("value_cache", f"shape {tuple(value_cache.shape)} differs "
-                                                 f"from key_cache {tuple(key_cache.shape)}")
-    check_dim("key_cache", key_cache, 2, key.shape[1])
-    check_dim("key_cache", key_cache, 3, key.shape[2])
+    check_kv_pages(key_cache, value_cache, FLOAT_DTYPES + (torch.int8,), key.shape[2],
+                   key.shape[1])
     check_tensor("slot_mapping", slot_mapping, 1, (torch.int64, torch.int32))
     check_dim("slot_mapping", slot_mapping, 0, key.shape[0])
     quantized = key_cache.dtype == torch.int8

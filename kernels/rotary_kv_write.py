@@ -14,8 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.arguments import (FLOAT_DTYPES, KernelArgumentError, check_dim, check_same_device,
-                               check_tensor, next_power_of_2, use_triton_for)
+from kernels.arguments import (FLOAT_DTYPES, KernelArgumentError, check_dim, check_kv_pages,
+                               check_same_device, check_tensor, next_power_of_2, use_triton_for)
 from kernels.kv_page_write import write_kv_pages_ref
 from kernels.rotary import rotary_ref, rotate_heads
 
@@ -81,13 +81,7 @@ def _check(q, k, v, positions, cos_sin_cache, key_cache, value_cache, slot_mappi
     check_dim("positions", positions, 0, num_tokens)
     check_tensor("cos_sin_cache", cos_sin_cache, 2, (torch.float32,))
     check_dim("cos_sin_cache", cos_sin_cache, 1, head_dim)
-    check_tensor("key_cache", key_cache, 4, FLOAT_DTYPES)
-    check_tensor("value_cache", value_cache, 4, (key_cache.dtype,))
-    if value_cache.shape != key_cache.shape:
-        raise KernelArgumentError("value_cache", f"shape {tuple(value_cache.shape)} differs "
-                                                 f"from key_cache {tuple(key_cache.shape)}")
-    check_dim("key_cache", key_cache, 2, k.shape[1])
-    check_dim("key_cache", key_cache, 3, head_dim)
+    check_kv_pages(key_cache, value_cache, FLOAT_DTYPES, head_dim, k.shape[1])
     check_tensor("slot_mapping", slot_mapping, 1, (torch.int64, torch.int32))
     check_dim("slot_mapping", slot_mapping, 0, num_tokens)
     check_same_device(q=q, k=k, v=v, positions=positions, cos_sin_cache=cos_sin_cache,

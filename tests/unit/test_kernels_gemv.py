@@ -70,8 +70,11 @@ def test_gemv_refuses_what_it_does_not_take(ops):
 
 def test_only_shapes_measured_faster_take_the_gemv():
     from kernels.gemv import GEMV_LAUNCHES, W8_GEMV_LAUNCHES, gemv_launch
-    assert gemv_launch(7, 9) is None and gemv_launch(7, 9, int8=True) is None
+    bf16 = torch.bfloat16
+    assert gemv_launch(7, 9, bf16) is None and gemv_launch(7, 9, bf16, int8=True) is None
+    assert GEMV_LAUNCHES and W8_GEMV_LAUNCHES
     for (n, k), launch in GEMV_LAUNCHES.items():
-        assert gemv_launch(n, k) == launch
+        assert gemv_launch(n, k, bf16) == launch
+        assert gemv_launch(n, k, torch.float32) is None      # fp32 stays with cuBLAS
     for (n, k), launch in W8_GEMV_LAUNCHES.items():
-        assert gemv_launch(n, k, int8=True) == launch
+        assert gemv_launch(n, k, bf16, int8=True) == launch

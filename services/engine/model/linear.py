@@ -64,7 +64,7 @@ class Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] == 1 and x.is_cuda:
             # One row (a batch-1 decode): the GEMV where the card's sweep found it faster.
-            launch = kernels.gemv_launch(self.out_features, self.in_features)
+            launch = kernels.gemv_launch(self.out_features, self.in_features, x.dtype)
             if launch is not None:
                 return kernels.gemv(x, self.weight, self.bias, launch=launch)
         return F.linear(x, self.weight, self.bias)

@@ -76,7 +76,8 @@ class Int8Linear(nn.Module):
         rows = x.reshape(-1, x.shape[-1])
         if rows.shape[0] == 1 and rows.is_cuda and self._keeps_activations(1):
             # One row: the GEMV where the card's sweep found it faster than the W8A16 GEMM.
-            launch = kernels.gemv_launch(self.out_features, self.in_features, int8=True)
+            launch = kernels.gemv_launch(self.out_features, self.in_features, rows.dtype,
+                                         int8=True)
             if launch is not None:
                 out = kernels.gemv(rows, self.weight, self.bias, self.weight_scale, launch=launch)
                 return out.reshape(*x.shape[:-1], self.out_features)
