@@ -9,10 +9,11 @@ a program owns block_n output columns and one of split_k slices of K, so a launc
 into about as many equal programs as the SMs hold, and the slices meet in the same launch
 (split_k.py).
 
-Each K step loads a [block_n, block_k] tile of W (rows contiguous along K: 16-byte loads) and
-the matching x, multiplies in fp32 and keeps the products per column and lane, summed over K
-once after the loop (an int8 weight's scale, constant along K, multiplies that sum). Triton does not pipeline these loads, so bytes in flight come from the
-tile's size and the programs per SM, which is what the launch sets.
+Each K step loads a [block_n, block_k] tile of W (rows contiguous along K: 16-byte loads) and the
+matching x, multiplies in fp32 and keeps the products per column and lane, summed over K once after
+the loop (an int8 weight's scale, constant along K, multiplies that sum). Triton does not pipeline
+these loads, so bytes in flight come from the tile's size and the programs per SM, which is what
+the launch sets.
 
 Which shapes take this kernel is data: GEMV_LAUNCHES lists the (N, K) whose sweep on the card
 (`benchmarks/kernels.py --only gemv --sweep gemv`) found it faster than cuBLAS, and

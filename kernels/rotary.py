@@ -29,8 +29,9 @@ def rotary_ref(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
 
 @triton.jit
 def rotate_heads(src_ptr, dst_ptr, num_heads, stride_st, stride_sh, stride_dt, stride_dh,
-                  token, cos, sin, HEADS_PAD: tl.constexpr, HALF: tl.constexpr,
-                  HALF_PAD: tl.constexpr):
+                 token, cos, sin, HEADS_PAD: tl.constexpr, HALF: tl.constexpr,
+                 HALF_PAD: tl.constexpr):
+    """Rotate num_heads heads of one token from src into dst (which may be src)."""
     h = tl.arange(0, HEADS_PAD)
     j = tl.arange(0, HALF_PAD)
     mask = (h < num_heads)[:, None] & (j < HALF)[None, :]
@@ -55,9 +56,9 @@ def _rotary_kernel(q_ptr, k_ptr, q_out_ptr, k_out_ptr, positions_ptr, cache_ptr,
     cos = tl.load(cache_ptr + pos * stride_cache + j, mask=j < HALF, other=0.0)
     sin = tl.load(cache_ptr + pos * stride_cache + HALF + j, mask=j < HALF, other=0.0)
     rotate_heads(q_ptr, q_out_ptr, num_heads, stride_qt, stride_qh, stride_qot, stride_qoh,
-                  token, cos, sin, Q_HEADS_PAD, HALF, HALF_PAD)
+                 token, cos, sin, Q_HEADS_PAD, HALF, HALF_PAD)
     rotate_heads(k_ptr, k_out_ptr, num_kv_heads, stride_kt, stride_kh, stride_kot, stride_koh,
-                  token, cos, sin, K_HEADS_PAD, HALF, HALF_PAD)
+                 token, cos, sin, K_HEADS_PAD, HALF, HALF_PAD)
 
 
 def rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
