@@ -23,6 +23,7 @@ from services.engine.batch_inputs import TABLE_WIDTH_ALIGN, BatchInputs, build_b
 from services.engine.cuda_graphs import DecodeGraphs, DecodeInputs
 from services.engine.kv_cache import KVCacheManager, cdiv
 from services.engine.model.attention import AttentionMetadata
+from services.engine.model.linear import use_one_row_gemv
 from services.engine.outputs import TokenLogprob
 from services.engine.piecewise_graphs import PiecewiseGraphs
 from services.engine.prefill_graphs import MAX_TOKENS as PREFILL_GRAPH_MAX_TOKENS
@@ -88,7 +89,9 @@ class ModelRunner:
 
     def capture_graphs(self, max_num_seqs: int, max_model_len: int, max_tokens: int) -> float:
         """Capture the decode, prefill and piecewise graphs (CUDA only); returns the seconds it
-        took. max_tokens: the step's token budget."""
+        took. max_tokens: the step's token budget. From here one-row products take the GEMV
+        (linear.use_one_row_gemv): the captures' eager first runs compile it."""
+        use_one_row_gemv(self.model)
         max_blocks = cdiv(max_model_len, self.kv.block_size)
         max_blocks = cdiv(max_blocks, TABLE_WIDTH_ALIGN) * TABLE_WIDTH_ALIGN
         pool = self.kv.kv_cache

@@ -38,3 +38,14 @@ def test_quantization_selects_the_int8_projection():
     assert layer.num_shards == 2 and layer.weight.dtype == torch.int8
     with pytest.raises(UnsupportedModelError, match="w4a16"):
         projection(4, 4, quantization="w4a16")
+
+
+def test_the_one_row_gemv_is_for_engines_that_replay_graphs():
+    """Off by default (an eager engine keeps cuBLAS, whose launch costs the host less); the
+    graph capture turns it on for every bf16 and int8 projection."""
+    from services.engine.model.linear import use_one_row_gemv
+
+    model = torch.nn.ModuleDict({"plain": Linear(32, 16), "int8": Int8Linear(32, 16, "w8a16")})
+    assert not any(m.one_row_gemv for m in model.values())
+    use_one_row_gemv(model)
+    assert all(m.one_row_gemv for m in model.values())

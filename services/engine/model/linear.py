@@ -1,10 +1,10 @@
 """The projection every model layer goes through: y = x W^T (+ b).
 
 One module owns the weight (and optional bias) of a projection, and `projection` picks the variant
-(this plain one, quantized_linear.Int8Linear or int4_linear.Int4Linear) from the model's quantization setting, so the
-model never names a class. Fused
-projections (q|k|v, gate|up) are one weight made of named shards, filled from the checkpoint's
-separate tensors."""
+(this plain one, quantized_linear.Int8Linear or int4_linear.Int4Linear) from the model's
+quantization setting, so the model never names a class. Fused projections (q|k|v, gate|up) are one
+weight made of named shards, filled from the checkpoint's separate tensors. An engine that replays
+CUDA graphs turns on the one-row GEMV (`use_one_row_gemv`)."""
 
 from __future__ import annotations
 
@@ -47,6 +47,16 @@ def projection(in_features: int, out_features: int | Sequence[int], *, bias: boo
     return Int8Linear(in_features, out_features, quantization, bias=bias, dtype=dtype)
 
 
+def use_one_row_gemv(model: nn.Module) -> None:
+    """One-row products of the model's bf16 / int8 projections take our GEMV (kernels/gemv.py)
+    where its table lists the shape. For an engine that replays CUDA graphs: replayed, the GEMV
+    is faster than cuBLAS; launched eagerly from Python, its launch costs the host more than
+    cuBLAS's, so an engine without graphs keeps cuBLAS (benchmarks/RESULTS.md, run 11)."""
+    for module in model.modules():
+        if isinstance(module, (Linear, Int8Linear)):
+            module.one_row_gemv = True
+
+
 class Linear(nn.Module):
     """out_features is one size, or the sizes of the shards laid end to end along the output."""
 
@@ -60,9 +70,10 @@ class Linear(nn.Module):
                                    requires_grad=False)
         self.bias = (nn.Parameter(torch.empty(self.out_features, dtype=dtype), requires_grad=False)
                      if bias else None)
+        self.one_row_gemv = False       # set by use_one_row_gemv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] == 1 and x.is_cuda:
+        if self.one_row_gemv and x.shape[0] == 1 and x.is_cuda:
             # One row (a batch-1 decode): the GEMV where the card's sweep found it faster.
             launch = kernels.gemv_launch(self.out_features, self.in_features, x.dtype)
             if launch is not None:

@@ -71,10 +71,11 @@ class Int8Linear(nn.Module):
                                          requires_grad=False)
         self.bias = (nn.Parameter(torch.empty(self.out_features, dtype=dtype), requires_grad=False)
                      if bias else None)
+        self.one_row_gemv = False       # set by linear.use_one_row_gemv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        if rows.shape[0] == 1 and rows.is_cuda and self._keeps_activations(1):
+        if self.one_row_gemv and rows.shape[0] == 1 and rows.is_cuda and self._keeps_activations(1):
             # One row: the GEMV where the card's sweep found it faster than the W8A16 GEMM.
             launch = kernels.gemv_launch(self.out_features, self.in_features, rows.dtype,
                                          int8=True)
