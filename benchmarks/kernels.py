@@ -117,7 +117,12 @@ def bench_decode(bandwidth: float, do_sweep: bool) -> None:
 
 
 def bench_prefill(flops_ceiling: float, do_sweep: bool) -> None:
-    seqs, length = 8, 2048
+    # Long prompts, and the 512-token prompts that fill the 8,192-token steps of a burst.
+    for seqs, length in ((8, 2048), (16, 512)):
+        _bench_prefill_shape(flops_ceiling, do_sweep, seqs, length)
+
+
+def _bench_prefill_shape(flops_ceiling: float, do_sweep: bool, seqs: int, length: int) -> None:
     key_cache, value_cache = paged_pool(seqs * length // BLOCK)
     tables = block_tables(seqs, length, key_cache.shape[0], length)
     lens = torch.full((seqs,), length, dtype=torch.int32, device="cuda")
