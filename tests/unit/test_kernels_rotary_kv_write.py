@@ -40,6 +40,7 @@ def _inputs(num_tokens: int, dtype: torch.dtype, num_heads: int = NUM_HEADS):
                                              (torch.float32, NUM_KV_HEADS)])   # GQA, MHA
 def test_rotates_q_in_place_and_writes_rotated_k_and_v(op, dtype, num_heads):
     q, k, v, positions, cos_sin, pool, slots = _inputs(9, dtype, num_heads)
+    k_before, v_before = k.clone(), v.clone()
     expected_q = q.clone()
     expected_pool = pool.clone()
     layer, expected_layer = pool[:, 1], expected_pool[:, 1]
@@ -50,27 +51,12 @@ def test_rotates_q_in_place_and_writes_rotated_k_and_v(op, dtype, num_heads):
                                  use_triton=True)
     assert out is q
     assert_close(q, expected_q)
+    # q rotates in place inside the fused projection: its k and v columns are left as they were.
+    assert torch.equal(k, k_before) and torch.equal(v, v_before)
     assert_close(pool, expected_pool)
     # Other layers' pages and the rows of the skipped slot are untouched.
     assert torch.equal(pool[:, 0], expected_pool[:, 0])
     assert torch.equal(pool[:, 2], expected_pool[:, 2])
-
-
-def test_the_reference_is_rotary_then_the_page_write():
-    from kernels.kv_page_write import write_kv_pages_ref
-    from kernels.rotary import rotary_ref
-    from kernels.rotary_kv_write import rotary_kv_write_ref
-
-    q, k, v, positions, cos_sin, pool, slots = _inputs(5, torch.float32)
-    q_rot, k_rot = rotary_ref(q, k, positions, cos_sin)
-    expected = pool.clone()
-    write_kv_pages_ref(k_rot, v, expected[:, 0, 0], expected[:, 0, 1], slots)
-    rotary_kv_write_ref(q, k, v, positions, cos_sin, pool[:, 0, 0], pool[:, 0, 1], slots)
-    assert torch.equal(q, q_rot)
-    assert torch.equal(pool, expected)
-    kept = slots[slots >= 0]
-    written = pool[:, 0, 0].reshape(-1, NUM_KV_HEADS, HEAD_DIM)[kept]
-    assert torch.equal(written, k_rot[slots >= 0])
 
 
 def test_bad_arguments_are_named():
