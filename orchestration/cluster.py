@@ -39,6 +39,7 @@ from services.engine.config import EngineConfig, ModelConfig
 from services.engine.errors import ConfigError
 from services.kvtransfer import TRANSPORTS
 from services.worker.config import WorkerConfig
+from services.worker.local_calls import LocalWorker
 
 MODES = ("disaggregated", "colocated")
 LAUNCHERS = ("ray", "process", "inprocess")
@@ -243,6 +244,11 @@ class Cluster:
         address = self.launcher.start([spec])[0]
         self.running[address] = spec
         return address
+
+    def local_worker(self, address: str) -> LocalWorker | None:
+        """The worker at `address` itself, when it runs in this process (launcher `inprocess`):
+        the gateway of `tandem serve` then calls it without gRPC."""
+        return self.launcher.local_worker(address) if self.launcher is not None else None
 
     def remove_worker(self, address: str) -> None:
         """Stops one worker (the gateway has drained it); its slot is free again."""

@@ -193,7 +193,9 @@ async def serve_gateway(config, cluster: Cluster | None = None, autoscale=None,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with Gateway(config) as gateway:
+    # Workers of an in-process cluster are the gateway's to call directly (no loopback gRPC).
+    local_workers = cluster.local_worker if cluster is not None else (lambda address: None)
+    async with Gateway(config, local_workers) as gateway:
         autoscaler = None
         if autoscale is not None:
             autoscaler = Autoscaler(autoscale, gateway, cluster, max_num_seqs)

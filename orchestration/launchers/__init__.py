@@ -1,7 +1,8 @@
 """Ways to run a cluster's workers: in this process (threads), as local processes, or as Ray
 actors. Each launcher says which GPUs its workers can use (`gpus()`), starts a list of
 `WorkerSpec`s and returns their gRPC addresses, in order (it may be called again to add workers);
-`stop_worker(address)` stops one, `stop()` everything it started. `reserve(slots)` comes first,
+`stop_worker(address)` stops one, `stop()` everything it started; `local_worker(address)` is
+the worker itself when it runs in this process (the in-process launcher's threads). `reserve(slots)` comes first,
 with every worker the cluster may run (the Ray launcher books their resources, node by node)."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Protocol
 
 from orchestration.placement import Gpus
 from services.worker.config import WorkerConfig
+from services.worker.local_calls import LocalWorker
 
 ROLES = ("prefill", "decode")
 RAY_STRATEGIES = ("pack", "spread")   # Ray: node groups on as few nodes as possible, or across nodes
@@ -32,6 +34,8 @@ class Launcher(Protocol):
     def start(self, specs: list[WorkerSpec]) -> list[str]: ...
     def stop_worker(self, address: str) -> None: ...
     def stop(self) -> None: ...
+    # A worker in the caller's own process, callable without gRPC; None for any other.
+    def local_worker(self, address: str) -> LocalWorker | None: ...
 
 
 def make_worker(spec: WorkerSpec):

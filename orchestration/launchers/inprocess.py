@@ -9,6 +9,7 @@ from orchestration.gpus import local_gpus
 from orchestration.launchers import WorkerSpec, make_worker
 from orchestration.placement import Gpus
 from services.worker.hosting import WorkerThread
+from services.worker.local_calls import LocalWorker
 
 
 class InProcessLauncher:
@@ -29,6 +30,10 @@ class InProcessLauncher:
             futures = [pool.submit(t.start, s.host, s.port, self._start_timeout_s)
                        for t, s in zip(new, specs)]
             return [f.result() for f in futures]
+
+    def local_worker(self, address: str) -> LocalWorker | None:
+        thread = next((t for t in self.threads if t.address == address), None)
+        return thread.local() if thread is not None else None
 
     def stop_worker(self, address: str) -> None:
         thread = next(t for t in self.threads if t.address == address)

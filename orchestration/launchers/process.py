@@ -83,6 +83,9 @@ class ProcessLauncher:
                               f"(exit code {proc.poll()}): {tail}")
         return line.split()[1]
 
+    def local_worker(self, address: str) -> None:
+        return None     # its workers live in other processes: reached over gRPC
+
     def stop_worker(self, address: str) -> None:
         proc = self.by_address.pop(address)
         self.processes.remove(proc)

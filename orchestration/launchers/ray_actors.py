@@ -147,6 +147,9 @@ class RayLauncher:
         import ray
         return ray.get(self.by_address[address].node_id.remote(), timeout=30)
 
+    def local_worker(self, address: str) -> None:
+        return None     # its workers live in other processes: reached over gRPC
+
     def stop_worker(self, address: str) -> None:
         actor = self.by_address.pop(address)
         self.actors.remove(actor)

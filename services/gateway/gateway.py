@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Callable
 
 from services.engine.loader import load_tokenizer
 from services.gateway.admission import AdmissionController
@@ -32,6 +33,7 @@ from services.gateway.workers import WorkerHandle, WorkerPool
 from services.rpc.tandem.v1 import worker_pb2
 from services.telemetry.gpu import GpuGauges
 from services.telemetry.metrics import GatewayMetrics, render
+from services.worker.local_calls import LocalWorker
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +42,12 @@ SHUTDOWN_GRACE_S = 1.0          # open streams get this long to finish when the 
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig,
+                 local_workers: Callable[[str], LocalWorker | None] = lambda address: None) -> None:
+        """local_workers: the workers of the config that live in this process, by address (an
+        in-process cluster's): called directly rather than over gRPC."""
         self.config = config
+        self._local_workers = local_workers
         self.metrics = GatewayMetrics()
         self._gpu = GpuGauges(self.metrics.registry)
         self.pool: WorkerPool | None = None
@@ -78,7 +84,7 @@ class Gateway:
         self.pool = WorkerPool(cfg.prefill_workers, cfg.decode_workers, cfg.load_poll_interval_s,
                                min(cfg.worker_rpc_timeout_s, _LOAD_RPC_TIMEOUT_S),
                                on_reports=self._on_reports, colocated=not self._disaggregated,
-                               cluster_token=cfg.cluster_token)
+                               cluster_token=cfg.cluster_token, local=self._local_workers)
         self.admission, self._session, self.service = self._routing_core(self.metrics)
         self.service.ready = False
         try:

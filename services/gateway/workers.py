@@ -20,6 +20,7 @@ import grpc
 
 from services.rpc.tandem.v1 import worker_pb2, worker_pb2_grpc
 from services.security.cluster_token import aio_channel
+from services.worker.local_calls import LocalChannel, LocalWorker, local_stub
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class WorkerHandle:
 
     address: str
     role: str                               # "prefill" | "decode" (colocated workers are "decode")
-    channel: grpc.aio.Channel
+    channel: grpc.aio.Channel | LocalChannel
     stub: object
     report: worker_pb2.LoadReport | None = None
     healthy: bool = False
@@ -140,8 +141,10 @@ class WorkerPool:
     def __init__(self, prefill_addresses: tuple[str, ...], decode_addresses: tuple[str, ...],
                  poll_interval_s: float, rpc_timeout_s: float,
                  on_reports: Callable[[], None] = lambda: None, colocated: bool = False,
-                 cluster_token: str = "") -> None:
+                 cluster_token: str = "",
+                 local: Callable[[str], LocalWorker | None] = lambda address: None) -> None:
         self._cluster_token = cluster_token
+        self._local = local
         self.prefill = [self._handle(a, "prefill") for a in prefill_addresses]
         self.decode = [self._handle(a, "decode") for a in decode_addresses]
         for worker in self.decode:
@@ -155,6 +158,12 @@ class WorkerPool:
         self._started = False
 
     def _handle(self, address: str, role: str) -> WorkerHandle:
+        local = self._local(address)
+        if local is not None:
+            channel = LocalChannel()
+            service = "PrefillWorker" if role == "prefill" else "DecodeWorker"
+            return WorkerHandle(address=address, role=role, channel=channel,
+                                stub=local_stub(local, service, channel))
         # Many concurrent streams share one channel: HTTP/2 multiplexes them.
         channel = aio_channel(address, self._cluster_token, options=[("grpc.max_receive_message_length", -1)])
         stub_type = worker_pb2_grpc.PrefillWorkerStub if role == "prefill" else worker_pb2_grpc.DecodeWorkerStub

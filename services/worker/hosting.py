@@ -8,6 +8,8 @@ import asyncio
 import threading
 from typing import Any
 
+from services.worker.local_calls import LocalWorker
+
 
 class WorkerThread:
     """`worker` has `async start(host, port) -> address` and `async stop()`."""
@@ -17,6 +19,7 @@ class WorkerThread:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
         self.address: str | None = None
+        self._local = LocalWorker(worker, self._loop)
 
     def start(self, host: str, port: int = 0, timeout_s: float = 300.0) -> str:
         self._thread.start()
@@ -31,6 +34,10 @@ class WorkerThread:
         """Runs a coroutine on the worker's loop and waits for its result."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
 
+    def local(self) -> LocalWorker:
+        """The worker as a caller in this process reaches it without gRPC (local_calls.py)."""
+        return self._local
+
     def stop(self, timeout_s: float = 30.0) -> None:
         if not self._thread.is_alive():
             return
@@ -40,6 +47,21 @@ class WorkerThread:
             self._shutdown_loop()
 
     def _shutdown_loop(self) -> None:
+        self._local.close()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
+        # What is still on the loop (a local call's handler) is cancelled and runs its `finally`
+        # here, so no caller waits on a loop that will never run again.
+        self._loop.run_until_complete(_cancel_others())
         self._loop.close()
+
+
+async def _cancel_others() -> None:
+    # A cancelled task's `finally` may start others: rounds until none is left.
+    for _ in range(10):
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if not tasks:
+            return
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

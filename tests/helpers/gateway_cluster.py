@@ -1,6 +1,8 @@
 """A gateway in front of real prefill/decode workers, all in this process on loopback with free
 ports: each worker on its own thread and event loop (services/worker/hosting.py), the gateway on
-the test's loop. `blocks_all_free` proves nothing leaked on any worker."""
+the test's loop. `blocks_all_free` proves nothing leaked on any worker. With `local_calls`, the
+gateway calls the workers' servicers directly (services/worker/local_calls.py), as `tandem serve
+--launcher inprocess` does, instead of over loopback gRPC."""
 
 from __future__ import annotations
 
@@ -68,7 +70,8 @@ async def gateway_cluster(mode: str = "disaggregated", *, kv_transport: str = ""
                           num_decode: int = 1, engine: EngineConfig | None = None,
                           decode_engine: EngineConfig | None = None,
                           admission: AdmissionConfig | None = None, shutdown_grace_s: float = 1.0,
-                          transfer: TransferConfig | None = None, **gateway_fields) -> AsyncIterator[GatewayCluster]:
+                          transfer: TransferConfig | None = None, local_calls: bool = False,
+                          **gateway_fields) -> AsyncIterator[GatewayCluster]:
     engine = engine or engine_config()
     decode_engine = decode_engine or engine
     colocated = mode == "colocated"
@@ -92,7 +95,8 @@ async def gateway_cluster(mode: str = "disaggregated", *, kv_transport: str = ""
                                grpc_port=0, http_port=0, kv_transport=kv_transport,
                                admission=admission or AdmissionConfig(),
                                **{"worker_ready_timeout_s": 30.0, **gateway_fields})
-        gateway = Gateway(config)
+        local = {t.address: t.local() for t in threads} if local_calls else {}
+        gateway = Gateway(config, local.get)
         await gateway.start()
         cluster = GatewayCluster(gateway, prefill, decode)
         yield cluster

@@ -2,7 +2,8 @@
 which computes the prompt and the tokens already sent again and continues after them. Greedy and
 seeded streams equal the unbroken run (no token lost, none repeated); streams on the surviving
 worker are untouched; nothing leaks. With no worker left, the client gets UNAVAILABLE with a
-retry-after at once, never a hang."""
+retry-after at once, never a hang. Both with the gateway's calls to its workers over gRPC and
+in-process (services/worker/local_calls.py)."""
 
 from __future__ import annotations
 
@@ -35,8 +36,10 @@ async def tokens_of(stub, request) -> list[int]:
     return [t async for m in stub.Generate(request) for t in m.token_ids]
 
 
-async def test_streams_of_a_dead_colocated_worker_resume_on_another_with_the_same_tokens():
-    async with gateway_cluster("colocated", num_decode=2, shutdown_grace_s=0.0) as c:
+@pytest.mark.parametrize("local_calls", [False, True], ids=["grpc", "local"])
+async def test_streams_of_a_dead_colocated_worker_resume_on_another_with_the_same_tokens(local_calls):
+    async with gateway_cluster("colocated", num_decode=2, shutdown_grace_s=0.0,
+                               local_calls=local_calls) as c:
         async with grpc.aio.insecure_channel(c.gateway.grpc_address) as ch:
             stub = gen_grpc.GenerationStub(ch)
             reference = [await tokens_of(stub, r) for r in requests()]
@@ -69,8 +72,10 @@ async def test_streams_of_a_dead_colocated_worker_resume_on_another_with_the_sam
         assert await c.blocks_all_free(), c.free_blocks()
 
 
-async def test_no_colocated_worker_left_is_unavailable_with_retry_after_at_once():
-    async with gateway_cluster("colocated", num_decode=1, shutdown_grace_s=0.0) as c:
+@pytest.mark.parametrize("local_calls", [False, True], ids=["grpc", "local"])
+async def test_no_colocated_worker_left_is_unavailable_with_retry_after_at_once(local_calls):
+    async with gateway_cluster("colocated", num_decode=1, shutdown_grace_s=0.0,
+                               local_calls=local_calls) as c:
         async with grpc.aio.insecure_channel(c.gateway.grpc_address) as ch:
             stub = gen_grpc.GenerationStub(ch)
             call = stub.Generate(gen.GenerateRequest(text="the last one", sampling=gen.SamplingParams(

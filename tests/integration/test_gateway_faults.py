@@ -1,5 +1,6 @@
 """Deadlines, authentication over HTTP, a prefill worker that dies (the request moves to another
-one), and prefix-cache affinity across prefill workers."""
+one), and prefix-cache affinity across prefill workers; the faults that involve the gateway's
+calls to its workers also with those calls in-process (services/worker/local_calls.py)."""
 
 import asyncio
 
@@ -19,8 +20,9 @@ async def generate(address, request):
         return [m async for m in gen_grpc.GenerationStub(ch).Generate(request)]
 
 
-async def test_request_past_its_deadline_is_cancelled_everywhere():
-    async with gateway_cluster("disaggregated", request_timeout_s=0.5) as c:
+@pytest.mark.parametrize("local_calls", [False, True], ids=["grpc", "local"])
+async def test_request_past_its_deadline_is_cancelled_everywhere(local_calls):
+    async with gateway_cluster("disaggregated", request_timeout_s=0.5, local_calls=local_calls) as c:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await generate(c.gateway.grpc_address, gen.GenerateRequest(
                 text="slow", sampling=gen.SamplingParams(max_tokens=4000, ignore_eos=True)))
@@ -72,10 +74,12 @@ async def test_prompt_sharing_a_prefix_goes_to_the_prefill_worker_that_caches_it
         assert await c.blocks_all_free(), c.free_blocks()
 
 
-async def test_decode_worker_dying_mid_stream_hands_the_request_to_another_one():
+@pytest.mark.parametrize("local_calls", [False, True], ids=["grpc", "local"])
+async def test_decode_worker_dying_mid_stream_hands_the_request_to_another_one(local_calls):
     sampling = gen.SamplingParams(temperature=0.9, top_k=40, seed=99, max_tokens=300, ignore_eos=True)
     request = gen.GenerateRequest(text="carry on where the other left off", sampling=sampling)
-    async with gateway_cluster("disaggregated", num_decode=2, shutdown_grace_s=0.0) as c:
+    async with gateway_cluster("disaggregated", num_decode=2, shutdown_grace_s=0.0,
+                               local_calls=local_calls) as c:
         reference = [t for m in await generate(c.gateway.grpc_address, request) for t in m.token_ids]
         async with grpc.aio.insecure_channel(c.gateway.grpc_address) as ch:
             call = gen_grpc.GenerationStub(ch).Generate(request)
@@ -97,9 +101,10 @@ async def test_decode_worker_dying_mid_stream_hands_the_request_to_another_one()
         assert await c.blocks_all_free(), c.free_blocks()
 
 
-async def test_stopping_the_gateway_ends_open_streams_and_frees_their_blocks():
+@pytest.mark.parametrize("local_calls", [False, True], ids=["grpc", "local"])
+async def test_stopping_the_gateway_ends_open_streams_and_frees_their_blocks(local_calls):
     import time
-    async with gateway_cluster("disaggregated") as c:
+    async with gateway_cluster("disaggregated", local_calls=local_calls) as c:
         async with aiohttp.ClientSession() as s, grpc.aio.insecure_channel(c.gateway.grpc_address) as ch:
             resp = await s.post(c.gateway.http_url + "/v1/completions",
                                 json={"prompt": "go", "max_tokens": 1500, "ignore_eos": True, "stream": True})
