@@ -2,7 +2,7 @@
 same loads: what the served path costs.
 
     python -m benchmarks.served_vs_engine [--model llama-3.1-8b-random] [--concurrency 1,64,256]
-        [--input-len 512] [--output-len 128] [--duration 20] [--variants thread,process]
+        [--input-len 512] [--output-len 128] [--duration 20] [--variants thread,process,inprocess]
         [--engine-arg=--max-model-len=4096 ...] [--out DIR]
 
 1. Engine alone (a child process, so its memory is gone before the server starts): the engine's
@@ -10,16 +10,18 @@ same loads: what the served path costs.
    between two steps), random prompts of --input-len ids (plus the special tokens the gateway's
    tokenizer adds to a text, e.g. BOS: the same work), --output-len tokens each, EOS ignored;
    tok/s counts every token the window generated, TPOT and TTFT the requests that finished.
-2. For each variant, `tandem serve --mode colocated --launcher process` started fresh (the
-   variant `process` adds --engine-process: the worker's engine in a process of its own, away
-   from its gRPC server; `thread` is the engine on a thread of the worker) and `tandem bench
-   --backend tandem` at each concurrency from outside, the same lengths and duration, greedy
-   (temperature 0, as the engine alone samples).
-   The serve process runs the gateway (workers are its child processes): its CPU time over a
-   point, per 1,000 streamed tokens, is the gateway's cost per token.
+2. For each variant, `tandem serve --mode colocated` started fresh and `tandem bench --backend
+   tandem` at each concurrency from outside, the same lengths and duration, greedy (temperature
+   0, as the engine alone samples). Variants: `thread` (--launcher process: the worker a child
+   process, its engine on a thread of it, the gateway calling it over loopback gRPC), `process`
+   (the same with --engine-process: the engine in a process of its own, away from the worker's
+   gRPC server), `inprocess` (--launcher inprocess: the worker on a thread of the serve process,
+   the gateway calling it without gRPC, services/worker/local_calls.py).
+   The serve process's CPU time over a point, per 1,000 streamed tokens: the gateway's cost per
+   token, but for `inprocess` the gateway's and the worker's together (one process).
 
 Printed: per concurrency and variant, output tok/s, TPOT p50 and TTFT p50 of both, the ratio
-served / engine, and the gateway's CPU ms per 1,000 tokens. DIR/served_vs_engine.json holds it.
+served / engine, and the serve process's CPU ms per 1,000 tokens. DIR/served_vs_engine.json holds it.
 CPU variant: --model tiny-random --engine-arg=--device=cpu with short lengths (RESULTS.md)."""
 
 from __future__ import annotations
@@ -101,7 +103,8 @@ def engine_alone(args: argparse.Namespace) -> list[dict]:
 # --- 2. served ----------------------------------------------------------------------------------
 def served(args: argparse.Namespace, variant: str, out: Path) -> list[dict]:
     extra = [*args.engine_arg, *(["--engine-process"] if variant == "process" else [])]
-    server = Server(args.model, "process", "colocated", extra, out / f"{variant}-serve.log")
+    launcher = "inprocess" if variant == "inprocess" else "process"
+    server = Server(args.model, launcher, "colocated", extra, out / f"{variant}-serve.log")
     rows = []
     try:
         print(f"# served ({variant}): ready in {server.wait_ready(args.ready_timeout):.1f} s",
@@ -138,7 +141,7 @@ def main() -> None:
     parser.add_argument("--input-len", type=int, default=512)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--duration", type=float, default=20)
-    parser.add_argument("--variants", default="thread,process")
+    parser.add_argument("--variants", default="thread,process,inprocess")
     parser.add_argument("--engine-arg", action="append", default=[],
                         help="an engine flag for both the engine alone and the server, "
                              "e.g. --engine-arg=--max-model-len=4096")
@@ -157,7 +160,7 @@ def main() -> None:
     engine_rows = {r["concurrency"]: r for r in json.loads(engine_json.read_text())}
     served_rows = [r for v in args.variants.split(",") for r in served(args, v, out)]
     print(f"{'conc':>5} {'variant':<8} {'engine tok/s':>12} {'served tok/s':>12} {'ratio':>6} "
-          f"{'TPOT eng':>9} {'TPOT srv':>9} {'TTFT eng':>9} {'TTFT srv':>9} {'gw CPU ms/1k tok':>16}")
+          f"{'TPOT eng':>9} {'TPOT srv':>9} {'TTFT eng':>9} {'TTFT srv':>9} {'serve CPU ms/1k':>16}")
     for r in sorted(served_rows, key=lambda r: (r["concurrency"], r["variant"])):
         e = engine_rows[r["concurrency"]]
         print(f"{r['concurrency']:>5} {r['variant']:<8} {e['output_tok_s']:>12.0f} "
