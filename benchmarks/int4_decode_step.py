@@ -7,8 +7,9 @@ The INT4 and INT8 models get their weights from the same seeded bf16 stream, qua
 by the code `tandem quantize` runs (round to nearest) and loaded through the checkpoint loader's
 Projection.load path, without writing a checkpoint. The step is one token's forward plus the
 logits, over a KV cache holding `context` tokens, timed as benchmarks/kernels.py times an op: a
-CUDA graph of the step replayed (no Python launch overhead), the median of 5 trials; when the
-step cannot be captured it is timed eagerly by do_bench and the row says so."""
+CUDA graph of the step replayed (no Python launch overhead), the median of 5 trials, with the
+one-row GEMV on as in an engine that captures graphs; when the step cannot be captured it is
+timed eagerly by do_bench and the row says so."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from orchestration.commands.quantize import is_quantized_projection, quantized_t
 from services.engine.config import Int4Scheme
 from services.engine.loader import model_source
 from services.engine.model.hf_config import model_config_from_hf
+from services.engine.model.linear import use_one_row_gemv
 from services.engine.model.registry import build_model
 from tests.helpers.paged_batch import PagedHarness, PagedSequence, build_batch
 
@@ -47,6 +49,7 @@ def build(variant: str, device: torch.device, preset: str = PRESET):
                 yield name, tensor.to(torch.bfloat16)
 
     model.load_weights(stream())
+    use_one_row_gemv(model)         # as an engine that captures graphs runs its one-row steps
     return model.eval(), config
 
 

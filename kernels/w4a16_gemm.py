@@ -32,7 +32,8 @@ Decode's few rows (M <= 16) go to w4a16_decode.py's kernels, built for a weight 
 planes instead of the [BK/8, 8, BN] -> [BK, BN] reshape, codes without conversion instructions,
 the zero point folded out of the loop, split-K inside one launch), unless act order comes as
 g_idx, the groups leave no K step of 8 channels inside one group, or the tensors are past
-32-bit indexing; then, and for more rows, the kernel below runs."""
+32-bit indexing; then, and for more rows, the kernel below runs, up to w4_dequantize.py's
+DEQUANT_MIN_ROWS rows; past them the weight is dequantized and multiplied by cuBLAS."""
 
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ import triton.language as tl
 from kernels.arguments import (FLOAT_DTYPES, KernelArgumentError, check_dim, check_same_device,
                                check_tensor, use_triton_for)
 from kernels.gemm_launch import GemmLaunch, W4DecodeLaunch, gemm_launch, w4_decode_launch
+from kernels.w4_dequantize import DEQUANT_MIN_ROWS, dequantized_product
 from kernels.w4a16_decode import MAX_DECODE_ROWS, decode_steps, fits_int32, w4a16_decode
 from kernels.w8a16_gemm import _tile_origin
 
@@ -219,11 +221,14 @@ def w4a16_gemm(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor,
     qzeros int32 [G, N/8], scales [G, N] with G = ceil(K / group_size); g_idx int32 [K] or None
     (group k // group_size); bias [N] in x's dtype; perm int32 [K] or None (row k multiplies
     x[:, perm[k]]). Returns [M, N] in x's dtype. `launch`: a GemmLaunch runs the general
-    kernel, a W4DecodeLaunch the decode kernels (where they apply), None picks by M."""
+    kernel, a W4DecodeLaunch the decode kernels (where they apply), None picks by M (from
+    DEQUANT_MIN_ROWS rows on, the weight dequantized and a dense GEMM: w4_dequantize.py)."""
     check_w4a16_args(x, qweight, qzeros, scales, group_size, g_idx, bias, perm)
     if not use_triton_for(use_triton, x):
         return w4a16_gemm_ref(x, qweight, qzeros, scales, group_size, g_idx, bias, perm)
     (m, k), n = x.shape, qweight.shape[1]
+    if launch is None and m >= DEQUANT_MIN_ROWS:
+        return dequantized_product(x, qweight, qzeros, scales, group_size, g_idx, bias, perm)
     decode = launch if isinstance(launch, W4DecodeLaunch) else None
     if launch is None:
         decode = w4_decode_launch(m, n, k)

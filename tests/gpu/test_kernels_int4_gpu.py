@@ -12,7 +12,8 @@ import torch
 import kernels
 from kernels.gemm_launch import W4DecodeLaunch
 from kernels.split_k import ARRIVALS
-from kernels.w4a16_gemm import w4a16_gemm_ref
+from kernels.w4_dequantize import dequantize_w4
+from kernels.w4a16_gemm import dequantize_w4_ref, w4a16_gemm_ref
 from tests.unit.kernel_interpreter import poisoned_allocations
 
 pytestmark = [pytest.mark.gpu,
@@ -42,11 +43,12 @@ def int4_weight(n: int, k: int, act_order: bool, group: int = GROUP):
 
 
 @pytest.mark.parametrize("n,k", SHAPES)
-@pytest.mark.parametrize("m", [1, 7, 16, 300])
+@pytest.mark.parametrize("m", [1, 7, 16, 17, 300])
 @pytest.mark.parametrize("act_order", [None, "g_idx", "perm"])
 def test_w4a16_gemm_at_8b_shapes(m, n, k, act_order):
     """Act order both ways the kernel takes it: groups gathered by g_idx, or rows sorted by
-    group with the input channels gathered by perm (what Int4Linear loads desc_act into)."""
+    group with the input channels gathered by perm (what Int4Linear loads desc_act into).
+    From 17 rows on, the dequantized weight and cuBLAS."""
     qweight, qzeros, scales, g_idx = int4_weight(n, k, act_order == "g_idx")
     perm = torch.randperm(k, device="cuda").int() if act_order == "perm" else None
     x = torch.randn(m, k, dtype=BF16, device="cuda")
@@ -65,6 +67,15 @@ def test_w4a16_gemm_odd_shapes_and_bias(group):
     with poisoned_allocations():
         out = kernels.w4a16_gemm(x, qweight, qzeros, scales, group, None, bias)
     assert rel_err(out, w4a16_gemm_ref(x, qweight, qzeros, scales, group, None, bias)) < 1e-2
+
+
+@pytest.mark.parametrize("n,k", SHAPES)
+@pytest.mark.parametrize("act_order", [False, True])
+def test_w4_dequantize_is_the_reference_in_bf16(n, k, act_order):
+    qweight, qzeros, scales, g_idx = int4_weight(n, k, act_order)
+    with poisoned_allocations():
+        out = dequantize_w4(qweight, qzeros, scales, GROUP, g_idx, BF16)
+    assert torch.equal(out, dequantize_w4_ref(qweight, qzeros, scales, GROUP, g_idx).to(BF16))
 
 
 def test_w4a16_gemm_exact_on_small_integers():
