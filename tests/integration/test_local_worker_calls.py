@@ -1,8 +1,8 @@
 """A worker called in-process (services/worker/local_calls.py) answers as it does over gRPC: the
 same responses, streamed tokens, statuses and error texts for the same calls; a deadline or a
 cancelled stream frees the request on the worker; a stopped worker or a closed channel answers
-UNAVAILABLE at once, never a hang. And an in-process cluster hands its workers to the gateway
-this way, workers added later included."""
+UNAVAILABLE at once, never a hang, calls racing its stop included. And an in-process cluster
+hands its workers to the gateway this way, workers added later included."""
 
 from __future__ import annotations
 
@@ -164,6 +164,25 @@ async def test_a_stopped_worker_or_closed_channel_answers_unavailable():
             "UNAVAILABLE"
     await channel.close()
     assert (await _outcome(stub, "Load", wpb.LoadRequest(), False))[0] == "UNAVAILABLE"
+
+
+async def test_calls_racing_the_worker_stopping_all_end():
+    """Calls sent while the worker stops (before, during and after its loop ends) each end, as
+    OK or UNAVAILABLE: none is left on a loop that will never run it."""
+    thread = WorkerThread(DecodeWorker(WorkerConfig(engine=engine_config(num_blocks=64),
+                                                    colocated=True, shutdown_grace_s=0.0)), "local-2")
+    await asyncio.to_thread(thread.start, HOST, 0)
+    stub = local_stub(thread.local(), "DecodeWorker", LocalChannel())
+    stopping = asyncio.ensure_future(asyncio.to_thread(thread.stop))
+    calls = []
+    while not stopping.done():
+        calls.append(asyncio.ensure_future(_outcome(stub, "Load", wpb.LoadRequest(), False)))
+        calls.append(asyncio.ensure_future(_outcome(stub, "Decode", _decode(f"s{len(calls)}"),
+                                                    True)))
+        await asyncio.sleep(0.001)
+    codes = [code for code, _ in await asyncio.wait_for(asyncio.gather(*calls), 30)]
+    assert set(codes) <= {"OK", "UNAVAILABLE"}, set(codes)
+    assert codes[-1] == "UNAVAILABLE"
 
 
 async def test_an_inprocess_cluster_gives_the_gateway_its_workers_without_grpc():
