@@ -21,7 +21,8 @@ same loads: what the served path costs.
    token, but for `inprocess` the gateway's and the worker's together (one process).
 
 Printed: per concurrency and variant, output tok/s, TPOT p50 and TTFT p50 of both, the ratio
-served / engine, and the serve process's CPU ms per 1,000 tokens. DIR/served_vs_engine.json holds it.
+served / engine, and the serve process's CPU ms per 1,000 tokens. DIR/served_vs_engine.json
+holds it.
 CPU variant: --model tiny-random --engine-arg=--device=cpu with short lengths (RESULTS.md)."""
 
 from __future__ import annotations
@@ -160,7 +161,8 @@ def main() -> None:
     engine_rows = {r["concurrency"]: r for r in json.loads(engine_json.read_text())}
     served_rows = [r for v in args.variants.split(",") for r in served(args, v, out)]
     print(f"{'conc':>5} {'variant':<8} {'engine tok/s':>12} {'served tok/s':>12} {'ratio':>6} "
-          f"{'TPOT eng':>9} {'TPOT srv':>9} {'TTFT eng':>9} {'TTFT srv':>9} {'serve CPU ms/1k':>16}")
+          f"{'TPOT eng':>9} {'TPOT srv':>9} {'TTFT eng':>9} {'TTFT srv':>9} "
+          f"{'serve CPU ms/1k':>16}")
     for r in sorted(served_rows, key=lambda r: (r["concurrency"], r["variant"])):
         e = engine_rows[r["concurrency"]]
         print(f"{r['concurrency']:>5} {r['variant']:<8} {e['output_tok_s']:>12.0f} "

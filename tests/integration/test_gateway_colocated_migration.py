@@ -37,7 +37,8 @@ async def tokens_of(stub, request) -> list[int]:
 
 
 @pytest.mark.parametrize("local_calls", [False, True], ids=["grpc", "local"])
-async def test_streams_of_a_dead_colocated_worker_resume_on_another_with_the_same_tokens(local_calls):
+async def test_streams_of_a_dead_colocated_worker_resume_on_another_with_the_same_tokens(
+        local_calls):
     async with gateway_cluster("colocated", num_decode=2, shutdown_grace_s=0.0,
                                local_calls=local_calls) as c:
         async with grpc.aio.insecure_channel(c.gateway.grpc_address) as ch:

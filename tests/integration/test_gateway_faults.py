@@ -22,7 +22,8 @@ async def generate(address, request):
 
 @pytest.mark.parametrize("local_calls", [False, True], ids=["grpc", "local"])
 async def test_request_past_its_deadline_is_cancelled_everywhere(local_calls):
-    async with gateway_cluster("disaggregated", request_timeout_s=0.5, local_calls=local_calls) as c:
+    async with gateway_cluster("disaggregated", request_timeout_s=0.5,
+                               local_calls=local_calls) as c:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await generate(c.gateway.grpc_address, gen.GenerateRequest(
                 text="slow", sampling=gen.SamplingParams(max_tokens=4000, ignore_eos=True)))

@@ -31,10 +31,14 @@ _SEEDED = gen.SamplingParams(temperature=0.9, top_k=40, seed=7, max_tokens=6, ig
 _LONG = gen.SamplingParams(temperature=0, max_tokens=1000, ignore_eos=True)   # seconds on CPU
 
 
+def _decode_worker() -> DecodeWorker:
+    return DecodeWorker(WorkerConfig(engine=engine_config(num_blocks=64), colocated=True,
+                                     shutdown_grace_s=0.0))
+
+
 @pytest.fixture(scope="module")
 def worker():
-    thread = WorkerThread(DecodeWorker(WorkerConfig(engine=engine_config(num_blocks=64),
-                                                    colocated=True, shutdown_grace_s=0.0)), "local-0")
+    thread = WorkerThread(_decode_worker(), "local-0")
     thread.start(HOST, 0)
     yield thread
     thread.stop()
@@ -144,8 +148,7 @@ async def test_cancelling_a_stream_frees_its_request_on_the_worker(worker):
 
 
 async def test_a_stopped_worker_or_closed_channel_answers_unavailable():
-    thread = WorkerThread(DecodeWorker(WorkerConfig(engine=engine_config(num_blocks=64),
-                                                    colocated=True, shutdown_grace_s=0.0)), "local-1")
+    thread = WorkerThread(_decode_worker(), "local-1")
     await asyncio.to_thread(thread.start, HOST, 0)
     channel = LocalChannel()
     stub = local_stub(thread.local(), "DecodeWorker", channel)
@@ -169,8 +172,7 @@ async def test_a_stopped_worker_or_closed_channel_answers_unavailable():
 async def test_calls_racing_the_worker_stopping_all_end():
     """Calls sent while the worker stops (before, during and after its loop ends) each end, as
     OK or UNAVAILABLE: none is left on a loop that will never run it."""
-    thread = WorkerThread(DecodeWorker(WorkerConfig(engine=engine_config(num_blocks=64),
-                                                    colocated=True, shutdown_grace_s=0.0)), "local-2")
+    thread = WorkerThread(_decode_worker(), "local-2")
     await asyncio.to_thread(thread.start, HOST, 0)
     stub = local_stub(thread.local(), "DecodeWorker", LocalChannel())
     stopping = asyncio.ensure_future(asyncio.to_thread(thread.stop))
