@@ -2,7 +2,8 @@
 renews while the request waits: Renew), lands its pages (on a gRPC server of its own at
 `kv_address`: KVTransfer.PushPages, or the CUDA IPC calls after the prefill worker wrote them
 into the pool; or a local copy), joins the request to the running batch and streams its
-tokens. With `prefill_here` it runs the whole request itself (colocated).
+tokens (one Decode call per request, or many on one DecodeStream with their outputs batched).
+With `prefill_here` it runs the whole request itself (colocated).
 
 Lifecycle: `await start(host, port=0) -> "host:port"`, `await stop()`. Every path frees what it
 holds: a finished or cancelled stream, a client that went away, a rejected transfer, an expired
@@ -18,6 +19,7 @@ import time
 import grpc
 
 from services import wire
+from services.decode.decode_mux import decode_stream
 from services.decode.reservations import ReservationBook
 from services.engine.engine import LLMEngine
 from services.engine.engine_loop import EngineStoppedError, RequestStream
@@ -162,6 +164,11 @@ class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
         finally:
             if not stream.finished:     # client gone, or the stream failed: free the request
                 await self.loop.abort(request.request_id)
+
+    async def DecodeStream(self, requests, context):
+        """Many Decode calls on one stream, their outputs batched (decode_mux.py)."""
+        async for batch in decode_stream(self.Decode, requests, context):
+            yield batch
 
     async def _start_here(self, request: worker_pb2.DecodeRequest, params) -> RequestStream:
         # The blocks a colocated request needs are taken by the engine as it runs; a reservation

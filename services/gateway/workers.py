@@ -1,4 +1,5 @@
-"""The gateway's view of its workers: one gRPC channel each, the last LoadReport (polled, so its
+"""The gateway's view of its workers: one gRPC channel each (a decode worker's Decode calls on
+one DecodeStream: decode_stream.py), the last LoadReport (polled, so its
 staleness is bounded by the poll interval), and the gateway's own ledger of what it has sent since
 that report, so that two requests admitted between polls never count the same free blocks.
 
@@ -18,6 +19,7 @@ from typing import Callable
 
 import grpc
 
+from services.gateway.decode_stream import DecodeStreams
 from services.rpc.tandem.v1 import worker_pb2, worker_pb2_grpc
 from services.security.cluster_token import aio_channel
 from services.worker.local_calls import LocalChannel, LocalWorker, local_stub
@@ -165,9 +167,13 @@ class WorkerPool:
             return WorkerHandle(address=address, role=role, channel=channel,
                                 stub=local_stub(local, service, channel))
         # Many concurrent streams share one channel: HTTP/2 multiplexes them.
-        channel = aio_channel(address, self._cluster_token, options=[("grpc.max_receive_message_length", -1)])
-        stub_type = worker_pb2_grpc.PrefillWorkerStub if role == "prefill" else worker_pb2_grpc.DecodeWorkerStub
-        return WorkerHandle(address=address, role=role, channel=channel, stub=stub_type(channel))
+        channel = aio_channel(address, self._cluster_token,
+                              options=[("grpc.max_receive_message_length", -1)])
+        if role == "prefill":
+            stub = worker_pb2_grpc.PrefillWorkerStub(channel)
+        else:   # its Decode calls share one DecodeStream, their tokens batched per step
+            stub = DecodeStreams(worker_pb2_grpc.DecodeWorkerStub(channel))
+        return WorkerHandle(address=address, role=role, channel=channel, stub=stub)
 
     @property
     def all(self) -> list[WorkerHandle]:

@@ -63,17 +63,20 @@ class LocalWorker:
         self.gate.close()
 
 
-class _Aborted(Exception):
+class Aborted(Exception):
+    """A handler's `context.abort(code, details)`, raised to whoever runs it outside gRPC."""
+
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(details)
         self.code, self.details = code, details
 
 
-class _Context:
-    """The part of grpc.aio.ServicerContext the workers' handlers use."""
+class CallContext:
+    """The part of grpc.aio.ServicerContext the workers' handlers use, for a handler run outside
+    gRPC's own dispatch (a local call, or one call of a DecodeStream)."""
 
     async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata=()):
-        raise _Aborted(code, details)
+        raise Aborted(code, details)
 
 
 def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
@@ -108,8 +111,8 @@ class _Handler:
             if self._by_caller:
                 raise
             if self._expired:
-                raise _Aborted(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
-            raise _Aborted(grpc.StatusCode.UNAVAILABLE, _STOPPED) from None
+                raise Aborted(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+            raise Aborted(grpc.StatusCode.UNAVAILABLE, _STOPPED) from None
         finally:
             if timer is not None:
                 timer.cancel()
@@ -135,7 +138,7 @@ class _Handler:
         exc = self.future.exception()
         if exc is None:
             return self.future.result()
-        if isinstance(exc, _Aborted):
+        if isinstance(exc, Aborted):
             return rpc_error(exc.code, exc.details)
         return rpc_error(grpc.StatusCode.UNKNOWN, f"{type(exc).__name__}: {exc}")
 
@@ -167,7 +170,7 @@ class _UnaryMethod:
         if self._channel.closed:
             raise rpc_error(grpc.StatusCode.UNAVAILABLE, "the channel is closed")
         waiter = asyncio.get_running_loop().create_future()
-        call = _Handler(self._worker, self._handler(request, _Context()), timeout)
+        call = _Handler(self._worker, self._handler(request, CallContext()), timeout)
         call.future.add_done_callback(
             lambda _: _deliver(waiter.get_loop(), _settle, waiter, call.outcome()))
         try:
@@ -198,7 +201,7 @@ class LocalStream:
         self._done = False
 
         async def pump() -> None:
-            async for message in handler(request, _Context()):
+            async for message in handler(request, CallContext()):
                 _deliver(caller_loop, self._items.put_nowait, message)
 
         self._call = _Handler(worker, pump(), timeout)
@@ -252,6 +255,8 @@ def local_stub(worker: LocalWorker, service: str, channel: LocalChannel):
     `channel.close()` ends its use."""
     methods = {}
     for method in worker_pb2.DESCRIPTOR.services_by_name[service].methods:
+        if method.client_streaming:
+            continue        # DecodeStream multiplexes calls over a network; local ones need not
         handler = getattr(worker.servicer, method.name)
         kind = _StreamMethod if method.server_streaming else _UnaryMethod
         methods[method.name] = kind(worker, handler, channel)

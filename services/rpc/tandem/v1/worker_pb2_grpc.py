@@ -207,6 +207,11 @@ class DecodeWorkerStub:
                 request_serializer=tandem_dot_v1_dot_worker__pb2.DecodeRequest.SerializeToString,
                 response_deserializer=tandem_dot_v1_dot_worker__pb2.TokenChunk.FromString,
                 _registered_method=True)
+        self.DecodeStream = channel.stream_stream(
+                '/tandem.v1.DecodeWorker/DecodeStream',
+                request_serializer=tandem_dot_v1_dot_worker__pb2.DecodeStreamRequest.SerializeToString,
+                response_deserializer=tandem_dot_v1_dot_worker__pb2.DecodeBatch.FromString,
+                _registered_method=True)
         self.Cancel = channel.unary_unary(
                 '/tandem.v1.DecodeWorker/Cancel',
                 request_serializer=tandem_dot_v1_dot_worker__pb2.CancelRequest.SerializeToString,
@@ -235,6 +240,12 @@ class DecodeWorkerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Decode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DecodeStream(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -269,6 +280,11 @@ def add_DecodeWorkerServicer_to_server(servicer, server):
                     servicer.Decode,
                     request_deserializer=tandem_dot_v1_dot_worker__pb2.DecodeRequest.FromString,
                     response_serializer=tandem_dot_v1_dot_worker__pb2.TokenChunk.SerializeToString,
+            ),
+            'DecodeStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.DecodeStream,
+                    request_deserializer=tandem_dot_v1_dot_worker__pb2.DecodeStreamRequest.FromString,
+                    response_serializer=tandem_dot_v1_dot_worker__pb2.DecodeBatch.SerializeToString,
             ),
             'Cancel': grpc.unary_unary_rpc_method_handler(
                     servicer.Cancel,
@@ -362,6 +378,33 @@ class DecodeWorker:
             '/tandem.v1.DecodeWorker/Decode',
             tandem_dot_v1_dot_worker__pb2.DecodeRequest.SerializeToString,
             tandem_dot_v1_dot_worker__pb2.TokenChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecodeStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/tandem.v1.DecodeWorker/DecodeStream',
+            tandem_dot_v1_dot_worker__pb2.DecodeStreamRequest.SerializeToString,
+            tandem_dot_v1_dot_worker__pb2.DecodeBatch.FromString,
             options,
             channel_credentials,
             insecure,
