@@ -73,6 +73,10 @@ async def decode_stream(decode, requests, context):
     async def read() -> None:
         async for message in requests:
             if message.HasField("start"):
+                if message.call in calls:
+                    outbox.end(message.call, grpc.StatusCode.INVALID_ARGUMENT,
+                               f"call: {message.call} is already running on this stream")
+                    continue
                 rid = message.start.request_id
                 task = asyncio.create_task(run(message.call, message.start, by_request.get(rid)))
                 calls[message.call] = by_request[rid] = task

@@ -90,6 +90,22 @@ async def test_calls_on_the_stream_answer_as_decode_calls(worker):
         assert await _idle(plain)
 
 
+async def test_a_call_number_already_running_is_refused(worker):
+    async with grpc.aio.insecure_channel(worker.address) as channel:
+        start = wpb.DecodeStreamRequest(call=7, start=_decode("twice", _LONG))
+        again = wpb.DecodeStreamRequest(call=7, start=_decode("twice-b"))
+        call = wgrpc.DecodeWorkerStub(channel).DecodeStream(iter([start, again]))
+        ends = []
+        async for batch in call:
+            ends += [(o.call, o.code, o.details) for o in batch.outputs if o.ended]
+            if ends:
+                break
+        call.cancel()
+        assert ends == [(7, grpc.StatusCode.INVALID_ARGUMENT.value[0],
+                         "call: 7 is already running on this stream")]
+        assert await _idle(wgrpc.DecodeWorkerStub(channel))
+
+
 async def test_concurrent_requests_come_batched(worker):
     batches = []
     async with grpc.aio.insecure_channel(worker.address) as channel:
