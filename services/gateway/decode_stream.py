@@ -18,17 +18,16 @@ import itertools
 import grpc
 
 from services.rpc.tandem.v1 import worker_pb2
-from services.worker.local_calls import rpc_error
+from services.worker.local_calls import END, QueuedCall, rpc_error
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
-_END = object()
 
 
-class _Call:
+class _Call(QueuedCall):
     def __init__(self, owner: _Stream, number: int, timeout: float | None) -> None:
+        super().__init__()
         self._owner, self._number = owner, number
-        self._items: asyncio.Queue = asyncio.Queue()
-        self._ended = self._done = False
+        self._ended = False
         self._timer = None
         if timeout is not None:
             self._timer = asyncio.get_running_loop().call_later(timeout, self._expire)
@@ -40,7 +39,7 @@ class _Call:
             self._items.put_nowait(output.chunk)
         if output.ended:
             code = _CODES.get(output.code, grpc.StatusCode.UNKNOWN)
-            self.end(_END if code == grpc.StatusCode.OK else rpc_error(code, output.details))
+            self.end(END if code == grpc.StatusCode.OK else rpc_error(code, output.details))
 
     def end(self, outcome: object) -> None:
         if self._ended:
@@ -63,25 +62,6 @@ class _Call:
         self.end(rpc_error(grpc.StatusCode.CANCELLED, "Locally cancelled"))
         self._owner.send(worker_pb2.DecodeStreamRequest(call=self._number, cancel=True))
         return True
-
-    def __aiter__(self) -> _Call:
-        return self
-
-    async def __anext__(self) -> worker_pb2.TokenChunk:
-        if self._done:
-            raise StopAsyncIteration
-        try:
-            item = await self._items.get()
-        except asyncio.CancelledError:
-            self.cancel()       # the reader was cancelled (its client gone): so is the call
-            raise
-        if item is _END:
-            self._done = True
-            raise StopAsyncIteration
-        if isinstance(item, grpc.aio.AioRpcError):
-            self._done = True
-            raise item
-        return item
 
 
 class _Stream:

@@ -188,17 +188,48 @@ def _settle(waiter: asyncio.Future, outcome: object) -> None:
         waiter.set_result(outcome)
 
 
-_END = object()
+END = object()     # a QueuedCall's last item when it ended well
 
 
-class LocalStream:
+class QueuedCall:
+    """The reading side of a server-streaming call fed through a queue (messages, then END or
+    the grpc.aio.AioRpcError it ended with), as grpc.aio's call reads: iterate it for the
+    messages; cancelling the task that waits for the next one cancels the call."""
+
+    def __init__(self) -> None:
+        self._items: asyncio.Queue = asyncio.Queue()
+        self._done = False
+
+    def cancel(self) -> bool:
+        raise NotImplementedError
+
+    def __aiter__(self) -> QueuedCall:
+        return self
+
+    async def __anext__(self):
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            item = await self._items.get()
+        except asyncio.CancelledError:
+            self.cancel()       # the reader was cancelled (its client gone): so is the call
+            raise
+        if item is END:
+            self._done = True
+            raise StopAsyncIteration
+        if isinstance(item, grpc.aio.AioRpcError):
+            self._done = True
+            raise item
+        return item
+
+
+class LocalStream(QueuedCall):
     """A server-streaming call: iterate it for the messages; `cancel()`, or cancelling the task
     that waits for the next one, ends it on the worker."""
 
     def __init__(self, worker: LocalWorker, handler, request, timeout: float | None) -> None:
+        super().__init__()
         caller_loop = asyncio.get_running_loop()
-        self._items: asyncio.Queue = asyncio.Queue()
-        self._done = False
 
         async def pump() -> None:
             async for message in handler(request, CallContext()):
@@ -210,26 +241,7 @@ class LocalStream:
 
     def _ending(self) -> object:
         outcome = self._call.outcome()
-        return _END if outcome is None else outcome      # pump() returns None when it ran out
-
-    def __aiter__(self) -> LocalStream:
-        return self
-
-    async def __anext__(self):
-        if self._done:
-            raise StopAsyncIteration
-        try:
-            item = await self._items.get()
-        except asyncio.CancelledError:
-            self.cancel()       # the reader was cancelled (its client gone): so is the call
-            raise
-        if item is _END:
-            self._done = True
-            raise StopAsyncIteration
-        if isinstance(item, grpc.aio.AioRpcError):
-            self._done = True
-            raise item
-        return item
+        return END if outcome is None else outcome      # pump() returns None when it ran out
 
     def cancel(self) -> bool:
         """As grpc.aio's call.cancel(): the handler is cancelled (its `finally` runs on the
