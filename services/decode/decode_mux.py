@@ -47,9 +47,9 @@ class _Outbox:
         return batch
 
 
-async def decode_stream(decode, requests, context):
-    """The DecodeStream handler's body (an async generator of DecodeBatch). `decode(request,
-    context)` is the worker's per-request Decode handler."""
+async def decode_stream(decode, requests):
+    """The DecodeStream handler's body (an async generator of DecodeBatch) for the requests
+    `requests` brings. `decode(request, context)` is the worker's per-request Decode handler."""
     outbox = _Outbox()
     calls: dict[int, asyncio.Task] = {}
     by_request: dict[str, asyncio.Task] = {}
@@ -65,6 +65,8 @@ async def decode_stream(decode, requests, context):
             outbox.end(call, exc.code, exc.details)
         except asyncio.CancelledError:
             outbox.end(call, grpc.StatusCode.CANCELLED, "cancelled by the gateway")
+        except Exception as exc:    # past the handler's own error edge: never left unanswered
+            outbox.end(call, grpc.StatusCode.UNKNOWN, f"{type(exc).__name__}: {exc}")
         finally:
             calls.pop(call, None)
             if by_request.get(request.request_id) is asyncio.current_task():

@@ -167,7 +167,7 @@ class DecodeWorker(worker_pb2_grpc.DecodeWorkerServicer):
 
     async def DecodeStream(self, requests, context):
         """Many Decode calls on one stream, their outputs batched (decode_mux.py)."""
-        async for batch in decode_stream(self.Decode, requests, context):
+        async for batch in decode_stream(self.Decode, requests):
             yield batch
 
     async def _start_here(self, request: worker_pb2.DecodeRequest, params) -> RequestStream:
