@@ -73,14 +73,18 @@ class LeaseKeeper:
             log.warning("renewing %d reservations on %s failed: %s", len(request_ids),
                         worker.address, exc.code().name)
             return
-        missing = list(response.missing_request_ids)
-        self.renewals += len(request_ids) - len(missing)
+        gone = list(response.missing_request_ids)
+        self.renewals += len(request_ids) - len(gone)
+        # A lease dropped while the call was out moved on (its Decode claimed the blocks): only
+        # ids this gateway still holds were lost.
+        held = self._held.get(worker.address, (worker, set()))[1]
+        missing = [request_id for request_id in gone if request_id in held]
         if missing:
             self.lost = (self.lost + missing)[-64:]
             for request_id in missing:      # gone from the worker: counted once, not renewed again
                 self.drop(worker, request_id)
         if self._metrics is not None:
-            self._metrics.lease_renewals.inc(len(request_ids) - len(missing))
+            self._metrics.lease_renewals.inc(len(request_ids) - len(gone))
             self._metrics.leases_lost.inc(len(missing))
 
     async def _run(self) -> None:
