@@ -1,9 +1,10 @@
 """Ways to run a cluster's workers: in this process (threads), as local processes, or as Ray
 actors. Each launcher says which GPUs its workers can use (`gpus()`), starts a list of
 `WorkerSpec`s and returns their gRPC addresses, in order (it may be called again to add workers);
-`stop_worker(address)` stops one, `stop()` everything it started; `local_worker(address)` is
-the worker itself when it runs in this process (the in-process launcher's threads). `reserve(slots)` comes first,
-with every worker the cluster may run (the Ray launcher books their resources, node by node)."""
+`stop_worker(address)` stops one, `stop()` everything it started; `local_worker(address)` is the
+worker itself when it runs in this process (the in-process launcher's threads). `reserve(slots)`
+comes first, with every worker the cluster may run (the Ray launcher books their resources,
+node by node)."""
 
 from __future__ import annotations
 
