@@ -25,7 +25,8 @@ from services.worker.local_calls import Aborted, CallContext
 
 
 class _Outbox:
-    """What the next batch carries; `ready` is set while it holds anything."""
+    """What the next batch carries; `ready` is set while it holds anything (and when the
+    gateway's side of the stream ends)."""
 
     def __init__(self) -> None:
         self.outputs: list[worker_pb2.DecodeOutput] = []
@@ -86,18 +87,18 @@ async def decode_stream(decode, requests):
                 task.cancel()
 
     reader = asyncio.create_task(read())
+    reader.add_done_callback(lambda _: outbox.ready.set())
     try:
-        while not reader.done():
-            ready = asyncio.create_task(outbox.ready.wait())
-            await asyncio.wait((ready, reader), return_when=asyncio.FIRST_COMPLETED)
-            ready.cancel()
-            if outbox.ready.is_set():
-                yield outbox.take()
-        reader.result()     # a broken request stream ends the call as it ended the reader
-        while calls:        # the gateway sends no more, but its calls still decode
+        # Until the gateway sends no more and every call on the stream has ended.
+        while not (reader.done() and not calls):
             await outbox.ready.wait()
-            yield outbox.take()
-        if outbox.ready.is_set():
+            if reader.done():
+                reader.result()     # a broken request stream ends the call as it ended the reader
+            if outbox.outputs:
+                yield outbox.take()
+            else:
+                outbox.ready.clear()
+        if outbox.outputs:
             yield outbox.take()
     finally:
         reader.cancel()

@@ -33,8 +33,7 @@ class _Call(QueuedCall):
             self._timer = asyncio.get_running_loop().call_later(timeout, self._expire)
 
     def deliver(self, output: worker_pb2.DecodeOutput) -> None:
-        if self._ended:
-            return
+        """An output of this call (an ended call is forgotten: none reaches it)."""
         if output.HasField("chunk"):
             self._items.put_nowait(output.chunk)
         if output.ended:
@@ -50,18 +49,20 @@ class _Call(QueuedCall):
         self._owner.forget(self._number)
         self._items.put_nowait(outcome)
 
+    def _give_up(self, code: grpc.StatusCode, details: str) -> bool:
+        """Ends the call here with `code` and cancels it on the worker; False if it had ended."""
+        if self._ended:
+            return False
+        self.end(rpc_error(code, details))
+        self._owner.send(worker_pb2.DecodeStreamRequest(call=self._number, cancel=True))
+        return True
+
     def _expire(self) -> None:
-        if not self._ended:
-            self.end(rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
-            self._owner.send(worker_pb2.DecodeStreamRequest(call=self._number, cancel=True))
+        self._give_up(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
 
     def cancel(self) -> bool:
         """As grpc.aio's call.cancel(): False once the call has ended."""
-        if self._ended:
-            return False
-        self.end(rpc_error(grpc.StatusCode.CANCELLED, "Locally cancelled"))
-        self._owner.send(worker_pb2.DecodeStreamRequest(call=self._number, cancel=True))
-        return True
+        return self._give_up(grpc.StatusCode.CANCELLED, "Locally cancelled")
 
 
 class _Stream:
@@ -72,6 +73,7 @@ class _Stream:
         self.calls: dict[int, _Call] = {}
         self._numbers = itertools.count(1)
         self._call = stub.DecodeStream(self._requests())
+        # Held: the loop keeps only a weak reference to a task.
         self._reader = asyncio.ensure_future(self._read(on_broken))
 
     async def _requests(self):
